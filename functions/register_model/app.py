@@ -1,0 +1,37 @@
+"""RegisterModel: S3 ObjectCreated/ObjectRemoved events under models/, delivered through SQS."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from sdpipe.contracts.s3_events import S3EventNotification
+from sdpipe.logic.registration import Registrar
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+processor = BatchProcessor(event_type=EventType.SQS)
+# A claim must expire once this invocation can no longer be running.
+_LEASE_MARGIN_SECONDS = 5
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    lease = math.ceil(context.get_remaining_time_in_millis() / 1000) + _LEASE_MARGIN_SECONDS
+    registrar = Registrar.from_settings(lease_seconds=lease)
+
+    @tracer.capture_method
+    def record_handler(record: SQSRecord) -> None:
+        registrar.handle_notification(S3EventNotification.model_validate_json(record.body))
+
+    metrics.add_metric(name="ModelEventsReceived", unit=MetricUnit.Count, value=len(event.get("Records", [])))
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -1,0 +1,203 @@
+"""The Models table: conditional writes that make registration idempotent.
+
+Protocol for one S3 key (one item):
+1. ``claim`` takes the item for one object version (its ETag) with a lease. It fails when that
+   version is already registered or another worker holds a live lease on it.
+2. ``finish`` writes the outcome only if the claim is still ours (a newer upload takes the claim
+   over, and the older worker's result is then dropped) and stores the event to announce it.
+3. ``clear_pending_event`` removes the stored event once published. A worker that dies in between
+   leaves it on the item, and the next delivery publishes it: the event is never lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from sdpipe.adapters.clients import AwsClients, clients
+from sdpipe.contracts.models import ModelRecord, ModelStatus, ModelType
+
+
+# Fields that describe one outcome; re-registering a key removes those the new outcome lacks.
+_OUTCOME_FIELDS = (
+    "error", "sha256", "hash_shard", "family", "format", "short_hash", "legacy_hash",
+    "tensor_hash", "tensor_count",
+)  # fmt: skip
+
+
+def _is_condition_failure(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _to_dynamo(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, dict):
+        return {k: _to_dynamo(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_to_dynamo(v) for v in value]
+    return value
+
+
+def _from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_dynamo(v) for v in value]
+    return value
+
+
+class ModelsTable:
+    def __init__(self, table_name: str, aws: AwsClients = clients) -> None:
+        self.table_name = table_name
+        self._aws = aws
+
+    @property
+    def _table(self) -> Any:
+        return self._aws.get_resource("dynamodb").Table(self.table_name)
+
+    def get(self, model_id: str) -> dict[str, Any] | None:
+        item = self._table.get_item(Key={"model_id": model_id}, ConsistentRead=True).get("Item")
+        return _from_dynamo(item) if item else None
+
+    def claim(self, *, model_id: str, etag: str, token: str, lease_seconds: int, fields: dict[str, Any]) -> bool:
+        now = int(time.time())
+        names = {"#status": "status"}
+        values: dict[str, Any] = {
+            ":pending": ModelStatus.PENDING.value,
+            ":deleted": ModelStatus.DELETED.value,
+            ":etag": etag,
+            ":token": token,
+            ":expires": now + lease_seconds,
+            ":now": now,
+        }
+        sets = ["#status = :pending", "etag = :etag", "claim_token = :token", "claim_expires_at = :expires"]
+        for index, (name, value) in enumerate(fields.items()):
+            names[f"#f{index}"] = name
+            values[f":f{index}"] = _to_dynamo(value)
+            if name == "created_at":
+                sets.append(f"#f{index} = if_not_exists(#f{index}, :f{index})")
+            else:
+                sets.append(f"#f{index} = :f{index}")
+        try:
+            self._table.update_item(
+                Key={"model_id": model_id},
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression=(
+                    "attribute_not_exists(model_id) OR etag <> :etag OR #status = :deleted "
+                    "OR (#status = :pending AND claim_expires_at < :now)"
+                ),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def finish(self, *, model_id: str, token: str, record: ModelRecord, event: dict[str, Any]) -> bool:
+        item = record.model_dump(mode="json", exclude_none=True)
+        item["pending_event"] = event
+        if record.sha256:
+            item["hash_shard"] = record.sha256[:2]
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {":token": token}
+        sets = []
+        for index, (name, value) in enumerate(item.items()):
+            if name == "model_id":
+                continue
+            names[f"#f{index}"] = name
+            values[f":f{index}"] = _to_dynamo(value)
+            sets.append(f"#f{index} = :f{index}")
+        removals = ["claim_token", "claim_expires_at"]
+        for index, stale in enumerate(_OUTCOME_FIELDS):
+            if stale not in item:
+                names[f"#r{index}"] = stale
+                removals.append(f"#r{index}")
+        try:
+            self._table.update_item(
+                Key={"model_id": model_id},
+                UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removals),
+                ConditionExpression="claim_token = :token",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def release_claim(self, model_id: str, token: str) -> None:
+        """Expire our lease at once so the next delivery can claim the version again."""
+        try:
+            self._table.update_item(
+                Key={"model_id": model_id},
+                UpdateExpression="SET claim_expires_at = :zero",
+                ConditionExpression="claim_token = :token",
+                ExpressionAttributeValues={":zero": 0, ":token": token},
+            )
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                raise
+
+    def mark_deleted(self, *, model_id: str, updated_at: str, event: dict[str, Any]) -> bool:
+        try:
+            self._table.update_item(
+                Key={"model_id": model_id},
+                UpdateExpression=(
+                    "SET #status = :deleted, updated_at = :now, pending_event = :event "
+                    "REMOVE claim_token, claim_expires_at"
+                ),
+                ConditionExpression="attribute_exists(model_id) AND #status <> :deleted",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":deleted": ModelStatus.DELETED.value,
+                    ":now": updated_at,
+                    ":event": _to_dynamo(event),
+                },
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def clear_pending_event(self, model_id: str, event_id: str) -> None:
+        try:
+            self._table.update_item(
+                Key={"model_id": model_id},
+                UpdateExpression="REMOVE pending_event",
+                ConditionExpression="pending_event.event_id = :id",
+                ExpressionAttributeValues={":id": event_id},
+            )
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                raise
+
+    def list(self, model_type: ModelType | None = None) -> Iterator[dict[str, Any]]:
+        """Every model (optionally of one type), via the by-type index or a scan."""
+        kwargs: dict[str, Any] = {}
+        if model_type is not None:
+            kwargs = {
+                "IndexName": "by_type",
+                "KeyConditionExpression": "#type = :type",
+                "ExpressionAttributeNames": {"#type": "type"},
+                "ExpressionAttributeValues": {":type": model_type.value},
+            }
+        operation = self._table.query if model_type is not None else self._table.scan
+        while True:
+            page = operation(**kwargs)
+            for item in page.get("Items", []):
+                yield _from_dynamo(item)
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+

@@ -1,0 +1,116 @@
+"""S3 access for reading model files: HEAD, ranged reads, streams pinned to one ETag."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from sdpipe.adapters.clients import AwsClients, clients
+from sdpipe.errors import ObjectChanged
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class ObjectStore:
+    def __init__(self, bucket: str, aws: AwsClients = clients) -> None:
+        self.bucket = bucket
+        self._aws = aws
+
+    @property
+    def _s3(self) -> Any:
+        return self._aws.get("s3")
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            response = self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return ObjectInfo(key=key, size=int(response["ContentLength"]), etag=response["ETag"].strip('"'))
+
+    def read_range(self, info: ObjectInfo, start: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``start`` of exactly the version ``info`` describes."""
+        if length <= 0 or start >= info.size:
+            return b""
+        end = min(start + length, info.size) - 1
+        try:
+            response = self._s3.get_object(
+                Bucket=self.bucket, Key=info.key, Range=f"bytes={start}-{end}", IfMatch=info.etag
+            )
+        except ClientError as exc:
+            if _error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                raise ObjectChanged(f"s3://{self.bucket}/{info.key} changed while being read") from exc
+            raise
+        return bytes(response["Body"].read())
+
+    def iter_chunks(self, info: ObjectInfo, chunk_size: int) -> Iterator[bytes]:
+        """Stream the whole object in chunks; memory stays at a few chunks whatever the size."""
+        try:
+            response = self._s3.get_object(Bucket=self.bucket, Key=info.key, IfMatch=info.etag)
+        except ClientError as exc:
+            if _error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                raise ObjectChanged(f"s3://{self.bucket}/{info.key} changed while being read") from exc
+            raise
+        body = response["Body"]
+        try:
+            yield from body.iter_chunks(chunk_size)
+        finally:
+            body.close()
+
+    def open_ranged(self, info: ObjectInfo, block_size: int = 1024 * 1024) -> RangedReader:
+        return RangedReader(self, info, block_size)
+
+
+class RangedReader(io.RawIOBase):
+    """A seekable, read-only file over ranged GETs (for zipfile's central directory walk)."""
+
+    def __init__(self, store: ObjectStore, info: ObjectInfo, block_size: int) -> None:
+        self._store = store
+        self._info = info
+        self._block_size = block_size
+        self._position = 0
+        self._block_start = 0
+        self._block = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._info.size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        wanted = min(len(view), self._info.size - self._position)
+        if wanted <= 0:
+            return 0
+        offset = self._position - self._block_start
+        if not (0 <= offset < len(self._block)):
+            self._block_start = self._position
+            self._block = self._store.read_range(self._info, self._position, max(wanted, self._block_size))
+            offset = 0
+        count = min(wanted, len(self._block) - offset)
+        view[:count] = self._block[offset : offset + count]
+        self._position += count
+        return count

@@ -1,0 +1,68 @@
+"""Domain exceptions with stable names and codes.
+
+The class names are matched by ASL ``Retry``/``Catch`` (``ErrorEquals``) and the codes travel in
+events, so neither may change once released.
+"""
+
+from __future__ import annotations
+
+
+class SdpipeError(Exception):
+    """Base of every error sdpipe raises on purpose."""
+
+    code = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def to_error(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class ConfigurationError(SdpipeError):
+    """A required setting (resource name, ARN) is missing or malformed."""
+
+    code = "CONFIGURATION_ERROR"
+
+
+class ModelRejected(SdpipeError):
+    """A model file failed validation; the code names the kind of problem."""
+
+    code = "MODEL_REJECTED"
+
+
+class InvalidSafetensors(ModelRejected):
+    code = "INVALID_SAFETENSORS"
+
+
+class UnsafePickle(ModelRejected):
+    code = "UNSAFE_PICKLE"
+
+
+class InvalidPickle(ModelRejected):
+    code = "INVALID_PICKLE"
+
+
+class UnrecognisedModel(ModelRejected):
+    code = "UNRECOGNISED_MODEL"
+
+
+class WrongFolder(ModelRejected):
+    code = "WRONG_FOLDER"
+
+
+class EmptyFile(ModelRejected):
+    code = "EMPTY_FILE"
+
+
+class UnsupportedExtension(ModelRejected):
+    code = "UNSUPPORTED_EXTENSION"
+
+
+class ObjectChanged(SdpipeError):
+    """The S3 object was overwritten or deleted while it was being read; retry later."""
+
+    code = "OBJECT_CHANGED"

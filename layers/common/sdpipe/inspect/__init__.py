@@ -1,0 +1,1 @@
+"""Reading model files without trusting them: safetensors headers, pickle opcodes, detection."""

@@ -1,0 +1,187 @@
+"""Validate a safetensors header before anything trusts it.
+
+The format: 8 bytes little-endian header length N, N bytes of JSON, then the tensor data. Every
+tensor's ``data_offsets`` are relative to the data section; together they must tile it exactly
+(sorted, contiguous, no gaps or overlaps, ending at the end of the file), and each byte length
+must equal ``prod(shape) * itemsize(dtype)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sdpipe.errors import InvalidSafetensors
+
+# Item sizes in bytes of the dtypes the safetensors format defines for whole-byte types.
+DTYPE_SIZES: dict[str, int] = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
+
+# Magic numbers of files people rename by mistake, to say what the file really is.
+_KNOWN_MAGIC: list[tuple[bytes, str]] = [
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"RIFF", "a RIFF (WebP/WAV) file"),
+    (b"PK\x03\x04", "a zip archive (PyTorch .ckpt/.pt files are zips: use that extension)"),
+    (b"\x80", "a pickle (use the .ckpt/.pt/.bin extension)"),
+    (b"%PDF", "a PDF document"),
+    (b"<", "an HTML or XML document"),
+]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    header_length: int
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_start(self) -> int:
+        """Byte offset in the file where tensor data starts (the LoRA hash covers from here)."""
+        return 8 + self.header_length
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: info.shape for name, info in self.tensors.items()}
+
+
+def _describe_magic(prefix: bytes) -> str | None:
+    for magic, what in _KNOWN_MAGIC:
+        if prefix.startswith(magic):
+            return what
+    return None
+
+
+def read_header_length(prefix: bytes, file_size: int, cap: int) -> int:
+    """Check the 8-byte length prefix against the file size and the cap; return N."""
+    if file_size == 0:
+        raise InvalidSafetensors("the file is empty (0 bytes)")
+    if len(prefix) < 8 or file_size < 8:
+        raise InvalidSafetensors(f"the file is {file_size} bytes, too short for a safetensors header")
+    (length,) = struct.unpack("<Q", prefix[:8])
+    what = _describe_magic(prefix)
+    if length + 8 > file_size:
+        hint = f"; the file looks like {what}" if what else ""
+        raise InvalidSafetensors(
+            f"header length {length} is larger than the file ({file_size} bytes){hint}"
+        )
+    if length > cap:
+        raise InvalidSafetensors(f"header length {length} exceeds the {cap}-byte header cap")
+    if length < 2:
+        raise InvalidSafetensors(f"header length {length} is too small to hold a JSON object")
+    return length
+
+
+def parse_header(
+    read_range: Callable[[int, int], bytes], file_size: int, cap: int
+) -> SafetensorsHeader:
+    """Read and validate the header through ``read_range(start, length)`` (ranged reads)."""
+    prefix = read_range(0, min(file_size, 64))
+    length = read_header_length(prefix, file_size, cap)
+    raw = read_range(8, length)
+    if len(raw) != length:
+        raise InvalidSafetensors(f"the file ended inside the {length}-byte header")
+    return validate_header_bytes(raw, file_size)
+
+
+def validate_header_bytes(raw: bytes, file_size: int) -> SafetensorsHeader:
+    length = len(raw)
+    try:
+        text = raw.decode("utf-8")
+        if not text.lstrip().startswith("{"):
+            raise ValueError("does not start with '{'")
+        document = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidSafetensors(f"the header is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidSafetensors("the header is JSON but not an object")
+
+    metadata: dict[str, str] = {}
+    raw_metadata = document.pop("__metadata__", None)
+    if raw_metadata is not None:
+        if not isinstance(raw_metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in raw_metadata.items()
+        ):
+            raise InvalidSafetensors("__metadata__ must map strings to strings")
+        metadata = raw_metadata
+
+    data_length = file_size - 8 - length
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in document.items():
+        tensors[name] = _validate_tensor(name, entry)
+
+    ordered = sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end))
+    position = 0
+    for name, info in ordered:
+        if info.begin != position:
+            problem = "overlaps the previous tensor" if info.begin < position else "leaves a gap"
+            raise InvalidSafetensors(
+                f"tensor {name!r} data_offsets [{info.begin}, {info.end}] {problem} "
+                f"(expected to start at {position})"
+            )
+        position = info.end
+    if position > data_length:
+        raise InvalidSafetensors(
+            f"tensor data ends at byte {position} of the data section but the file has only "
+            f"{data_length} bytes of data: the file is truncated or an offset is out of range"
+        )
+    if position < data_length:
+        raise InvalidSafetensors(
+            f"{data_length - position} bytes after the last tensor are not described by the header"
+        )
+    return SafetensorsHeader(header_length=length, tensors=tensors, metadata=metadata)
+
+
+def _validate_tensor(name: str, entry: object) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise InvalidSafetensors(f"tensor {name!r} is not described by an object")
+    dtype = entry.get("dtype")
+    shape = entry.get("shape")
+    offsets = entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        raise InvalidSafetensors(f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidSafetensors(f"tensor {name!r} has an invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise InvalidSafetensors(f"tensor {name!r} has invalid data_offsets {offsets!r}")
+    expected = math.prod(shape) * DTYPE_SIZES[dtype]
+    begin, end = offsets
+    if end - begin != expected:
+        raise InvalidSafetensors(
+            f"tensor {name!r} of shape {shape} and dtype {dtype} needs {expected} bytes "
+            f"but its data_offsets span {end - begin}"
+        )
+    return TensorInfo(dtype=dtype, shape=tuple(shape), begin=begin, end=end)

@@ -1,0 +1,75 @@
+"""The assets bucket layout (DESIGN §3.1): A1111 model folders under ``models/``."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from sdpipe.contracts.models import ModelType
+
+MODELS_PREFIX = "models/"
+# Named exactly like the AUTOMATIC1111 models/ folders so a WebUI folder syncs as is.
+MODEL_FOLDERS: dict[str, ModelType] = {
+    "Stable-diffusion": ModelType.CHECKPOINT,
+    "Lora": ModelType.LORA,
+    "embeddings": ModelType.EMBEDDING,
+    "ControlNet": ModelType.CONTROLNET,
+    "hypernetworks": ModelType.HYPERNETWORK,
+    "VAE": ModelType.VAE,
+}
+FOLDER_OF_TYPE: dict[ModelType, str] = {kind: folder for folder, kind in MODEL_FOLDERS.items()}
+
+SAFETENSORS_EXTENSIONS = frozenset([".safetensors"])
+PICKLE_EXTENSIONS = frozenset([".ckpt", ".pt", ".pth", ".bin"])
+MODEL_EXTENSIONS = SAFETENSORS_EXTENSIONS | PICKLE_EXTENSIONS
+# Files that live next to models in a WebUI folder (previews, configs, notes): not models, and
+# not an error either.
+COMPANION_EXTENSIONS = frozenset(
+    [".yaml", ".yml", ".json", ".png", ".jpg", ".jpeg", ".webp", ".txt", ".md", ".info", ".html"]
+)
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """What an S3 key under ``models/`` says about the file."""
+
+    key: str
+    type: ModelType
+    folder: str
+    name: str
+    filename: str
+    extension: str
+
+    @property
+    def model_id(self) -> str:
+        return model_id_for_key(self.key)
+
+
+def model_id_for_key(key: str) -> str:
+    """A stable id per S3 key, so every event about one key lands on one item."""
+    return "m-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
+
+
+def parse_model_key(key: str) -> ModelKey | None:
+    """Split ``models/<Folder>/<sub/dirs/>name.ext``; None when it is not under a model folder."""
+    if not key.startswith(MODELS_PREFIX) or key.endswith("/"):
+        return None
+    parts = key[len(MODELS_PREFIX) :].split("/")
+    if len(parts) < 2 or parts[0] not in MODEL_FOLDERS:
+        return None
+    relative = PurePosixPath(*parts[1:])
+    extension = relative.suffix.lower()
+    name = str(relative.with_suffix("")) if extension else str(relative)
+    return ModelKey(
+        key=key,
+        type=MODEL_FOLDERS[parts[0]],
+        folder=parts[0],
+        name=name,
+        filename=relative.name,
+        extension=extension,
+    )
+
+
+def key_for_model(model_type: ModelType, filename: str) -> str:
+    return f"{MODELS_PREFIX}{FOLDER_OF_TYPE[model_type]}/{filename}"

@@ -1,0 +1,1 @@
+"""Business logic: pure decisions plus calls to adapters passed in."""

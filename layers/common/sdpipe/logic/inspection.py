@@ -1,0 +1,123 @@
+"""Inspect one model object in S3: validate its container, detect what it is, hash it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sdpipe.adapters.object_store import ObjectInfo, ObjectStore
+from sdpipe.contracts.models import ModelFamily, ModelFormat, ModelType
+from sdpipe.errors import (
+    EmptyFile,
+    InvalidPickle,
+    UnrecognisedModel,
+    UnsupportedExtension,
+    WrongFolder,
+)
+from sdpipe.hashing import ModelHashes, hash_stream
+from sdpipe.inspect.detect import Detection, detect
+from sdpipe.inspect.pickle_scan import ZIP_MAGIC, scan_pickle_stream, scan_torch_zip
+from sdpipe.inspect.safetensors_header import parse_header
+from sdpipe.layout import FOLDER_OF_TYPE, PICKLE_EXTENSIONS, SAFETENSORS_EXTENSIONS, ModelKey
+
+# Kohya metadata worth keeping on the item (the rest can be large: tag frequencies, hashes).
+_METADATA_SUMMARY_KEYS = (
+    "ss_base_model_version", "ss_sd_model_name", "ss_network_module", "ss_network_dim",
+    "ss_network_alpha", "ss_output_name", "ss_training_comment", "ss_num_epochs", "ss_epoch",
+    "ss_steps", "ss_resolution", "ss_learning_rate", "ss_mixed_precision", "ss_v2",
+    "ss_clip_skip", "ss_dataset_dirs", "ss_num_train_images", "sshs_model_hash",
+    "sshs_legacy_hash", "modelspec.architecture", "modelspec.title", "format",
+)  # fmt: skip
+_METADATA_VALUE_LIMIT = 512
+
+_TYPE_WORDS = {
+    ModelType.CHECKPOINT: "a checkpoint",
+    ModelType.LORA: "a LoRA",
+    ModelType.EMBEDDING: "a textual-inversion embedding",
+    ModelType.CONTROLNET: "a ControlNet",
+    ModelType.HYPERNETWORK: "a hypernetwork",
+    ModelType.VAE: "a VAE",
+}
+
+
+@dataclass(frozen=True)
+class Inspection:
+    type: ModelType
+    family: ModelFamily
+    format: ModelFormat
+    hashes: ModelHashes
+    tensor_count: int | None
+    metadata: dict[str, str] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InspectionLimits:
+    header_cap: int
+    pickle_cap: int
+    chunk_size: int
+
+
+def inspect_model(store: ObjectStore, info: ObjectInfo, key: ModelKey, limits: InspectionLimits) -> Inspection:
+    """Validate and identify the object; raise a ``ModelRejected`` subclass naming the problem."""
+    if info.size == 0:
+        raise EmptyFile("the file is empty (0 bytes)")
+    if key.extension in SAFETENSORS_EXTENSIONS:
+        header = parse_header(lambda start, length: store.read_range(info, start, length), info.size, limits.header_cap)
+        detection = detect(header.tensors.keys(), header.shapes(), header.metadata)
+        detection = _require_detection(detection, key, f"{len(header.tensors)} tensors")
+        hashes = hash_stream(store.iter_chunks(info, limits.chunk_size), tensor_data_start=header.data_start)
+        return Inspection(
+            type=detection.type,
+            family=detection.family,
+            format=ModelFormat.SAFETENSORS,
+            hashes=hashes,
+            tensor_count=len(header.tensors),
+            metadata=_summarise_metadata(header.metadata),
+            details=detection.details,
+        )
+    if key.extension in PICKLE_EXTENSIONS:
+        magic = store.read_range(info, 0, 4)
+        if magic == ZIP_MAGIC:
+            scan = scan_torch_zip(store.open_ranged(info), limits.pickle_cap)  # type: ignore[arg-type]
+        elif magic[:1] == b"\x80":
+            scan = scan_pickle_stream(store.open_ranged(info), limits.pickle_cap)  # type: ignore[arg-type]
+        else:
+            raise InvalidPickle(
+                f"the file starts with {magic!r}, which is neither a PyTorch zip archive nor a pickle"
+            )
+        detection = _require_detection(detect(scan.strings), key, f"{len(scan.strings)} names")
+        hashes = hash_stream(store.iter_chunks(info, limits.chunk_size))
+        return Inspection(
+            type=detection.type,
+            family=detection.family,
+            format=ModelFormat.PICKLE,
+            hashes=hashes,
+            tensor_count=None,
+            details=detection.details | {"globals": ",".join(sorted(scan.globals))},
+        )
+    raise UnsupportedExtension(
+        f"extension {key.extension or '(none)'!r} is not a model format "
+        f"(expected {', '.join(sorted(SAFETENSORS_EXTENSIONS | PICKLE_EXTENSIONS))})"
+    )
+
+
+def _require_detection(detection: Detection | None, key: ModelKey, what: str) -> Detection:
+    if detection is None:
+        raise UnrecognisedModel(
+            f"the file is a valid container ({what}) but its tensor names match no supported model "
+            "type (checkpoint, LoRA, embedding, ControlNet, hypernetwork, VAE)"
+        )
+    if detection.type is not key.type:
+        raise WrongFolder(
+            f"the file is {_TYPE_WORDS[detection.type]} but it is in models/{key.folder}/, which holds "
+            f"{_TYPE_WORDS[key.type]}s; move it to models/{FOLDER_OF_TYPE[detection.type]}/"
+        )
+    return detection
+
+
+def _summarise_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    return {
+        name: value[:_METADATA_VALUE_LIMIT]
+        for name, value in metadata.items()
+        if name in _METADATA_SUMMARY_KEYS
+    }

@@ -1,0 +1,206 @@
+"""Register model files dropped (or uploaded, fetched, trained) under ``models/``.
+
+Idempotent under duplicate and out-of-order S3 events: the item for a key is claimed per object
+version (ETag), the outcome is written only while the claim holds, and the event to announce it
+is stored on the item until published.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from aws_lambda_powertools import Logger
+
+from sdpipe.adapters.events import EventPublisher
+from sdpipe.adapters.models_table import ModelsTable
+from sdpipe.adapters.object_store import ObjectInfo, ObjectStore
+from sdpipe.contracts.events import Event, EventType, utc_now
+from sdpipe.contracts.models import ModelError, ModelRecord, ModelSource, ModelStatus
+from sdpipe.contracts.s3_events import S3EventNotification, S3EventRecord
+from sdpipe.errors import ModelRejected
+from sdpipe.layout import COMPANION_EXTENSIONS, ModelKey, parse_model_key
+from sdpipe.logic.inspection import InspectionLimits, inspect_model
+from sdpipe.settings import registration_settings
+
+logger = Logger(child=True)
+
+_SUMMARY_FIELDS = (
+    "model_id", "type", "name", "filename", "s3_key", "size", "status", "family", "format",
+    "sha256", "short_hash", "source", "error",
+)  # fmt: skip
+
+
+@dataclass
+class Registrar:
+    store: ObjectStore
+    table: ModelsTable
+    publisher: EventPublisher
+    limits: InspectionLimits
+    lease_seconds: int = 900
+
+    @classmethod
+    def from_settings(cls, lease_seconds: int) -> Registrar:
+        """Wire the adapters from the environment; the lease must not outlive the invocation."""
+        settings = registration_settings()
+        return cls(
+            store=ObjectStore(settings.assets_bucket_name),
+            table=ModelsTable(settings.models_table_name),
+            publisher=EventPublisher(settings.events_topic_arn),
+            limits=InspectionLimits(
+                header_cap=settings.safetensors_header_cap_bytes,
+                pickle_cap=settings.pickle_scan_cap_bytes,
+                chunk_size=settings.hash_chunk_bytes,
+            ),
+            lease_seconds=lease_seconds,
+        )
+
+    def handle_notification(self, notification: S3EventNotification) -> None:
+        if notification.is_test_event:
+            logger.info("ignoring s3:TestEvent sent when the notification was configured")
+            return
+        for record in notification.records:
+            self.handle_record(record)
+
+    def handle_record(self, record: S3EventRecord) -> None:
+        if record.s3.bucket.name != self.store.bucket:
+            logger.warning("event for another bucket ignored", extra={"bucket": record.s3.bucket.name})
+            return
+        key = parse_model_key(record.s3.object.decoded_key)
+        if key is None:
+            logger.info("not under a model folder, ignored", extra={"key": record.s3.object.decoded_key})
+            return
+        if key.extension in COMPANION_EXTENSIONS:
+            logger.info("companion file (preview, config, notes) ignored", extra={"key": key.key})
+            return
+        if record.is_removed:
+            self.on_removed(key)
+        elif record.is_created:
+            self.on_created(key)
+
+    def on_created(self, key: ModelKey) -> None:
+        info = self.store.head(key.key)
+        if info is None:
+            # Deleted since the event was sent; the removal event settles the item.
+            logger.info("object no longer exists, nothing to register", extra={"key": key.key})
+            return
+        token = uuid.uuid4().hex
+        now = utc_now()
+        claimed = self.table.claim(
+            model_id=key.model_id,
+            etag=info.etag,
+            token=token,
+            lease_seconds=self.lease_seconds,
+            fields={
+                "type": key.type.value,
+                "name": key.name,
+                "filename": key.filename,
+                "s3_key": key.key,
+                "size": info.size,
+                "source": ModelSource.DROP.value,
+                "created_at": now.isoformat(),
+                "updated_at": now.isoformat(),
+            },
+        )
+        if not claimed:
+            logger.info("this version is registered or being registered", extra={"key": key.key, "etag": info.etag})
+            self.flush_pending_event(key.model_id)
+            return
+        try:
+            record = self._inspect(key, info, now)
+            event = _event_for(record)
+            finished = self.table.finish(
+                model_id=key.model_id, token=token, record=record, event=_stored(event, token)
+            )
+        except BaseException:
+            # Unexpected (S3 throttling, the object changing mid-read): let the retry reclaim it.
+            self.table.release_claim(key.model_id, token)
+            raise
+        if finished:
+            self._publish(key.model_id, token, event)
+        else:
+            logger.info("a newer version of the object took over; result dropped", extra={"key": key.key})
+
+    def on_removed(self, key: ModelKey) -> None:
+        if self.store.head(key.key) is not None:
+            logger.info("object exists again, removal event is stale", extra={"key": key.key})
+            return
+        item = self.table.get(key.model_id)
+        if item is None:
+            return
+        model = {name: item.get(name) for name in _SUMMARY_FIELDS} | {"status": ModelStatus.DELETED.value}
+        event = Event(type=EventType.MODEL_DELETED, status=ModelStatus.DELETED.value, model=model)
+        event_id = uuid.uuid4().hex
+        if self.table.mark_deleted(
+            model_id=key.model_id,
+            updated_at=event.occurred_at.isoformat(),
+            event=_stored(event, event_id),
+        ):
+            self._publish(key.model_id, event_id, event)
+        else:
+            self.flush_pending_event(key.model_id)
+
+    def flush_pending_event(self, model_id: str) -> None:
+        """Publish an event a previous attempt stored but may not have sent."""
+        item = self.table.get(model_id)
+        pending = (item or {}).get("pending_event")
+        if pending:
+            event_id = pending.pop("event_id")
+            self._publish(model_id, event_id, Event.model_validate(pending))
+
+    def _publish(self, model_id: str, event_id: str, event: Event) -> None:
+        self.publisher.publish(event)
+        self.table.clear_pending_event(model_id, event_id)
+        logger.info("published", extra={"type": event.type.value, "model_id": model_id})
+
+    def _inspect(self, key: ModelKey, info: ObjectInfo, now: object) -> ModelRecord:
+        base = {
+            "model_id": key.model_id,
+            "type": key.type,
+            "name": key.name,
+            "filename": key.filename,
+            "s3_key": key.key,
+            "size": info.size,
+            "etag": info.etag,
+            "source": ModelSource.DROP,
+            "created_at": now,
+            "updated_at": utc_now(),
+        }
+        try:
+            found = inspect_model(self.store, info, key, self.limits)
+        except ModelRejected as exc:
+            logger.info("rejected", extra={"key": key.key, "code": exc.code, "reason": exc.message})
+            return ModelRecord.model_validate(
+                base | {"status": ModelStatus.REJECTED, "error": ModelError(code=exc.code, message=exc.message)}
+            )
+        return ModelRecord.model_validate(
+            base
+            | {
+                "status": ModelStatus.ACTIVE,
+                "family": found.family,
+                "format": found.format,
+                "sha256": found.hashes.sha256,
+                "short_hash": found.hashes.short_hash,
+                "legacy_hash": found.hashes.legacy_hash,
+                "tensor_hash": found.hashes.tensor_hash,
+                "tensor_count": found.tensor_count,
+                "metadata": found.metadata,
+                "details": found.details,
+            }
+        )
+
+
+def _stored(event: Event, event_id: str) -> dict[str, object]:
+    return event.model_dump(mode="json") | {"event_id": event_id}
+
+
+def _event_for(record: ModelRecord) -> Event:
+    summary = record.model_dump(mode="json", include=set(_SUMMARY_FIELDS))
+    if record.status is ModelStatus.ACTIVE:
+        return Event(type=EventType.MODEL_REGISTERED, status=record.status.value, model=summary)
+    return Event(
+        type=EventType.MODEL_REJECTED,
+        status=record.status.value,
+        model=summary,
+        error=record.error.model_dump() if record.error else None,
+    )

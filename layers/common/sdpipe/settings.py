@@ -1,0 +1,43 @@
+"""Configuration, parsed once from environment variables (the template sets them).
+
+Resource names have no defaults: a function deployed without one fails at once with a message
+naming the variable, rather than writing somewhere unexpected.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sdpipe.errors import ConfigurationError
+
+MIB = 1024 * 1024
+_Settings = TypeVar("_Settings", bound=BaseSettings)
+
+
+class RegistrationSettings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    assets_bucket_name: str = Field(min_length=3)
+    models_table_name: str = Field(min_length=3)
+    events_topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:")
+    # safetensors' own reader refuses headers over 100 MB; so do we, before reading them.
+    safetensors_header_cap_bytes: int = Field(default=100 * MIB, gt=0)
+    pickle_scan_cap_bytes: int = Field(default=256 * MIB, gt=0)
+    hash_chunk_bytes: int = Field(default=8 * MIB, ge=64 * 1024)
+
+
+def _load(cls: type[_Settings]) -> _Settings:
+    try:
+        return cls()
+    except ValidationError as exc:
+        missing = ", ".join(str(err["loc"][0]).upper() for err in exc.errors())
+        raise ConfigurationError(f"invalid or missing environment variables: {missing}") from exc
+
+
+@lru_cache(maxsize=1)
+def registration_settings() -> RegistrationSettings:
+    return _load(RegistrationSettings)

@@ -1,0 +1,1 @@
+"""The embedded local stack: template.yaml on moto in server mode, real handlers in workers."""

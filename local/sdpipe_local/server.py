@@ -1,0 +1,96 @@
+"""moto in server mode on 127.0.0.1, with Lambda's Invoke API served by the real handlers.
+
+moto cannot run Lambda code without Docker, so requests to ``POST /2015-03-31/functions/<name>/
+invocations`` for a function of the stack are answered by the local Lambda runtime instead. That
+one change makes ``aws lambda invoke``, the CLI's direct invokes and Step Functions Lambda tasks
+(moto's interpreter calls Invoke over HTTP) all run the same handler code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import unquote
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from sdpipe_local.lambda_runtime import LambdaRuntime
+
+logger = logging.getLogger(__name__)
+_INVOKE_PATH = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations/?$")
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+class LambdaInvokeMiddleware:
+    def __init__(self, app: Any, runtime: LambdaRuntime) -> None:
+        self._app = app
+        self._runtime = runtime
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        match = _INVOKE_PATH.match(environ.get("PATH_INFO", ""))
+        if environ.get("REQUEST_METHOD") == "POST" and match:
+            name = unquote(match.group("name"))
+            pool = self._runtime.resolve(name)
+            if pool is not None:
+                return self._invoke(name, environ, start_response)
+        return self._app(environ, start_response)  # type: ignore[no-any-return]
+
+    def _invoke(self, name: str, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        try:
+            event = json.loads(body) if body.strip() else {}
+        except json.JSONDecodeError:
+            return _respond(start_response, "400 Bad Request", {"Type": "User", "message": "Could not parse request body into json"})
+        invocation_type = environ.get("HTTP_X_AMZ_INVOCATION_TYPE", "RequestResponse")
+        if invocation_type == "DryRun":
+            start_response("204 No Content", [("Content-Length", "0")])
+            return [b""]
+        if invocation_type == "Event":
+            threading.Thread(target=self._runtime.invoke, args=(name, event), daemon=True).start()
+            start_response("202 Accepted", [("Content-Length", "0")])
+            return [b""]
+        result = self._runtime.invoke(name, event)
+        headers = [("X-Amz-Executed-Version", "$LATEST")]
+        if result.function_error:
+            headers.append(("X-Amz-Function-Error", result.function_error))
+        return _respond(start_response, "200 OK", result.payload, headers)
+
+
+def _respond(
+    start_response: StartResponse, status: str, payload: Any, headers: list[tuple[str, str]] | None = None
+) -> Iterable[bytes]:
+    data = json.dumps(payload).encode()
+    start_response(
+        status,
+        [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *(headers or [])],
+    )
+    return [data]
+
+
+class LocalAwsServer:
+    """The single endpoint every client of the local stack talks to."""
+
+    def __init__(self, runtime: LambdaRuntime, port: int = 0) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        app = LambdaInvokeMiddleware(DomainDispatcherApplication(create_backend_app), runtime)
+        self._server: BaseWSGIServer = make_server(
+            "127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler
+        )
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="local-aws", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
