@@ -1,0 +1,333 @@
+"""Tiny random-weight SD1.x and SDXL checkpoints in the real single-file layout.
+
+The files carry the key names and block structure of a real ``v1-5-pruned-emaonly.safetensors``
+or ``sd_xl_base_1.0.safetensors`` (LDM UNet names, ``first_stage_model.*`` VAE with 1x1-conv
+attention, CLIP under ``cond_stage_model``/``conditioner.embedders``) with widths cut down so a
+64x64 image takes milliseconds on a CPU. Next to each file goes the diffusers config folder that
+``from_single_file(path, config=folder)`` needs to load it offline. Nothing is downloaded: the
+CLIP tokenizer is a byte-level vocabulary generated here.
+
+Needs the ``tiny`` extra (torch, diffusers, transformers); the control plane never imports this.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+Family = Literal["sd1", "sdxl"]
+TEXT_HIDDEN = 32
+# SDXL's second (OpenCLIP) encoder must be wider than the first, as in the real model (1280 vs
+# 768): diffusers tells the two apart by that width when loading a single file.
+TEXT_HIDDEN_2 = 64
+TEXT_LAYERS = 2
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte-to-printable-character table."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    characters = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            characters.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in characters), strict=True))
+
+
+def write_tiny_tokenizer(folder: Path) -> int:
+    """A byte-level CLIP BPE vocabulary with no merges; returns the vocabulary size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = sorted(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for symbol in symbols:
+        vocab[symbol] = len(vocab)
+    for symbol in symbols:
+        vocab[symbol + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})
+    )
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True, "pad_token": "<|endoftext|>"})
+    )
+    return len(vocab)
+
+
+def _text_config(vocab_size: int, projection: bool) -> Any:
+    from transformers import CLIPTextConfig
+
+    hidden = TEXT_HIDDEN_2 if projection else TEXT_HIDDEN
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=TEXT_LAYERS,
+        max_position_embeddings=77,
+        projection_dim=hidden,
+        hidden_act="gelu" if projection else "quick_gelu",
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+
+
+def build_pipeline(family: Family, tokenizer_folder: Path, seed: int) -> Any:
+    """A diffusers pipeline with tiny components laid out like the real family."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    vocab_size = write_tiny_tokenizer(tokenizer_folder)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
+    )
+    if family == "sd1":
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(32, 32, 64, 64),
+            layers_per_block=2,
+            cross_attention_dim=TEXT_HIDDEN,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+        text_encoder = CLIPTextModel(_text_config(vocab_size, projection=False))
+        return StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        transformer_layers_per_block=(1, 1, 2),
+        cross_attention_dim=TEXT_HIDDEN + TEXT_HIDDEN_2,
+        attention_head_dim=(2, 4, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=TEXT_HIDDEN_2 + 6 * 8,
+        norm_num_groups=8,
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(_text_config(vocab_size, projection=False)),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(vocab_size, projection=True)),
+        tokenizer=tokenizer,
+        tokenizer_2=CLIPTokenizer.from_pretrained(tokenizer_folder),
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+# ---------------------------------------------------------------------- diffusers -> LDM names
+_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
+           ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")]  # fmt: skip
+
+
+def _rename_resnet(rest: str) -> str:
+    for old, new in _RESNET:
+        if rest.startswith(old + "."):
+            return new + rest[len(old) :]
+    return rest
+
+
+def unet_to_ldm(state: dict[str, Any], config: Any) -> dict[str, Any]:
+    """Rename a diffusers UNet state dict to LDM names (``input_blocks``/``output_blocks``)."""
+    layers = config.layers_per_block
+    has_attention_up = ["CrossAttn" in kind for kind in config.up_block_types]
+    out: dict[str, Any] = {}
+    fixed = {
+        "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+        "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
+        "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+    }  # fmt: skip
+    for key, tensor in state.items():
+        parts = key.split(".")
+        new: str | None = None
+        module = next((m for m in fixed if key.startswith(m + ".")), None)
+        if module is not None:
+            new = fixed[module] + key[len(module) :]
+        elif parts[0] == "down_blocks":
+            i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+            if kind == "resnets":
+                new = f"input_blocks.{i * (layers + 1) + j + 1}.0.{_rename_resnet(rest)}"
+            elif kind == "attentions":
+                new = f"input_blocks.{i * (layers + 1) + j + 1}.1.{rest}"
+            elif kind == "downsamplers":
+                new = f"input_blocks.{(i + 1) * (layers + 1)}.0.op.{rest.removeprefix('conv.')}"
+        elif parts[0] == "mid_block":
+            kind, j, rest = parts[1], int(parts[2]), ".".join(parts[3:])
+            if kind == "resnets":
+                new = f"middle_block.{2 * j}.{_rename_resnet(rest)}"
+            else:
+                new = f"middle_block.1.{rest}"
+        elif parts[0] == "up_blocks":
+            i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+            if kind == "resnets":
+                new = f"output_blocks.{i * (layers + 1) + j}.0.{_rename_resnet(rest)}"
+            elif kind == "attentions":
+                new = f"output_blocks.{i * (layers + 1) + j}.1.{rest}"
+            elif kind == "upsamplers":
+                slot = 2 if has_attention_up[i] else 1
+                new = f"output_blocks.{i * (layers + 1) + layers}.{slot}.{rest}"
+        if new is None:
+            raise ValueError(f"no LDM name for UNet key {key}")
+        out["model.diffusion_model." + new] = tensor
+    return out
+
+
+def vae_to_ldm(state: dict[str, Any], levels: int) -> dict[str, Any]:
+    """Rename a diffusers AutoencoderKL state dict to LDM names under ``first_stage_model.``."""
+    out: dict[str, Any] = {}
+    attention = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+    for key, tensor in state.items():
+        new = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+        parts = new.split(".")
+        if parts[1] == "down_blocks":
+            i, kind = parts[2], parts[3]
+            if kind == "resnets":
+                new = f"{parts[0]}.down.{i}.block.{parts[4]}." + ".".join(parts[5:])
+            else:
+                new = f"{parts[0]}.down.{i}.downsample." + ".".join(parts[5:])
+        elif parts[1] == "up_blocks":
+            i, kind = levels - 1 - int(parts[2]), parts[3]
+            if kind == "resnets":
+                new = f"{parts[0]}.up.{i}.block.{parts[4]}." + ".".join(parts[5:])
+            else:
+                new = f"{parts[0]}.up.{i}.upsample." + ".".join(parts[5:])
+        elif parts[1] == "mid_block":
+            if parts[2] == "resnets":
+                new = f"{parts[0]}.mid.block_{int(parts[3]) + 1}." + ".".join(parts[4:])
+            else:
+                rest = ".".join(parts[4:])
+                for old, replacement in attention.items():
+                    if rest.startswith(old + "."):
+                        rest = replacement + rest[len(old) :]
+                new = f"{parts[0]}.mid.attn_1.{rest}"
+                # LDM's VAE attention uses 1x1 convolutions where diffusers uses linears.
+                if new.endswith(".weight") and tensor.ndim == 2:
+                    tensor = tensor[:, :, None, None]
+        out["first_stage_model." + new] = tensor
+    return out
+
+
+def _clip_state(model: Any) -> dict[str, Any]:
+    state = model.state_dict()
+    # transformers 5 dropped the "text_model." prefix from CLIPTextModel's state dict keys.
+    return {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v for k, v in state.items()}
+
+
+def open_clip_from_clip(model: Any, prefix: str) -> dict[str, Any]:
+    """CLIPTextModelWithProjection weights in OpenCLIP's names (SDXL's second text encoder)."""
+    import torch
+
+    state = _clip_state(model)
+    out: dict[str, Any] = {
+        prefix + "token_embedding.weight": state["text_model.embeddings.token_embedding.weight"],
+        prefix + "positional_embedding": state["text_model.embeddings.position_embedding.weight"],
+        prefix + "ln_final.weight": state["text_model.final_layer_norm.weight"],
+        prefix + "ln_final.bias": state["text_model.final_layer_norm.bias"],
+        prefix + "text_projection": state["text_projection.weight"].T.contiguous(),
+        prefix + "logit_scale": torch.tensor(4.6052),
+    }
+    for layer in range(model.config.num_hidden_layers):
+        src = f"text_model.encoder.layers.{layer}."
+        dst = f"{prefix}transformer.resblocks.{layer}."
+        for kind in ("weight", "bias"):
+            out[dst + f"attn.in_proj_{kind}"] = torch.cat(
+                [state[src + f"self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")]
+            )
+            out[dst + f"attn.out_proj.{kind}"] = state[src + f"self_attn.out_proj.{kind}"]
+            out[dst + f"ln_1.{kind}"] = state[src + f"layer_norm1.{kind}"]
+            out[dst + f"ln_2.{kind}"] = state[src + f"layer_norm2.{kind}"]
+            out[dst + f"mlp.c_fc.{kind}"] = state[src + f"mlp.fc1.{kind}"]
+            out[dst + f"mlp.c_proj.{kind}"] = state[src + f"mlp.fc2.{kind}"]
+    return out
+
+
+def single_file_state_dict(pipeline: Any, family: Family) -> dict[str, Any]:
+    state = unet_to_ldm(pipeline.unet.state_dict(), pipeline.unet.config)
+    state |= vae_to_ldm(pipeline.vae.state_dict(), len(pipeline.vae.config.block_out_channels))
+    if family == "sd1":
+        state |= {"cond_stage_model.transformer." + k: v for k, v in _clip_state(pipeline.text_encoder).items()}
+    else:
+        state |= {"conditioner.embedders.0.transformer." + k: v for k, v in _clip_state(pipeline.text_encoder).items()}
+        state |= open_clip_from_clip(pipeline.text_encoder_2, "conditioner.embedders.1.model.")
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def config_folder_for(path: Path) -> Path:
+    return path.with_name(path.stem + ".config")
+
+
+def create_tiny_checkpoint(family: Family, out: Path, seed: int = 0) -> Path:
+    """Write ``out`` (safetensors) and ``<stem>.config/`` beside it; return the config folder."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config = config_folder_for(out)
+    if config.exists():
+        shutil.rmtree(config)
+    pipeline = build_pipeline(family, config / "tokenizer", seed)
+    pipeline.save_pretrained(config, safe_serialization=True)
+    for weights in config.rglob("*.safetensors"):
+        weights.unlink()  # the folder holds configs only; the weights live in the single file
+    metadata = {"format": "pt", "modelspec.architecture": "stable-diffusion-v1" if family == "sd1" else "stable-diffusion-xl-v1-base",
+                "modelspec.title": f"sdpipe tiny {family} (random weights, seed {seed})"}  # fmt: skip
+    save_file(single_file_state_dict(pipeline, family), str(out), metadata=metadata)
+    return config
+
+
+def load_tiny_checkpoint(path: Path, config: Path | None = None) -> Any:
+    """Load a single-file checkpoint offline with its config folder."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    config = config or config_folder_for(Path(path))
+    index = json.loads((config / "model_index.json").read_text())
+    cls = StableDiffusionXLPipeline if index["_class_name"] == "StableDiffusionXLPipeline" else StableDiffusionPipeline
+    pipeline = cls.from_single_file(str(path), config=str(config), local_files_only=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
