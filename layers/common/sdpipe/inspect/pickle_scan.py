@@ -13,6 +13,7 @@ followed by raw storage bytes).
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickletools
 import zipfile
@@ -107,6 +108,9 @@ class _CappedReader(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def tell(self) -> int:
+        return self.cap - self._remaining
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
@@ -204,6 +208,10 @@ def scan_one_pickle(stream: IO[bytes]) -> tuple[PickleScan, object]:
 
 
 def _check_global(module: str, qualname: str, scan: PickleScan) -> None:
+    # Name what the unpickler would really import: protocol-2 pickles say "__builtin__" and
+    # friends, which Python 3 maps to their new homes (fix_imports).
+    module, qualname = _compat_pickle.NAME_MAPPING.get((module, qualname), (module, qualname))
+    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
     full = f"{module}.{qualname}"
     if full not in TENSOR_REBUILD_ALLOWLIST:
         raise UnsafePickle(
@@ -215,7 +223,7 @@ def _check_global(module: str, qualname: str, scan: PickleScan) -> None:
 
 def scan_pickle_stream(stream: IO[bytes], cap: int) -> PickleScan:
     """Scan a bare pickle file: one pickle, or the legacy torch format's series of pickles."""
-    capped = io.BufferedReader(_CappedReader(stream, cap))
+    capped = _CappedReader(stream, cap)
     first, value = scan_one_pickle(capped)
     if value != _LEGACY_MAGIC:
         return first
@@ -242,6 +250,6 @@ def scan_torch_zip(fileobj: IO[bytes], cap: int) -> PickleScan:
                     f"{info.filename} is {info.file_size} bytes, over the {cap}-byte scan cap"
                 )
             with archive.open(info) as member:
-                scan, _value = scan_one_pickle(io.BufferedReader(_CappedReader(member, cap)))  # type: ignore[arg-type]
+                scan, _value = scan_one_pickle(_CappedReader(member, cap))  # type: ignore[arg-type]
             total.merge(scan)
         return total

@@ -113,10 +113,7 @@ def parse_header(
 def validate_header_bytes(raw: bytes, file_size: int) -> SafetensorsHeader:
     length = len(raw)
     try:
-        text = raw.decode("utf-8")
-        if not text.lstrip().startswith("{"):
-            raise ValueError("does not start with '{'")
-        document = json.loads(text)
+        document = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidSafetensors(f"the header is not valid JSON: {exc}") from None
     if not isinstance(document, dict):

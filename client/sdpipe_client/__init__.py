@@ -1,0 +1,1 @@
+"""The sdpipe command line and Python client."""

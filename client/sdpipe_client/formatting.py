@@ -1,0 +1,43 @@
+"""Human-readable renderings of items."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def models_table(models: Iterable[dict[str, Any]]) -> Table:
+    table = Table(show_lines=False)
+    for column in ("NAME", "TYPE", "FAMILY", "SIZE", "HASH", "STATUS", "FORMAT", "NOTE"):
+        table.add_column(column, overflow="fold")
+    for model in sorted(models, key=lambda m: (m.get("type", ""), m.get("name", ""))):
+        error = model.get("error") or {}
+        table.add_row(
+            model.get("name", "?"),
+            model.get("type", "?"),
+            model.get("family") or "-",
+            human_size(model.get("size")),
+            model.get("short_hash") or "-",
+            model.get("status", "?"),
+            model.get("format") or "-",
+            f"{error.get('code')}: {error.get('message')}" if error else "",
+        )
+    return table
+
+
+def print_models(models: Iterable[dict[str, Any]], console: Console | None = None) -> None:
+    (console or Console()).print(models_table(models))

@@ -1,0 +1,43 @@
+"""``sdpipe local up``: the stack in the foreground until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from sdpipe_local.stack import LocalStack
+
+
+def run_foreground(template: Path, port: int, state_dir: Path, stack_name: str) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    print(f"starting the sdpipe local stack from {template} ...", flush=True)
+    try:
+        stack = LocalStack(template, port=port, state_dir=state_dir, stack_name=stack_name).start()
+    except OSError as exc:
+        sys.exit(f"cannot start the local stack: {exc} (is port {port} in use? try --port 0)")
+    try:
+        print(f"endpoint: {stack.endpoint_url}")
+        print("# in another shell, point the AWS CLI and SDKs at it:")
+        for name, value in stack.environment().items():
+            print(f"export {name}={value}")
+        print("# outputs (also: sdpipe local outputs --json, aws cloudformation describe-stacks):")
+        for key, value in sorted(stack.outputs.items()):
+            print(f"#   {key:34} {value}")
+        print(f"# handler logs: {stack.state_dir / 'logs'}/<Function>.log")
+        print("ready - press Ctrl-C to stop", flush=True)
+        stop.wait()
+    finally:
+        print("stopping ...", flush=True)
+        stack.stop()
+        print("stopped", flush=True)

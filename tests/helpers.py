@@ -1,0 +1,55 @@
+"""Builders of model files for tests: safetensors bytes without torch, Kohya-style key sets."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "U8": 1}
+
+
+def safetensors_bytes(
+    tensors: dict[str, tuple[str, tuple[int, ...]]],
+    metadata: dict[str, str] | None = None,
+    fill: bytes = b"\x01",
+) -> bytes:
+    """A valid safetensors file; tensor contents are ``fill`` repeated (contents do not matter)."""
+    header: dict[str, object] = {}
+    offset = 0
+    for name, (dtype, shape) in tensors.items():
+        length = math.prod(shape) * _SIZES[dtype]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + length]}
+        offset += length
+    if metadata:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    data = (fill * (offset // len(fill) + 1))[:offset]
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+def raw_safetensors(header: object, data: bytes = b"", length: int | None = None) -> bytes:
+    """A file with an arbitrary (possibly invalid) header, for the bad-input cases."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(raw) if length is None else length) + raw + data
+
+
+def kohya_lora(family: str = "sd1", rank: int = 4) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The tensor names and shapes of a small Kohya LoRA for ``family``."""
+    context = {"sd1": 768, "sd2": 1024, "sdxl": 2048}[family]
+    if family == "sdxl":
+        base = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2"
+        te = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    else:
+        base = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2"
+        te = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    te_width = 1024 if family == "sd2" else 768
+    return {
+        f"{base}_to_k.lora_down.weight": ("F16", (rank, context)),
+        f"{base}_to_k.lora_up.weight": ("F16", (320, rank)),
+        f"{base}_to_k.alpha": ("F16", ()),
+        f"{te}.lora_down.weight": ("F16", (rank, te_width)),
+        f"{te}.lora_up.weight": ("F16", (te_width, rank)),
+        f"{te}.alpha": ("F16", ()),
+    }
