@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sdpipe.adapters.clients import clients
+from sdpipe_local.events_listener import EventsListener
+from sdpipe_local.stack import LocalStack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with LocalStack(ROOT / "template.yaml", state_dir=tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+@pytest.fixture
+def aws_env(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point boto3 (and the sdpipe client) in this process at the local stack."""
+    for name, value in stack.environment().items():
+        monkeypatch.setenv(name, value)
+    clients.reset()
+    yield stack.environment()
+    clients.reset()
+
+
+@pytest.fixture
+def listener(stack: LocalStack) -> EventsListener:
+    return EventsListener(stack, stack.outputs["EventsTopicArn"])
+
+
+class Models:
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+        self.bucket = stack.outputs["AssetsBucketName"]
+        self.s3 = stack.client("s3")
+        self.table = stack.resource("dynamodb").Table(stack.outputs["ModelsTableName"])
+
+    def put(self, key: str, body: bytes) -> str:
+        return self.s3.put_object(Bucket=self.bucket, Key=key, Body=body)["ETag"].strip('"')
+
+    def item(self, key: str) -> dict[str, Any] | None:
+        items = [i for i in self.table.scan(ConsistentRead=True)["Items"] if i["s3_key"] == key]
+        return items[0] if items else None
+
+    def wait(self, key: str, status: str | None = None, etag: str | None = None, timeout: float = 30) -> dict[str, Any]:
+        """Wait until the key's item is settled (not PENDING, event published), optionally a given status/etag."""
+        deadline = time.monotonic() + timeout
+        while True:
+            item = self.item(key)
+            settled = item is not None and item["status"] != "PENDING" and "pending_event" not in item
+            if settled and (status is None or item["status"] == status) and (etag is None or item["etag"] == etag):
+                return item
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{key} did not settle (status={status}, etag={etag}): {item}")
+            time.sleep(0.1)
+
+    def queue_depths(self) -> tuple[int, int]:
+        """Messages visible or in flight in the registration queue and in its DLQ."""
+        sqs = self.stack.client("sqs")
+        dlq = self.stack.outputs["RegisterModelDeadLetterQueueUrl"]
+        queue = dlq.replace("RegisterModelDLQ", "RegisterModelQueue")
+        counts = []
+        for url in (queue, dlq):
+            attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+            counts.append(int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"]))
+        return counts[0], counts[1]
+
+
+@pytest.fixture
+def models(stack: LocalStack) -> Models:
+    return Models(stack)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from sdpipe_local.tiny_models import create_tiny_checkpoint
+
+    folder = tmp_path_factory.mktemp("tiny")
+    paths = {}
+    for family in ("sd1", "sdxl"):
+        path = folder / f"tiny-{family}.safetensors"
+        create_tiny_checkpoint(family, path, seed=1)  # type: ignore[arg-type]
+        paths[family] = path
+    return paths
