@@ -35,7 +35,9 @@ def _local_module(name: str) -> Any:
 
 
 @click.group()
-@click.option("--stack", default="sdpipe", envvar="SDPIPE_STACK_NAME", show_default=True, help="CloudFormation stack name.")
+@click.option(
+    "--stack", default="sdpipe", envvar="SDPIPE_STACK_NAME", show_default=True, help="CloudFormation stack name."
+)
 @click.pass_context
 def main(ctx: click.Context, stack: str) -> None:
     """Stable Diffusion on AWS as an event-driven serverless pipeline."""
@@ -50,8 +52,15 @@ def local() -> None:
 
 @local.command("up")
 @click.option("--port", default=4599, show_default=True, help="Port of the local AWS endpoint (0: any free port).")
-@click.option("--template", default="template.yaml", show_default=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--state-dir", default=".sdpipe-local", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--template",
+    default="template.yaml",
+    show_default=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option(
+    "--state-dir", default=".sdpipe-local", show_default=True, type=click.Path(file_okay=False, path_type=Path)
+)
 @click.pass_obj
 def local_up(settings: _Settings, port: int, template: Path, state_dir: Path) -> None:
     """Start the stack in the foreground; Ctrl-C stops every process it started."""
@@ -61,17 +70,22 @@ def local_up(settings: _Settings, port: int, template: Path, state_dir: Path) ->
 
 @local.command("outputs")
 @click.option("--json", "as_json", is_flag=True, help="Print the outputs as a JSON object.")
+@click.option(
+    "--state-dir", default=".sdpipe-local", show_default=True, type=click.Path(file_okay=False, path_type=Path)
+)
 @click.pass_obj
-def local_outputs(settings: _Settings, as_json: bool) -> None:
+def local_outputs(settings: _Settings, as_json: bool, state_dir: Path) -> None:
     """The stack's Outputs (bucket, topics, tables) of the running local stack."""
-    state = read_local_state()
+    state = read_local_state(state_dir / LOCAL_STATE_FILE.name)
     if state is not None:
         outputs = state["outputs"]
     else:
         try:
             outputs = stack_outputs(settings.stack).values
         except SdpipeError as exc:
-            raise click.ClickException(f"no local stack is running here ({LOCAL_STATE_FILE} is missing) and {exc.message}") from exc
+            raise click.ClickException(
+                f"no local stack is running here ({LOCAL_STATE_FILE} is missing) and {exc.message}"
+            ) from exc
     if as_json:
         click.echo(json.dumps(outputs, indent=2, sort_keys=True))
     else:
@@ -114,7 +128,9 @@ def models_list(settings: _Settings, model_type: str | None, as_json: bool) -> N
 
 @models.command("create-tiny")
 @click.option("--family", type=click.Choice(["sd1", "sdxl"]), required=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .safetensors file to write.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .safetensors file to write."
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 def models_create_tiny(family: str, out: Path, seed: int) -> None:
     """Write a tiny random-weight checkpoint in the real single-file layout, and its config folder."""

@@ -8,6 +8,7 @@ events received on the events topic. Returns a process exit status.
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,8 +38,11 @@ def wait_for_models(stack: LocalStack, keys: list[str], timeout_s: float = _TIME
 def run() -> int:
     from sdpipe_client.formatting import print_models
 
-    console = Console()
-    with tempfile.TemporaryDirectory(prefix="sdpipe-demo-") as workdir, LocalStack("template.yaml", state_dir=Path(workdir) / "state") as stack:
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    with (
+        tempfile.TemporaryDirectory(prefix="sdpipe-demo-") as workdir,
+        LocalStack("template.yaml", state_dir=Path(workdir) / "state") as stack,
+    ):
         console.print(f"[bold]local stack[/] up on {stack.endpoint_url}")
         bucket = stack.outputs["AssetsBucketName"]
         listener = EventsListener(stack, stack.outputs["EventsTopicArn"])
@@ -47,21 +51,35 @@ def run() -> int:
         for family in ("sd1", "sdxl"):
             path = Path(workdir) / f"tiny-{family}.safetensors"
             started = time.monotonic()
-            create_tiny_checkpoint(family, path, seed=42)  # type: ignore[arg-type]
+            create_tiny_checkpoint(family, path, seed=42)
             key = f"models/Stable-diffusion/{path.name}"
             s3.upload_file(str(path), bucket, key)  # multipart above 8 MiB, as large files are
             keys.append(key)
-            console.print(f"created {path.name} ({path.stat().st_size:,} bytes) in {time.monotonic() - started:.1f}s and dropped it at s3://{bucket}/{key}")
+            took = time.monotonic() - started
+            console.print(
+                f"created {path.name} ({path.stat().st_size:,} bytes) in {took:.1f}s, dropped at s3://{bucket}/{key}"
+            )
         started = time.monotonic()
         models = wait_for_models(stack, keys)
-        console.print(f"\n[bold]registered models[/] (DynamoDB {stack.outputs['ModelsTableName']}, {time.monotonic() - started:.1f}s after the last drop):")
+        took = time.monotonic() - started
+        table_name = stack.outputs["ModelsTableName"]
+        console.print(f"\n[bold]registered models[/] (DynamoDB {table_name}, {took:.1f}s after the last drop):")
         print_models(models, console)
-        events = listener.wait_for(lambda got: sum(e.get("type") == "model.registered" for e in got) >= len(keys), timeout_s=10)
+        events = listener.wait_for(
+            lambda got: sum(e.get("type") == "model.registered" for e in got) >= len(keys), timeout_s=10
+        )
         console.print(f"\n[bold]events[/] on {stack.outputs['EventsTopicArn']}:")
         for event in events:
             model = event.get("model") or {}
-            console.print(json.dumps({k: event.get(k) for k in ("type", "status", "occurred_at")} | {"model": {k: model.get(k) for k in ("name", "type", "family", "short_hash", "size")}}))
+            console.print(
+                json.dumps(
+                    {k: event.get(k) for k in ("type", "status", "occurred_at")}
+                    | {"model": {k: model.get(k) for k in ("name", "type", "family", "short_hash", "size")}}
+                )
+            )
         ok = len(models) == len(keys) and all(m["status"] == "ACTIVE" for m in models)
-        console.print("\n[bold green]demo finished[/]" if ok else "\n[bold red]demo failed: not every model was registered[/]")
+        console.print(
+            "\n[bold green]demo finished[/]" if ok else "\n[bold red]demo failed: not every model was registered[/]"
+        )
         console.print("stopping the local stack")
         return 0 if ok else 1

@@ -18,7 +18,9 @@ class EventsListener:
         self._sqs = stack.client("sqs")
         name = f"events-listener-{uuid.uuid4().hex[:8]}"
         self.queue_url = self._sqs.create_queue(QueueName=name)["QueueUrl"]
-        arn = self._sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        arn = self._sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
         attributes = {"RawMessageDelivery": "true"}
         if filter_policy:
             attributes["FilterPolicy"] = json.dumps(filter_policy)
@@ -27,7 +29,9 @@ class EventsListener:
 
     def drain(self) -> list[dict[str, Any]]:
         while True:
-            messages = self._sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", [])
+            messages = self._sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            ).get("Messages", [])
             if not messages:
                 return self.events
             for message in messages:

@@ -53,7 +53,7 @@ class Resolver:
         if not isinstance(value, dict):
             return value
         if len(value) == 1:
-            (name, argument), = value.items()
+            ((name, argument),) = value.items()
             handler = _FUNCTIONS.get(name)
             if handler is not None:
                 return handler(self, argument)

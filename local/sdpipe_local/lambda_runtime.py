@@ -8,6 +8,7 @@ timeout is enforced by killing the worker, which is then replaced (a cold start,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -63,15 +64,11 @@ class _Worker:
     def kill(self) -> None:
         if self.alive():
             self.process.kill()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - the kernel reaps it eventually
-            pass
         for closable in (self.reader, self.writer, self.channel):
-            try:
+            with contextlib.suppress(OSError):
                 closable.close()
-            except OSError:
-                pass
 
 
 @dataclass

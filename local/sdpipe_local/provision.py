@@ -33,6 +33,23 @@ _RECORDED_ONLY = {
 }
 
 
+# Resource type -> the Provisioner method that creates it.
+_CREATORS = {
+    "AWS::S3::Bucket": "_bucket",
+    "AWS::DynamoDB::Table": "_table",
+    "AWS::SNS::Topic": "_topic",
+    "AWS::SNS::Subscription": "_subscription",
+    "AWS::SQS::Queue": "_queue",
+    "AWS::SQS::QueuePolicy": "_queue_policy",
+    "AWS::CloudWatch::Alarm": "_alarm",
+    "AWS::IAM::Role": "_role",
+    "AWS::Lambda::LayerVersion": "_layer",
+    "AWS::Lambda::Function": "_function",
+    "AWS::Lambda::EventSourceMapping": "_event_source_mapping",
+    "AWS::StepFunctions::StateMachine": "_state_machine",
+}
+
+
 @dataclass
 class Created:
     ref: str
@@ -140,16 +157,16 @@ class Provisioner:
     def _create(self, logical_id: str, resource: dict[str, Any]) -> None:
         kind = resource["Type"]
         properties = self._resolver.resolve(resource.get("Properties", {}))
-        handler = getattr(self, "_" + kind.replace("::", "_").replace("AWS_", "", 1), None)
-        if handler is not None:
-            self._created[logical_id] = handler(logical_id, properties)
+        creator = _CREATORS.get(kind)
+        if creator is not None:
+            self._created[logical_id] = getattr(self, creator)(logical_id, properties)
         else:
             if kind not in _RECORDED_ONLY:
                 logger.info("resource %s (%s) is not emulated locally; recorded only", logical_id, kind)
             self._created[logical_id] = Created(ref=self._physical_name(logical_id))
 
     # ------------------------------------------------------------------ S3
-    def _S3_Bucket(self, logical_id: str, p: dict[str, Any]) -> Created:
+    def _bucket(self, logical_id: str, p: dict[str, Any]) -> Created:
         name = p.get("BucketName") or self._physical_name(logical_id, 63).lower()
         s3 = self._client("s3")
         s3.create_bucket(Bucket=name)
@@ -160,13 +177,15 @@ class Provisioner:
             ]
             s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": rules})
         if "PublicAccessBlockConfiguration" in p:
-            s3.put_public_access_block(
-                Bucket=name, PublicAccessBlockConfiguration=p["PublicAccessBlockConfiguration"]
-            )
+            s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=p["PublicAccessBlockConfiguration"])
         if "LifecycleConfiguration" in p:
             rules = []
             for rule in p["LifecycleConfiguration"]["Rules"]:
-                converted: dict[str, Any] = {"ID": rule.get("Id", "rule"), "Status": rule["Status"], "Filter": {"Prefix": rule.get("Prefix", "")}}
+                converted: dict[str, Any] = {
+                    "ID": rule.get("Id", "rule"),
+                    "Status": rule["Status"],
+                    "Filter": {"Prefix": rule.get("Prefix", "")},
+                }
                 if "AbortIncompleteMultipartUpload" in rule:
                     converted["AbortIncompleteMultipartUpload"] = rule["AbortIncompleteMultipartUpload"]
                 if "ExpirationInDays" in rule:
@@ -193,7 +212,7 @@ class Provisioner:
         )
 
     # ------------------------------------------------------------------ DynamoDB
-    def _DynamoDB_Table(self, logical_id: str, p: dict[str, Any]) -> Created:
+    def _table(self, logical_id: str, p: dict[str, Any]) -> Created:
         name = p.get("TableName") or self._physical_name(logical_id, 255)
         kwargs: dict[str, Any] = {
             "TableName": name,
@@ -220,31 +239,52 @@ class Provisioner:
         return Created(ref=name, attributes=attributes)
 
     # ------------------------------------------------------------------ SNS / SQS
-    def _SNS_Topic(self, logical_id: str, p: dict[str, Any]) -> Created:
+    def _topic(self, logical_id: str, p: dict[str, Any]) -> Created:
         name = p.get("TopicName") or self._physical_name(logical_id, 256)
         attributes = {}
         if p.get("FifoTopic"):
             attributes["FifoTopic"] = "true"
         arn = self._client("sns").create_topic(Name=name, Attributes=attributes)["TopicArn"]
         for subscription in p.get("Subscription", []):
-            self._client("sns").subscribe(TopicArn=arn, Protocol=subscription["Protocol"], Endpoint=subscription["Endpoint"])
+            self._client("sns").subscribe(
+                TopicArn=arn, Protocol=subscription["Protocol"], Endpoint=subscription["Endpoint"]
+            )
         return Created(ref=arn, attributes={"TopicArn": arn, "TopicName": name})
 
-    def _SNS_Subscription(self, logical_id: str, p: dict[str, Any]) -> Created:
+    def _subscription(self, logical_id: str, p: dict[str, Any]) -> Created:
         attributes = {}
         for prop in ("RawMessageDelivery", "FilterPolicyScope", "FilterPolicy", "RedrivePolicy"):
             if prop in p:
                 value = p[prop]
-                attributes[prop] = json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) else str(value)
+                attributes[prop] = (
+                    json.dumps(value)
+                    if isinstance(value, dict)
+                    else str(value).lower()
+                    if isinstance(value, bool)
+                    else str(value)
+                )
         arn = self._client("sns").subscribe(
-            TopicArn=p["TopicArn"], Protocol=p["Protocol"], Endpoint=p["Endpoint"], Attributes=attributes, ReturnSubscriptionArn=True
+            TopicArn=p["TopicArn"],
+            Protocol=p["Protocol"],
+            Endpoint=p["Endpoint"],
+            Attributes=attributes,
+            ReturnSubscriptionArn=True,
         )["SubscriptionArn"]
         return Created(ref=arn)
 
-    def _SQS_Queue(self, logical_id: str, p: dict[str, Any]) -> Created:
+    def _queue(self, logical_id: str, p: dict[str, Any]) -> Created:
         name = p.get("QueueName") or self._physical_name(logical_id, 75) + (".fifo" if p.get("FifoQueue") else "")
-        attributes = {}
-        for prop in ("VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds", "MaximumMessageSize", "ReceiveMessageWaitTimeSeconds", "FifoQueue", "ContentBasedDeduplication", "SqsManagedSseEnabled"):
+        attributes: dict[str, str] = {}
+        for prop in (
+            "VisibilityTimeout",
+            "MessageRetentionPeriod",
+            "DelaySeconds",
+            "MaximumMessageSize",
+            "ReceiveMessageWaitTimeSeconds",
+            "FifoQueue",
+            "ContentBasedDeduplication",
+            "SqsManagedSseEnabled",
+        ):
             if prop in p:
                 value = p[prop]
                 attributes[prop] = str(value).lower() if isinstance(value, bool) else str(value)
@@ -255,13 +295,15 @@ class Provisioner:
         arn = f"arn:aws:sqs:{self._region}:{self._account}:{name}"
         return Created(ref=url, attributes={"Arn": arn, "QueueName": name, "QueueUrl": url})
 
-    def _SQS_QueuePolicy(self, logical_id: str, p: dict[str, Any]) -> Created:
+    def _queue_policy(self, logical_id: str, p: dict[str, Any]) -> Created:
         for url in p["Queues"]:
-            self._client("sqs").set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(p["PolicyDocument"])})
+            self._client("sqs").set_queue_attributes(
+                QueueUrl=url, Attributes={"Policy": json.dumps(p["PolicyDocument"])}
+            )
         return Created(ref=self._physical_name(logical_id))
 
     # ------------------------------------------------------------------ CloudWatch / IAM
-    def _CloudWatch_Alarm(self, logical_id: str, p: dict[str, Any]) -> Created:
+    def _alarm(self, logical_id: str, p: dict[str, Any]) -> Created:
         name = p.get("AlarmName") or self._physical_name(logical_id, 255)
         kwargs = {k: v for k, v in p.items() if k in {
             "AlarmDescription", "Namespace", "MetricName", "Dimensions", "Statistic", "Period",
@@ -275,10 +317,12 @@ class Provisioner:
         self._client("cloudwatch").put_metric_alarm(AlarmName=name, **kwargs)
         return Created(ref=name, attributes={"Arn": f"arn:aws:cloudwatch:{self._region}:{self._account}:alarm:{name}"})
 
-    def _IAM_Role(self, logical_id: str, p: dict[str, Any]) -> Created:
+    def _role(self, logical_id: str, p: dict[str, Any]) -> Created:
         name = p.get("RoleName") or self._physical_name(logical_id, 64)
         iam = self._client("iam")
-        arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(p["AssumeRolePolicyDocument"]))["Role"]["Arn"]
+        arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(p["AssumeRolePolicyDocument"]))[
+            "Role"
+        ]["Arn"]
         for policy in p.get("Policies", []):
             # SAM policy templates omit Version (IAM then assumes 2008-10-17); moto insists on it.
             document = {"Version": "2012-10-17", **policy["PolicyDocument"]}
@@ -286,13 +330,13 @@ class Provisioner:
         return Created(ref=name, attributes={"Arn": arn, "RoleId": name})
 
     # ------------------------------------------------------------------ Lambda
-    def _Lambda_LayerVersion(self, logical_id: str, p: dict[str, Any]) -> Created:
+    def _layer(self, logical_id: str, p: dict[str, Any]) -> Created:
         path = self._template.local_path(p["Content"]["S3Key"])
         name = p.get("LayerName") or logical_id
         arn = f"arn:aws:lambda:{self._region}:{self._account}:layer:{name}:1"
         return Created(ref=arn, attributes={"Path": str(path)})
 
-    def _Lambda_Function(self, logical_id: str, p: dict[str, Any]) -> Created:
+    def _function(self, logical_id: str, p: dict[str, Any]) -> Created:
         name = p.get("FunctionName") or self._physical_name(logical_id, 64)
         arn = f"arn:aws:lambda:{self._region}:{self._account}:function:{name}"
         code_path = self._template.local_path(p["Code"]["S3Key"])
@@ -318,7 +362,7 @@ class Provisioner:
         )
         return Created(ref=name, attributes={"Arn": arn})
 
-    def _Lambda_EventSourceMapping(self, logical_id: str, p: dict[str, Any]) -> Created:
+    def _event_source_mapping(self, logical_id: str, p: dict[str, Any]) -> Created:
         source = p["EventSourceArn"]
         if ":sqs:" not in source:
             logger.warning("event source %s (%s) is not emulated locally", logical_id, source)
@@ -340,7 +384,7 @@ class Provisioner:
         return Created(ref=logical_id)
 
     # ------------------------------------------------------------------ Step Functions
-    def _StepFunctions_StateMachine(self, logical_id: str, p: dict[str, Any]) -> Created:
+    def _state_machine(self, logical_id: str, p: dict[str, Any]) -> Created:
         name = p.get("StateMachineName") or self._physical_name(logical_id, 80)
         if "DefinitionS3Location" in p:
             path: Path = self._template.local_path(p["DefinitionS3Location"]["Key"])

@@ -47,7 +47,9 @@ class LambdaInvokeMiddleware:
         try:
             event = json.loads(body) if body.strip() else {}
         except json.JSONDecodeError:
-            return _respond(start_response, "400 Bad Request", {"Type": "User", "message": "Could not parse request body into json"})
+            return _respond(
+                start_response, "400 Bad Request", {"Type": "User", "message": "Could not parse request body into json"}
+            )
         invocation_type = environ.get("HTTP_X_AMZ_INVOCATION_TYPE", "RequestResponse")
         if invocation_type == "DryRun":
             start_response("204 No Content", [("Content-Length", "0")])

@@ -121,7 +121,9 @@ class LocalStack:
     def __enter__(self) -> LocalStack:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # ------------------------------------------------------------------ access
@@ -161,7 +163,10 @@ class LocalStack:
     def _configure_moto(self) -> None:
         body = json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode()
         request = urllib.request.Request(
-            f"{self.endpoint_url}/moto-api/config", data=body, method="POST", headers={"Content-Type": "application/json"}
+            f"{self.endpoint_url}/moto-api/config",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=10):
             pass
@@ -174,7 +179,10 @@ class LocalStack:
             "Description": f"sdpipe local stack from {self.template_path.name}",
             "Resources": {"LocalStackMarker": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
             "Outputs": {
-                name: {"Value": value, **({"Description": d} if (d := self.provisioned.output_descriptions.get(name)) else {})}
+                name: {
+                    "Value": value,
+                    **({"Description": d} if (d := self.provisioned.output_descriptions.get(name)) else {}),
+                }
                 for name, value in self.provisioned.outputs.items()
             },
         }

@@ -27,7 +27,9 @@ TEXT_LAYERS = 2
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte-to-printable-character table."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     characters = printable[:]
     extra = 0
     for byte in range(256):
@@ -52,10 +54,24 @@ def write_tiny_tokenizer(folder: Path) -> int:
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     (folder / "special_tokens_map.json").write_text(
-        json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})
+        json.dumps(
+            {
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+            }
+        )
     )
     (folder / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True, "pad_token": "<|endoftext|>"})
+        json.dumps(
+            {
+                "tokenizer_class": "CLIPTokenizer",
+                "model_max_length": 77,
+                "do_lower_case": True,
+                "pad_token": "<|endoftext|>",
+            }
+        )
     )
     return len(vocab)
 
@@ -199,10 +215,7 @@ def unet_to_ldm(state: dict[str, Any], config: Any) -> dict[str, Any]:
                 new = f"input_blocks.{(i + 1) * (layers + 1)}.0.op.{rest.removeprefix('conv.')}"
         elif parts[0] == "mid_block":
             kind, j, rest = parts[1], int(parts[2]), ".".join(parts[3:])
-            if kind == "resnets":
-                new = f"middle_block.{2 * j}.{_rename_resnet(rest)}"
-            else:
-                new = f"middle_block.1.{rest}"
+            new = f"middle_block.{2 * j}.{_rename_resnet(rest)}" if kind == "resnets" else f"middle_block.1.{rest}"
         elif parts[0] == "up_blocks":
             i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
             if kind == "resnets":
@@ -222,11 +235,12 @@ def vae_to_ldm(state: dict[str, Any], levels: int) -> dict[str, Any]:
     """Rename a diffusers AutoencoderKL state dict to LDM names under ``first_stage_model.``."""
     out: dict[str, Any] = {}
     attention = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-    for key, tensor in state.items():
+    for key, value in state.items():
+        tensor = value
         new = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
         parts = new.split(".")
         if parts[1] == "down_blocks":
-            i, kind = parts[2], parts[3]
+            i, kind = int(parts[2]), parts[3]
             if kind == "resnets":
                 new = f"{parts[0]}.down.{i}.block.{parts[4]}." + ".".join(parts[5:])
             else:
@@ -315,8 +329,12 @@ def create_tiny_checkpoint(family: Family, out: Path, seed: int = 0) -> Path:
     pipeline.save_pretrained(config, safe_serialization=True)
     for weights in config.rglob("*.safetensors"):
         weights.unlink()  # the folder holds configs only; the weights live in the single file
-    metadata = {"format": "pt", "modelspec.architecture": "stable-diffusion-v1" if family == "sd1" else "stable-diffusion-xl-v1-base",
-                "modelspec.title": f"sdpipe tiny {family} (random weights, seed {seed})"}  # fmt: skip
+    architecture = "stable-diffusion-v1" if family == "sd1" else "stable-diffusion-xl-v1-base"
+    metadata = {
+        "format": "pt",
+        "modelspec.architecture": architecture,
+        "modelspec.title": f"sdpipe tiny {family} (random weights, seed {seed})",
+    }
     save_file(single_file_state_dict(pipeline, family), str(out), metadata=metadata)
     return config
 

@@ -69,7 +69,10 @@ class Models:
         counts = []
         for url in (queue, dlq):
             attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-            counts.append(int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"]))
+            counts.append(
+                int(attributes["ApproximateNumberOfMessages"])
+                + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+            )
         return counts[0], counts[1]
 
 

@@ -30,7 +30,9 @@ def events_for(listener, key: str, expected: int = 1, timeout: float = 10) -> li
 
 
 def test_lora_is_registered_with_a1111_hashes_and_announced(models, listener):
-    body = safetensors_bytes(kohya_lora("sdxl"), metadata={"ss_network_dim": "4", "ss_output_name": "x", "ss_tag_frequency": "{}"})
+    body = safetensors_bytes(
+        kohya_lora("sdxl"), metadata={"ss_network_dim": "4", "ss_output_name": "x", "ss_tag_frequency": "{}"}
+    )
     key = unique("Lora")
     models.put(key, body)
     item = models.wait(key, "ACTIVE")
@@ -50,11 +52,37 @@ def test_lora_is_registered_with_a1111_hashes_and_announced(models, listener):
 BAD_FILES = [
     ("truncated", safetensors_bytes({"w": ("F32", (1000,))})[:-100], "truncated"),
     ("header larger than the file", raw_safetensors({"w": 1}, length=1 << 40), "larger than the file"),
-    ("header over the cap", raw_safetensors(b"{}", length=101 * 1024 * 1024) + bytes(101 * 1024 * 1024), "exceeds the 104857600-byte header cap"),
-    ("overlapping offsets", raw_safetensors({"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}, "b": {"dtype": "U8", "shape": [4], "data_offsets": [2, 6]}}, b"\0" * 6), "overlaps"),
-    ("out-of-range offsets", raw_safetensors({"a": {"dtype": "U8", "shape": [400], "data_offsets": [0, 400]}}, b"\0" * 4), "truncated or an offset is out of range"),
-    ("unknown dtype", raw_safetensors({"a": {"dtype": "Q7", "shape": [4], "data_offsets": [0, 4]}}, b"\0" * 4), "unknown dtype"),
-    ("shape mismatch", raw_safetensors({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 4]}}, b"\0" * 4), "needs 16 bytes"),
+    (
+        "header over the cap",
+        raw_safetensors(b"{}", length=101 * 1024 * 1024) + bytes(101 * 1024 * 1024),
+        "exceeds the 104857600-byte header cap",
+    ),
+    (
+        "overlapping offsets",
+        raw_safetensors(
+            {
+                "a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},
+                "b": {"dtype": "U8", "shape": [4], "data_offsets": [2, 6]},
+            },
+            b"\0" * 6,
+        ),
+        "overlaps",
+    ),
+    (
+        "out-of-range offsets",
+        raw_safetensors({"a": {"dtype": "U8", "shape": [400], "data_offsets": [0, 400]}}, b"\0" * 4),
+        "truncated or an offset is out of range",
+    ),
+    (
+        "unknown dtype",
+        raw_safetensors({"a": {"dtype": "Q7", "shape": [4], "data_offsets": [0, 4]}}, b"\0" * 4),
+        "unknown dtype",
+    ),
+    (
+        "shape mismatch",
+        raw_safetensors({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 4]}}, b"\0" * 4),
+        "needs 16 bytes",
+    ),
     ("non-JSON header", raw_safetensors(b"{not json}"), "not valid JSON"),
     ("zero bytes", b"", "empty"),
     ("PNG renamed", b"\x89PNG\r\n\x1a\n" + os.urandom(500), "PNG image"),
@@ -105,7 +133,15 @@ def test_malicious_pickle_is_rejected_and_never_executed(models, container):
 
 def test_safe_torch_checkpoint_is_registered_as_pickle(models):
     buffer = io.BytesIO()
-    torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3), "cond_stage_model.transformer.text_model.x": torch.zeros(1)}}, buffer)
+    torch.save(
+        {
+            "state_dict": {
+                "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3),
+                "cond_stage_model.transformer.text_model.x": torch.zeros(1),
+            }
+        },
+        buffer,
+    )
     key = unique("Stable-diffusion", ".ckpt")
     models.put(key, buffer.getvalue())
     item = models.wait(key, "ACTIVE")
@@ -127,7 +163,10 @@ def test_duplicate_deliveries_change_nothing(models, listener, stack):
     first = models.wait(key, "ACTIVE")
     events_for(listener, key)
     # The same S3 notification delivered three more times, as SQS may.
-    record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": models.bucket}, "object": {"key": key, "size": 1, "eTag": etag}}}
+    record = {
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": models.bucket}, "object": {"key": key, "size": 1, "eTag": etag}},
+    }
     sqs = stack.client("sqs")
     queue = stack.outputs["RegisterModelDeadLetterQueueUrl"].replace("RegisterModelDLQ", "RegisterModelQueue")
     for _ in range(3):

@@ -16,7 +16,10 @@ def shapes(tensors):
     [
         ({UNET, "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"}, ModelFamily.SD1),
         ({UNET, "cond_stage_model.model.token_embedding.weight"}, ModelFamily.SD2),
-        ({UNET, "conditioner.embedders.0.transformer.x", "conditioner.embedders.1.model.ln_final.weight"}, ModelFamily.SDXL),
+        (
+            {UNET, "conditioner.embedders.0.transformer.x", "conditioner.embedders.1.model.ln_final.weight"},
+            ModelFamily.SDXL,
+        ),
         ({UNET, "conditioner.embedders.0.model.ln_final.weight"}, ModelFamily.SDXL_REFINER),
     ],
 )
@@ -53,7 +56,10 @@ def test_lora_metadata_wins_over_guessing():
 
 
 def test_diffusers_peft_lora():
-    keys = {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight", "text_encoder_2.x.lora_B.weight"}
+    keys = {
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight",
+        "text_encoder_2.x.lora_B.weight",
+    }
     found = detect(keys)
     assert found is not None
     assert (found.type, found.family, found.details["naming"]) == (ModelType.LORA, ModelFamily.SDXL, "diffusers")
@@ -65,9 +71,27 @@ def test_diffusers_peft_lora():
         ({"emb_params"}, {"emb_params": (2, 768)}, ModelType.EMBEDDING, ModelFamily.SD1),
         ({"clip_l", "clip_g"}, {"clip_l": (3, 768), "clip_g": (3, 1280)}, ModelType.EMBEDDING, ModelFamily.SDXL),
         ({"string_to_param", "string_to_token", "name"}, {}, ModelType.EMBEDDING, ModelFamily.UNKNOWN),
-        ({"encoder.conv_in.weight", "decoder.conv_out.weight", "decoder.conv_in.weight"}, {"decoder.conv_in.weight": (512, 4, 3, 3)}, ModelType.VAE, ModelFamily.UNKNOWN),
-        ({"control_model.input_hint_block.0.weight", "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"}, {"control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768)}, ModelType.CONTROLNET, ModelFamily.SD1),
-        ({"controlnet_cond_embedding.conv_in.weight", "add_embedding.linear_1.weight"}, {}, ModelType.CONTROLNET, ModelFamily.SDXL),
+        (
+            {"encoder.conv_in.weight", "decoder.conv_out.weight", "decoder.conv_in.weight"},
+            {"decoder.conv_in.weight": (512, 4, 3, 3)},
+            ModelType.VAE,
+            ModelFamily.UNKNOWN,
+        ),
+        (
+            {
+                "control_model.input_hint_block.0.weight",
+                "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+            },
+            {"control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768)},
+            ModelType.CONTROLNET,
+            ModelFamily.SD1,
+        ),
+        (
+            {"controlnet_cond_embedding.conv_in.weight", "add_embedding.linear_1.weight"},
+            {},
+            ModelType.CONTROLNET,
+            ModelFamily.SDXL,
+        ),
         ({"layer_structure", "activation_func", "linear.0.weight"}, {}, ModelType.HYPERNETWORK, ModelFamily.UNKNOWN),
     ],
 )

@@ -9,7 +9,12 @@ from sdpipe_local.intrinsics import Resolver, references
 @pytest.mark.parametrize(
     ("key", "kind", "name", "ext"),
     [
-        ("models/Stable-diffusion/v1-5-pruned-emaonly.safetensors", ModelType.CHECKPOINT, "v1-5-pruned-emaonly", ".safetensors"),
+        (
+            "models/Stable-diffusion/v1-5-pruned-emaonly.safetensors",
+            ModelType.CHECKPOINT,
+            "v1-5-pruned-emaonly",
+            ".safetensors",
+        ),
         ("models/Lora/styles/my lora.safetensors", ModelType.LORA, "styles/my lora", ".safetensors"),
         ("models/embeddings/bad-hands.pt", ModelType.EMBEDDING, "bad-hands", ".pt"),
         ("models/VAE/sdxl_vae.safetensors", ModelType.VAE, "sdxl_vae", ".safetensors"),
@@ -21,13 +26,25 @@ def test_model_keys(key, kind, name, ext):
     assert (parsed.type, parsed.name, parsed.extension) == (kind, name, ext)
 
 
-@pytest.mark.parametrize("key", ["models/Unknown/x.safetensors", "datasets/a/b.png", "models/Lora/", "models/x.safetensors"])
+@pytest.mark.parametrize(
+    "key", ["models/Unknown/x.safetensors", "datasets/a/b.png", "models/Lora/", "models/x.safetensors"]
+)
 def test_keys_outside_model_folders(key):
     assert parse_model_key(key) is None
 
 
 def test_s3_keys_are_url_decoded():
-    body = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "models/Lora/my+lora%28v2%29.safetensors", "size": 3}}}]}
+    body = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": "b"},
+                    "object": {"key": "models/Lora/my+lora%28v2%29.safetensors", "size": 3},
+                },
+            }
+        ]
+    }
     record = S3EventNotification.model_validate(body).records[0]
     assert record.s3.object.decoded_key == "models/Lora/my lora(v2).safetensors"
 

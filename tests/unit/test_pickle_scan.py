@@ -34,7 +34,12 @@ class Exploit:
 
 
 def state_dict():
-    return {"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 4, 3, 3), "cond_stage_model.transformer.x": torch.ones(2)}}
+    return {
+        "state_dict": {
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 4, 3, 3),
+            "cond_stage_model.transformer.x": torch.ones(2),
+        }
+    }
 
 
 def test_torch_zip_checkpoint_is_accepted_and_its_names_are_seen():
@@ -86,7 +91,7 @@ def test_zip_without_data_pkl_is_not_a_checkpoint():
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("readme.txt", "hi")
-    with pytest.raises(InvalidPickle, match="data.pkl"):
+    with pytest.raises(InvalidPickle, match=r"data\.pkl"):
         scan_torch_zip(io.BytesIO(buffer.getvalue()), CAP)
 
 

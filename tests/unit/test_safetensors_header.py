@@ -31,20 +31,32 @@ def test_valid_header_is_parsed_with_metadata_and_shapes():
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "looks like a PNG image"),
         (raw_safetensors(b"not json at all!"), "not valid JSON"),
         (raw_safetensors([1, 2]), "not an object"),
-        (raw_safetensors({"t": {"dtype": "F17", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4), "unknown dtype 'F17'"),
+        (
+            raw_safetensors({"t": {"dtype": "F17", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+            "unknown dtype 'F17'",
+        ),
         (raw_safetensors({"t": {"dtype": "F32", "shape": [3], "data_offsets": [0, 4]}}, b"\0" * 4), "needs 12 bytes"),
         (raw_safetensors({"t": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4), "invalid shape"),
-        (raw_safetensors({"t": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4), "invalid data_offsets"),
+        (
+            raw_safetensors({"t": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4),
+            "invalid data_offsets",
+        ),
         (
             raw_safetensors(
-                {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
+                {
+                    "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                    "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+                },
                 b"\0" * 12,
             ),
             "overlaps",
         ),
         (
             raw_safetensors(
-                {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}},
+                {
+                    "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                    "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]},
+                },
                 b"\0" * 12,
             ),
             "leaves a gap",
@@ -79,6 +91,8 @@ def test_truncated_real_file_is_rejected():
 
 
 def test_json_header_is_never_evaluated_beyond_json():
-    payload = json.dumps({"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "__metadata__": {"a": "b"}}).encode()
+    payload = json.dumps(
+        {"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "__metadata__": {"a": "b"}}
+    ).encode()
     header = parse(struct.pack("<Q", len(payload)) + payload + b"\0" * 4)
     assert header.metadata == {"a": "b"}

@@ -21,7 +21,6 @@ from botocore.exceptions import ClientError
 from sdpipe.adapters.clients import AwsClients, clients
 from sdpipe.contracts.models import ModelRecord, ModelStatus, ModelType
 
-
 # Fields that describe one outcome; re-registering a key removes those the new outcome lacks.
 _OUTCOME_FIELDS = (
     "error", "sha256", "hash_shard", "family", "format", "short_hash", "legacy_hash",
@@ -200,4 +199,3 @@ class ModelsTable:
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-

@@ -121,20 +121,18 @@ def _lora(keys: set[str], shapes: Mapping[str, tuple[int, ...]], metadata: Mappi
     if any(marker in key for key in keys for marker in _LYCORIS_MARKERS):
         details["algorithm"] = "lycoris"
     ranks = {
-        shape[0]
-        for key, shape in shapes.items()
-        if (key.endswith((".lora_down.weight", ".lora_A.weight"))) and shape
+        shape[0] for key, shape in shapes.items() if (key.endswith((".lora_down.weight", ".lora_A.weight"))) and shape
     }
     if len(ranks) == 1:
         details["rank"] = str(ranks.pop())
     family = _family_from_metadata(metadata)
     if family is ModelFamily.UNKNOWN:
-        if _any_prefix(keys, "lora_te1_", "lora_te2_", "text_encoder_2.", "lora_unet_input_blocks_", "lora_unet_output_blocks_"):
+        if _any_prefix(
+            keys, "lora_te1_", "lora_te2_", "text_encoder_2.", "lora_unet_input_blocks_", "lora_unet_output_blocks_"
+        ):
             family = ModelFamily.SDXL
         else:
-            family = _context_family(
-                keys, shapes, r"attn2[._]to_k(\.lora_down|\.lora_A|\.lora\.down)\.weight$"
-            )
+            family = _context_family(keys, shapes, r"attn2[._]to_k(\.lora_down|\.lora_A|\.lora\.down)\.weight$")
     return Detection(ModelType.LORA, family, details)
 
 

@@ -152,9 +152,7 @@ def scan_one_pickle(stream: IO[bytes]) -> tuple[PickleScan, object]:
                 _check_global(module, qualname, scan)
             elif name == "STACK_GLOBAL":
                 if len(stack) < 2 or not isinstance(stack[-1], str) or not isinstance(stack[-2], str):
-                    raise UnsafePickle(
-                        "STACK_GLOBAL imports a name built at load time, which cannot be checked"
-                    )
+                    raise UnsafePickle("STACK_GLOBAL imports a name built at load time, which cannot be checked")
                 _check_global(stack[-2], stack[-1], scan)
             elif name in ("EXT1", "EXT2", "EXT4"):
                 raise UnsafePickle(f"opcode {name} imports from the extension registry")
@@ -162,7 +160,7 @@ def scan_one_pickle(stream: IO[bytes]) -> tuple[PickleScan, object]:
             if name in _MEMO_STORE_OPS:
                 if not stack:
                     raise InvalidPickle(f"opcode {name} on an empty stack")
-                memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1]  # type: ignore[call-overload]
+                memo[len(memo) if name == "MEMOIZE" else int(str(arg))] = stack[-1]
                 continue
             if name == "MARK":
                 marks.append(len(stack))
@@ -192,7 +190,7 @@ def scan_one_pickle(stream: IO[bytes]) -> tuple[PickleScan, object]:
                 scan.strings.add(str(value))
                 stack.append(str(value))
             elif name in _MEMO_LOAD_OPS:
-                stack.append(memo.get(int(arg), _UNKNOWN))  # type: ignore[call-overload]
+                stack.append(memo.get(int(str(arg)), _UNKNOWN))
             elif name == "DUP":
                 stack.extend([popped[0], popped[0]])
             elif name in ("LONG1", "LONG4", "INT", "BININT", "BININT1", "BININT2", "LONG"):
@@ -223,7 +221,7 @@ def _check_global(module: str, qualname: str, scan: PickleScan) -> None:
 
 def scan_pickle_stream(stream: IO[bytes], cap: int) -> PickleScan:
     """Scan a bare pickle file: one pickle, or the legacy torch format's series of pickles."""
-    capped = _CappedReader(stream, cap)
+    capped: IO[bytes] = _CappedReader(stream, cap)  # type: ignore[assignment]
     first, value = scan_one_pickle(capped)
     if value != _LEGACY_MAGIC:
         return first
@@ -246,10 +244,9 @@ def scan_torch_zip(fileobj: IO[bytes], cap: int) -> PickleScan:
         total = PickleScan()
         for info in members:
             if info.file_size > cap:
-                raise InvalidPickle(
-                    f"{info.filename} is {info.file_size} bytes, over the {cap}-byte scan cap"
-                )
+                raise InvalidPickle(f"{info.filename} is {info.file_size} bytes, over the {cap}-byte scan cap")
             with archive.open(info) as member:
-                scan, _value = scan_one_pickle(_CappedReader(member, cap))  # type: ignore[arg-type]
+                capped: IO[bytes] = _CappedReader(member, cap)  # type: ignore[assignment]
+                scan, _value = scan_one_pickle(capped)
             total.merge(scan)
         return total

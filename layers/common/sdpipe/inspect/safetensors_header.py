@@ -84,13 +84,11 @@ def read_header_length(prefix: bytes, file_size: int, cap: int) -> int:
         raise InvalidSafetensors("the file is empty (0 bytes)")
     if len(prefix) < 8 or file_size < 8:
         raise InvalidSafetensors(f"the file is {file_size} bytes, too short for a safetensors header")
-    (length,) = struct.unpack("<Q", prefix[:8])
+    length: int = struct.unpack("<Q", prefix[:8])[0]
     what = _describe_magic(prefix)
     if length + 8 > file_size:
         hint = f"; the file looks like {what}" if what else ""
-        raise InvalidSafetensors(
-            f"header length {length} is larger than the file ({file_size} bytes){hint}"
-        )
+        raise InvalidSafetensors(f"header length {length} is larger than the file ({file_size} bytes){hint}")
     if length > cap:
         raise InvalidSafetensors(f"header length {length} exceeds the {cap}-byte header cap")
     if length < 2:
@@ -98,9 +96,7 @@ def read_header_length(prefix: bytes, file_size: int, cap: int) -> int:
     return length
 
 
-def parse_header(
-    read_range: Callable[[int, int], bytes], file_size: int, cap: int
-) -> SafetensorsHeader:
+def parse_header(read_range: Callable[[int, int], bytes], file_size: int, cap: int) -> SafetensorsHeader:
     """Read and validate the header through ``read_range(start, length)`` (ranged reads)."""
     prefix = read_range(0, min(file_size, 64))
     length = read_header_length(prefix, file_size, cap)
@@ -139,8 +135,7 @@ def validate_header_bytes(raw: bytes, file_size: int) -> SafetensorsHeader:
         if info.begin != position:
             problem = "overlaps the previous tensor" if info.begin < position else "leaves a gap"
             raise InvalidSafetensors(
-                f"tensor {name!r} data_offsets [{info.begin}, {info.end}] {problem} "
-                f"(expected to start at {position})"
+                f"tensor {name!r} data_offsets [{info.begin}, {info.end}] {problem} (expected to start at {position})"
             )
         position = info.end
     if position > data_length:
@@ -163,9 +158,7 @@ def _validate_tensor(name: str, entry: object) -> TensorInfo:
     offsets = entry.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
         raise InvalidSafetensors(f"tensor {name!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InvalidSafetensors(f"tensor {name!r} has an invalid shape {shape!r}")
     if (
         not isinstance(offsets, list)

@@ -82,9 +82,7 @@ def inspect_model(store: ObjectStore, info: ObjectInfo, key: ModelKey, limits: I
         elif magic[:1] == b"\x80":
             scan = scan_pickle_stream(store.open_ranged(info), limits.pickle_cap)  # type: ignore[arg-type]
         else:
-            raise InvalidPickle(
-                f"the file starts with {magic!r}, which is neither a PyTorch zip archive nor a pickle"
-            )
+            raise InvalidPickle(f"the file starts with {magic!r}, which is neither a PyTorch zip archive nor a pickle")
         detection = _require_detection(detect(scan.strings), key, f"{len(scan.strings)} names")
         hashes = hash_stream(store.iter_chunks(info, limits.chunk_size))
         return Inspection(
@@ -116,8 +114,4 @@ def _require_detection(detection: Detection | None, key: ModelKey, what: str) ->
 
 
 def _summarise_metadata(metadata: dict[str, str]) -> dict[str, str]:
-    return {
-        name: value[:_METADATA_VALUE_LIMIT]
-        for name, value in metadata.items()
-        if name in _METADATA_SUMMARY_KEYS
-    }
+    return {name: value[:_METADATA_VALUE_LIMIT] for name, value in metadata.items() if name in _METADATA_SUMMARY_KEYS}

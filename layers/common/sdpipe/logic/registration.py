@@ -109,9 +109,7 @@ class Registrar:
         try:
             record = self._inspect(key, info, now)
             event = _event_for(record)
-            finished = self.table.finish(
-                model_id=key.model_id, token=token, record=record, event=_stored(event, token)
-            )
+            finished = self.table.finish(model_id=key.model_id, token=token, record=record, event=_stored(event, token))
         except BaseException:
             # Unexpected (S3 throttling, the object changing mid-read): let the retry reclaim it.
             self.table.release_claim(key.model_id, token)

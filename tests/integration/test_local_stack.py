@@ -1,0 +1,90 @@
+"""The local stack's emulation contract, on a fixture template: Lambda environment and timeout,
+SQS polling with partial batch failures and redrive, Step Functions with substitutions."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sdpipe_local.stack import LocalStack
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "stack" / "template.yaml"
+
+
+@pytest.fixture(scope="module")
+def fixture_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with LocalStack(
+        FIXTURE,
+        stack_name="fixture",
+        parameter_overrides={"Greeting": "bonjour"},
+        state_dir=tmp_path_factory.mktemp("fx"),
+    ) as stack:
+        yield stack
+
+
+def invoke(stack: LocalStack, name: str, payload: dict) -> tuple[dict, str | None]:
+    response = stack.client("lambda").invoke(FunctionName=name, Payload=json.dumps(payload))
+    return json.loads(response["Payload"].read()), response.get("FunctionError")
+
+
+def test_function_gets_exactly_the_template_environment(fixture_stack):
+    result, error = invoke(fixture_stack, "fixture-ProbeFunction", {"ping": 1})
+    assert error is None
+    env = result["environment"]
+    assert env["STACK_GREETING"] == "bonjour-from-fixture"  # Globals, !Sub and a parameter override
+    assert env["AWS_LAMBDA_FUNCTION_NAME"] == "fixture-ProbeFunction"
+    assert env["AWS_ENDPOINT_URL"] == fixture_stack.endpoint_url
+    assert "HOME" not in env and "PYTEST_CURRENT_TEST" not in env  # nothing leaks from the parent
+    assert result["event"] == {"ping": 1}
+    assert 4000 < result["remaining_ms"] <= 5000
+
+
+def test_timeout_is_enforced_and_the_function_recovers(fixture_stack):
+    started = time.monotonic()
+    result, error = invoke(fixture_stack, "fixture-SleepyFunction", {"seconds": 30})
+    assert error == "Unhandled"
+    assert "Task timed out after 1.00 seconds" in result["errorMessage"]
+    assert time.monotonic() - started < 10
+    result, error = invoke(fixture_stack, "fixture-SleepyFunction", {"seconds": 0})
+    assert (result, error) == ({"slept": True}, None)
+
+
+def test_state_machine_runs_the_asl_file_with_substitutions(fixture_stack):
+    sfn = fixture_stack.client("stepfunctions")
+    arn = fixture_stack.outputs["GreeterArn"]
+    execution = sfn.start_execution(stateMachineArn=arn, name="greet-1", input=json.dumps({"who": "you"}))[
+        "executionArn"
+    ]
+    deadline = time.monotonic() + 30
+    while (described := sfn.describe_execution(executionArn=execution))["status"] == "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert described["status"] == "SUCCEEDED", described
+    output = json.loads(described["output"])["result"]
+    assert output["event"] == {"greeting": "bonjour", "input": {"who": "you"}}
+    assert output["function_name"] == "fixture-ProbeFunction"
+    # Executions are named; the same name again is refused, so a duplicate start is a no-op.
+    with pytest.raises(sfn.exceptions.ExecutionAlreadyExists):
+        sfn.start_execution(stateMachineArn=arn, name="greet-1", input=json.dumps({"who": "else"}))
+
+
+def test_partial_batch_failures_are_retried_then_redriven(fixture_stack):
+    sqs, s3 = fixture_stack.client("sqs"), fixture_stack.client("s3")
+    queue, dlq = fixture_stack.outputs["WorkQueueUrl"], fixture_stack.outputs["WorkDLQUrl"]
+    bucket = fixture_stack.outputs["ResultsBucketName"]
+    bodies = ["ok one", "please fail", "ok two"]
+    sqs.send_message_batch(QueueUrl=queue, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)])
+    deadline = time.monotonic() + 30
+    moved: list[dict] = []
+    while not moved and time.monotonic() < deadline:
+        moved = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+    assert [m["Body"] for m in moved] == ["please fail"]
+    done = sorted(
+        s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read().decode()
+        for o in s3.list_objects_v2(Bucket=bucket)["Contents"]
+    )
+    assert done == ["ok one", "ok two"]  # processed once each: successes were deleted, not retried
