@@ -28,8 +28,8 @@ def wait_for_models(stack: LocalStack, keys: list[str], timeout_s: float = _TIME
     table = stack.resource("dynamodb").Table(stack.outputs["ModelsTableName"])
     deadline = time.monotonic() + timeout_s
     while True:
-        items = [i for i in table.scan(ConsistentRead=True)["Items"] if i["s3_key"] in keys]
-        settled = [i for i in items if i["status"] != "PENDING" and "pending_event" not in i]
+        items = [i for i in table.scan(ConsistentRead=True)["Items"] if i.get("s3_key") in keys]
+        settled = [i for i in items if i.get("status", "PENDING") != "PENDING" and "pending_event" not in i]
         if len(settled) == len(keys) or time.monotonic() > deadline:
             return settled
         time.sleep(0.2)

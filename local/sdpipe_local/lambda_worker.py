@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import resource
 import socket
 import sys
 import time
@@ -45,6 +46,29 @@ def _error(exc: BaseException) -> dict[str, Any]:
     }
 
 
+def _peak_rss_mb() -> int:
+    # VmHWM belongs to this address space; ru_maxrss would carry the parent's peak across exec.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+def _report(request_id: str, duration_ms: float) -> None:
+    """Lambda's REPORT line, so handler logs read like CloudWatch's (benchmarks parse it too)."""
+    max_memory_mb = _peak_rss_mb()
+    memory_size = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "?")
+    print(
+        f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
+        f"Memory Size: {memory_size} MB\tMax Memory Used: {max_memory_mb} MB",
+        flush=True,
+    )
+
+
 def main() -> None:
     fd, handler_spec = int(sys.argv[1]), sys.argv[2]
     paths = [p for p in os.environ.pop("SDPIPE_CODE_PATHS", "").split(os.pathsep) if p]
@@ -72,12 +96,14 @@ def main() -> None:
             response = {"ok": False, "error": init_error}
         else:
             context = LambdaContext(request["request_id"], request["deadline_ms"])
+            started = time.perf_counter()
             try:
                 result = handler(request["event"], context)
                 response = {"ok": True, "result": result}
             except Exception as exc:
                 traceback.print_exc()
                 response = {"ok": False, "error": _error(exc)}
+            _report(request["request_id"], (time.perf_counter() - started) * 1000)
         sys.stdout.flush()
         sys.stderr.flush()
         try:

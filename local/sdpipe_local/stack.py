@@ -7,12 +7,13 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import warnings
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 from botocore.config import Config
@@ -43,6 +44,11 @@ def client_environment(endpoint_url: str) -> dict[str, str]:
 
 
 class LocalStack:
+    # moto's backends are global to the process: stacks running at once in one process share them
+    # (so they need different stack names), and the last one to stop resets them.
+    _running: ClassVar[int] = 0
+    _running_lock: ClassVar[threading.Lock] = threading.Lock()
+
     def __init__(
         self,
         template_path: Path | str = "template.yaml",
@@ -78,6 +84,8 @@ class LocalStack:
         # moto's Step Functions interpreter calls the other services on this port.
         os.environ["MOTO_PORT"] = str(self.server.port)
         self.server.start()
+        with LocalStack._running_lock:
+            LocalStack._running += 1
         base_environment.update(client_environment(self.server.url))
         self._configure_moto()
 
@@ -113,7 +121,13 @@ class LocalStack:
         if self.runtime is not None:
             self.runtime.close()
         if self.server is not None:
+            with LocalStack._running_lock:
+                LocalStack._running -= 1
+                last = LocalStack._running == 0
+            if last:
+                self._moto_api("reset", {})
             self.server.stop()
+            self.server = None
         state = self.state_dir / STATE_FILE
         if state.exists():
             state.unlink()
@@ -140,35 +154,33 @@ class LocalStack:
     def environment(self) -> dict[str, str]:
         return client_environment(self.endpoint_url)
 
+    def client_credentials(self) -> dict[str, str]:
+        """Keyword arguments for boto3.client/resource: region and the local credentials."""
+        return {
+            "region_name": REGION,
+            "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        }
+
     def client(self, service: str) -> Any:
-        return boto3.client(
-            service,  # type: ignore[call-overload]
-            endpoint_url=self.endpoint_url,
-            region_name=REGION,
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            config=Config(retries={"mode": "standard", "max_attempts": 3}),
-        )
+        config = Config(retries={"mode": "standard", "max_attempts": 3})
+        return boto3.client(service, endpoint_url=self.endpoint_url, config=config, **self.client_credentials())  # type: ignore[call-overload]
 
     def resource(self, service: str) -> Any:
-        return boto3.resource(
-            service,  # type: ignore[call-overload]
-            endpoint_url=self.endpoint_url,
-            region_name=REGION,
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
+        return boto3.resource(service, endpoint_url=self.endpoint_url, **self.client_credentials())  # type: ignore[call-overload]
 
     # ------------------------------------------------------------------ internals
     def _configure_moto(self) -> None:
-        body = json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode()
+        self._moto_api("config", {"stepfunctions": {"execute_state_machine": True}})
+
+    def _moto_api(self, path: str, body: dict[str, Any]) -> None:
         request = urllib.request.Request(
-            f"{self.endpoint_url}/moto-api/config",
-            data=body,
+            f"{self.endpoint_url}/moto-api/{path}",
+            data=json.dumps(body).encode(),
             method="POST",
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=10):
+        with urllib.request.urlopen(request, timeout=30):
             pass
 
     def _publish_outputs(self) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from samtranslator.metrics.metrics import Metrics
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import yaml_parse
@@ -82,8 +83,10 @@ def translate(path: Path, parameter_overrides: dict[str, str], pseudo: dict[str,
         raise ValueError(f"template parameters without a value: {missing}")
     # An explicit session: the translator needs a region and must not look for credentials.
     session = boto3.session.Session(region_name=pseudo["AWS::Region"])
-    translator = Translator({}, Parser(), boto_session=session)
+    metrics = Metrics()  # publishes nowhere; flushed below so it does not warn when collected
+    translator = Translator({}, Parser(), boto_session=session, metrics=metrics)
     translated = translator.translate(prepared, {**parameters, **pseudo}, get_managed_policy_map=dict)
+    metrics.publish()
     return TranslatedTemplate(
         root=root,
         resources=translated.get("Resources", {}),

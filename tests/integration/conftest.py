@@ -46,7 +46,7 @@ class Models:
         return self.s3.put_object(Bucket=self.bucket, Key=key, Body=body)["ETag"].strip('"')
 
     def item(self, key: str) -> dict[str, Any] | None:
-        items = [i for i in self.table.scan(ConsistentRead=True)["Items"] if i["s3_key"] == key]
+        items = [i for i in self.table.scan(ConsistentRead=True)["Items"] if i.get("s3_key") == key]
         return items[0] if items else None
 
     def wait(self, key: str, status: str | None = None, etag: str | None = None, timeout: float = 30) -> dict[str, Any]:
@@ -54,7 +54,7 @@ class Models:
         deadline = time.monotonic() + timeout
         while True:
             item = self.item(key)
-            settled = item is not None and item["status"] != "PENDING" and "pending_event" not in item
+            settled = item is not None and item.get("status", "PENDING") != "PENDING" and "pending_event" not in item
             if settled and (status is None or item["status"] == status) and (etag is None or item["etag"] == etag):
                 return item
             if time.monotonic() > deadline:

@@ -81,7 +81,21 @@ def test_header_over_the_cap_is_rejected_before_it_is_read():
 
     with pytest.raises(InvalidSafetensors, match="exceeds the 100-byte header cap"):
         parse_header(read, len(data), cap=100)
-    assert all(length <= 64 for _, length in reads)
+    assert len(reads) == 1  # rejected on the first ranged read, the rest never requested
+
+
+def test_header_larger_than_the_first_read_is_completed_with_a_second_read():
+    big = {f"lora_unet_block_{i}.alpha": ("F16", ()) for i in range(30_000)}
+    data = safetensors_bytes(big)
+    reads = []
+
+    def read(start, length):
+        reads.append((start, length))
+        return data[start : start + length]
+
+    header = parse_header(read, len(data), cap=64 * 1024 * 1024)
+    assert len(header.tensors) == 30_000
+    assert len(reads) == 2 and reads[1][0] == 1024 * 1024
 
 
 def test_truncated_real_file_is_rejected():

@@ -35,6 +35,8 @@ DTYPE_SIZES: dict[str, int] = {
     "F64": 8,
 }
 
+FIRST_READ_BYTES = 1024 * 1024
+
 # Magic numbers of files people rename by mistake, to say what the file really is.
 _KNOWN_MAGIC: list[tuple[bytes, str]] = [
     (b"\x89PNG\r\n\x1a\n", "a PNG image"),
@@ -98,9 +100,13 @@ def read_header_length(prefix: bytes, file_size: int, cap: int) -> int:
 
 def parse_header(read_range: Callable[[int, int], bytes], file_size: int, cap: int) -> SafetensorsHeader:
     """Read and validate the header through ``read_range(start, length)`` (ranged reads)."""
-    prefix = read_range(0, min(file_size, 64))
+    # One ranged read usually holds the whole header (checkpoints ~200 KiB, LoRAs with Kohya
+    # metadata a few hundred KiB); read the rest only when it does not.
+    prefix = read_range(0, min(file_size, FIRST_READ_BYTES))
     length = read_header_length(prefix, file_size, cap)
-    raw = read_range(8, length)
+    raw = prefix[8 : 8 + length]
+    if len(raw) < length:
+        raw += read_range(len(prefix), 8 + length - len(prefix))
     if len(raw) != length:
         raise InvalidSafetensors(f"the file ended inside the {length}-byte header")
     return validate_header_bytes(raw, file_size)

@@ -29,6 +29,14 @@ _METADATA_SUMMARY_KEYS = (
 )  # fmt: skip
 _METADATA_VALUE_LIMIT = 512
 
+_TYPE_PLURALS = {
+    ModelType.CHECKPOINT: "checkpoints",
+    ModelType.LORA: "LoRAs",
+    ModelType.EMBEDDING: "textual-inversion embeddings",
+    ModelType.CONTROLNET: "ControlNets",
+    ModelType.HYPERNETWORK: "hypernetworks",
+    ModelType.VAE: "VAEs",
+}
 _TYPE_WORDS = {
     ModelType.CHECKPOINT: "a checkpoint",
     ModelType.LORA: "a LoRA",
@@ -108,7 +116,7 @@ def _require_detection(detection: Detection | None, key: ModelKey, what: str) ->
     if detection.type is not key.type:
         raise WrongFolder(
             f"the file is {_TYPE_WORDS[detection.type]} but it is in models/{key.folder}/, which holds "
-            f"{_TYPE_WORDS[key.type]}s; move it to models/{FOLDER_OF_TYPE[detection.type]}/"
+            f"{_TYPE_PLURALS[key.type]}; move it to models/{FOLDER_OF_TYPE[detection.type]}/"
         )
     return detection
 
