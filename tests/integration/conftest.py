@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(ROOT / "template.yaml", state_dir=tmp_path_factory.mktemp("stack")) as running:
-        yield running
+def stack(sdpipe_stack: LocalStack) -> LocalStack:
+    return sdpipe_stack
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+pytest_plugins = ["sdpipe_local.pytest_plugin"]
