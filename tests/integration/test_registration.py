@@ -189,6 +189,7 @@ def test_overwrite_registers_the_new_content_and_delete_marks_deleted(models, li
     etag = models.put(key, second_body)
     second = models.wait(key, "ACTIVE", etag=etag)
     assert second["model_id"] == first["model_id"]
+    assert second["created_at"] == first["created_at"] and second["updated_at"] > first["updated_at"]
     assert second["sha256"] == hashlib.sha256(second_body).hexdigest() != first["sha256"]
     assert second["family"] == "sdxl"
     models.s3.delete_object(Bucket=models.bucket, Key=key)

@@ -8,6 +8,7 @@ so ``AWS_ENDPOINT_URL`` points every client at the local stack.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -22,26 +23,20 @@ class AwsClients:
         self._lock = threading.Lock()
 
     def get(self, service: str) -> Any:
-        client = self._clients.get(service)
-        if client is None:
-            with self._lock:
-                client = self._clients.get(service)
-                if client is None:
-                    client = boto3.session.Session().client(service, config=_CONFIG)  # type: ignore[call-overload]
-                    self._clients[service] = client
-        return client
+        return self._cached(service, lambda: boto3.session.Session().client(service, config=_CONFIG))  # type: ignore[call-overload]
 
     def get_resource(self, service: str) -> Any:
         """A boto3 resource (DynamoDB's Table does the type marshalling for us)."""
-        key = f"resource:{service}"
-        resource = self._clients.get(key)
-        if resource is None:
+        return self._cached(f"resource:{service}", lambda: boto3.session.Session().resource(service, config=_CONFIG))  # type: ignore[call-overload]
+
+    def _cached(self, key: str, create: Callable[[], Any]) -> Any:
+        found = self._clients.get(key)
+        if found is None:
             with self._lock:
-                resource = self._clients.get(key)
-                if resource is None:
-                    resource = boto3.session.Session().resource(service, config=_CONFIG)  # type: ignore[call-overload]
-                    self._clients[key] = resource
-        return resource
+                found = self._clients.get(key)
+                if found is None:
+                    found = self._clients[key] = create()
+        return found
 
     def override(self, service: str, client: Any) -> None:
         with self._lock:

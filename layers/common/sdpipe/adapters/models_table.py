@@ -61,6 +61,16 @@ class ModelsTable:
     def _table(self) -> Any:
         return self._aws.get_resource("dynamodb").Table(self.table_name)
 
+    def _update_if(self, **request: Any) -> bool:
+        """UpdateItem; False (not an error) when its ConditionExpression does not hold."""
+        try:
+            self._table.update_item(**request)
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
     def get(self, model_id: str) -> dict[str, Any] | None:
         item = self._table.get_item(Key={"model_id": model_id}, ConsistentRead=True).get("Item")
         return _from_dynamo(item) if item else None
@@ -84,22 +94,16 @@ class ModelsTable:
                 sets.append(f"#f{index} = if_not_exists(#f{index}, :f{index})")
             else:
                 sets.append(f"#f{index} = :f{index}")
-        try:
-            self._table.update_item(
-                Key={"model_id": model_id},
-                UpdateExpression="SET " + ", ".join(sets),
-                ConditionExpression=(
-                    "attribute_not_exists(model_id) OR etag <> :etag OR #status = :deleted "
-                    "OR (#status = :pending AND claim_expires_at < :now)"
-                ),
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                return False
-            raise
-        return True
+        return self._update_if(
+            Key={"model_id": model_id},
+            UpdateExpression="SET " + ", ".join(sets),
+            ConditionExpression=(
+                "attribute_not_exists(model_id) OR etag <> :etag OR #status = :deleted "
+                "OR (#status = :pending AND claim_expires_at < :now)"
+            ),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
 
     def finish(self, *, model_id: str, token: str, record: ModelRecord, event: dict[str, Any]) -> bool:
         item = record.model_dump(mode="json", exclude_none=True)
@@ -110,7 +114,7 @@ class ModelsTable:
         values: dict[str, Any] = {":token": token}
         sets = []
         for index, (name, value) in enumerate(item.items()):
-            if name == "model_id":
+            if name in ("model_id", "created_at"):  # created_at: set once, by the first claim
                 continue
             names[f"#f{index}"] = name
             values[f":f{index}"] = _to_dynamo(value)
@@ -120,66 +124,45 @@ class ModelsTable:
             if stale not in item:
                 names[f"#r{index}"] = stale
                 removals.append(f"#r{index}")
-        try:
-            self._table.update_item(
-                Key={"model_id": model_id},
-                UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removals),
-                ConditionExpression="claim_token = :token",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                return False
-            raise
-        return True
+        return self._update_if(
+            Key={"model_id": model_id},
+            UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removals),
+            ConditionExpression="claim_token = :token",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
 
     def release_claim(self, model_id: str, token: str) -> None:
         """Expire our lease at once so the next delivery can claim the version again."""
-        try:
-            self._table.update_item(
-                Key={"model_id": model_id},
-                UpdateExpression="SET claim_expires_at = :zero",
-                ConditionExpression="claim_token = :token",
-                ExpressionAttributeValues={":zero": 0, ":token": token},
-            )
-        except ClientError as exc:
-            if not _is_condition_failure(exc):
-                raise
+        self._update_if(
+            Key={"model_id": model_id},
+            UpdateExpression="SET claim_expires_at = :zero",
+            ConditionExpression="claim_token = :token",
+            ExpressionAttributeValues={":zero": 0, ":token": token},
+        )
 
     def mark_deleted(self, *, model_id: str, updated_at: str, event: dict[str, Any]) -> bool:
-        try:
-            self._table.update_item(
-                Key={"model_id": model_id},
-                UpdateExpression=(
-                    "SET #status = :deleted, updated_at = :now, pending_event = :event "
-                    "REMOVE claim_token, claim_expires_at"
-                ),
-                ConditionExpression="attribute_exists(model_id) AND #status <> :deleted",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":deleted": ModelStatus.DELETED.value,
-                    ":now": updated_at,
-                    ":event": _to_dynamo(event),
-                },
-            )
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                return False
-            raise
-        return True
+        return self._update_if(
+            Key={"model_id": model_id},
+            UpdateExpression=(
+                "SET #status = :deleted, updated_at = :now, pending_event = :event REMOVE claim_token, claim_expires_at"
+            ),
+            ConditionExpression="attribute_exists(model_id) AND #status <> :deleted",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={
+                ":deleted": ModelStatus.DELETED.value,
+                ":now": updated_at,
+                ":event": _to_dynamo(event),
+            },
+        )
 
     def clear_pending_event(self, model_id: str, event_id: str) -> None:
-        try:
-            self._table.update_item(
-                Key={"model_id": model_id},
-                UpdateExpression="REMOVE pending_event",
-                ConditionExpression="pending_event.event_id = :id",
-                ExpressionAttributeValues={":id": event_id},
-            )
-        except ClientError as exc:
-            if not _is_condition_failure(exc):
-                raise
+        self._update_if(
+            Key={"model_id": model_id},
+            UpdateExpression="REMOVE pending_event",
+            ConditionExpression="pending_event.event_id = :id",
+            ExpressionAttributeValues={":id": event_id},
+        )
 
     def list(self, model_type: ModelType | None = None) -> Iterator[dict[str, Any]]:
         """Every model (optionally of one type), via the by-type index or a scan."""
