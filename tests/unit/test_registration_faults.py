@@ -1,0 +1,157 @@
+"""Registration under faults, with the real adapters on in-process moto and injected failures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from sdpipe.adapters.clients import AwsClients
+from sdpipe.adapters.events import EventPublisher
+from sdpipe.adapters.models_table import ModelsTable
+from sdpipe.adapters.object_store import ObjectInfo, ObjectStore
+from sdpipe.contracts.models import ModelRecord, ModelStatus
+from sdpipe.errors import ObjectChanged
+from sdpipe.layout import parse_model_key
+from sdpipe.logic.inspection import InspectionLimits
+from sdpipe.logic.registration import Registrar
+from tests.helpers import kohya_lora, safetensors_bytes
+
+BUCKET, TABLE, KEY = "assets", "models", "models/Lora/style.safetensors"
+LIMITS = InspectionLimits(header_cap=1 << 20, pickle_cap=1 << 20, chunk_size=64 * 1024)
+
+
+class FlakyStore(ObjectStore):
+    """Fails the first ``failures`` full reads part-way, as a reset connection would."""
+
+    def __init__(self, bucket: str, aws: AwsClients, failures: int) -> None:
+        super().__init__(bucket, aws)
+        self.failures = failures
+
+    def iter_chunks(self, info: ObjectInfo, chunk_size: int) -> Iterator[bytes]:
+        for index, chunk in enumerate(super().iter_chunks(info, chunk_size)):
+            if self.failures and index == 1:
+                self.failures -= 1
+                raise ConnectionResetError("connection reset by peer")
+            yield chunk
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        aws = AwsClients()
+        aws.get("s3").create_bucket(Bucket=BUCKET)
+        aws.get("dynamodb").create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "model_id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "model_id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        topic = aws.get("sns").create_topic(Name="events")["TopicArn"]
+        sqs = boto3.client("sqs")
+        queue = sqs.create_queue(QueueName="events")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        aws.get("sns").subscribe(
+            TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"}
+        )
+        yield aws, topic, queue
+
+
+def registrar(aws: AwsClients, topic: str, store: ObjectStore | None = None) -> Registrar:
+    return Registrar(
+        store=store or ObjectStore(BUCKET, aws),
+        table=ModelsTable(TABLE, aws),
+        publisher=EventPublisher(topic, aws),
+        limits=LIMITS,
+        lease_seconds=900,
+    )
+
+
+def published(queue: str) -> list[dict]:
+    messages = boto3.client("sqs").receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+    return [json.loads(m["Body"]) for m in messages]
+
+
+def test_a_stream_that_dies_mid_read_releases_the_claim_and_the_retry_registers(aws):
+    clients, topic, queue = aws
+    body = safetensors_bytes(kohya_lora("sd1", rank=64))
+    assert len(body) > 2 * LIMITS.chunk_size
+    clients.get("s3").put_object(Bucket=BUCKET, Key=KEY, Body=body)
+    key = parse_model_key(KEY)
+    assert key is not None
+    flaky = registrar(clients, topic, FlakyStore(BUCKET, clients, failures=1))
+    with pytest.raises(ConnectionResetError):
+        flaky.on_created(key)  # the SQS message is not deleted: it will be delivered again
+    item = ModelsTable(TABLE, clients).get(key.model_id)
+    assert item is not None and item["status"] == "PENDING" and item["claim_expires_at"] == 0
+    flaky.on_created(key)  # the redelivery: the released claim is taken again
+    item = ModelsTable(TABLE, clients).get(key.model_id)
+    assert item is not None and item["status"] == ModelStatus.ACTIVE
+    assert [e["type"] for e in published(queue)] == ["model.registered"]
+
+
+def test_an_older_worker_overtaken_by_a_newer_upload_drops_its_result(aws):
+    clients, topic, queue = aws
+    s3 = clients.get("s3")
+    s3.put_object(Bucket=BUCKET, Key=KEY, Body=safetensors_bytes(kohya_lora("sd1")))
+    key = parse_model_key(KEY)
+    assert key is not None
+    table = ModelsTable(TABLE, clients)
+    old_etag = s3.head_object(Bucket=BUCKET, Key=KEY)["ETag"].strip('"')
+    assert table.claim(
+        model_id=key.model_id, etag=old_etag, token="old-worker", lease_seconds=900, fields={"s3_key": KEY}
+    )
+    # While the old worker reads, the key is overwritten and the new version registered.
+    s3.put_object(Bucket=BUCKET, Key=KEY, Body=safetensors_bytes(kohya_lora("sdxl")))
+    registrar(clients, topic).on_created(key)
+    item = table.get(key.model_id)
+    assert item is not None and item["family"] == "sdxl"
+    # The old worker's reads are pinned to its ETag, so they now fail...
+    with pytest.raises(ObjectChanged):
+        ObjectStore(BUCKET, clients).read_range(ObjectInfo(KEY, 100, old_etag), 0, 10)
+    # ...and had it finished first, its write and its release would both be refused.
+    stale = ModelRecord.model_validate(item | {"family": "sd1", "etag": old_etag})
+    assert not table.finish(model_id=key.model_id, token="old-worker", record=stale, event={"event_id": "x"})
+    table.release_claim(key.model_id, "old-worker")
+    assert table.get(key.model_id)["family"] == "sdxl"
+    assert [e["model"]["family"] for e in published(queue)] == ["sdxl"]
+
+
+def test_a_live_claim_by_another_worker_is_left_alone(aws):
+    clients, topic, queue = aws
+    s3 = clients.get("s3")
+    s3.put_object(Bucket=BUCKET, Key=KEY, Body=safetensors_bytes(kohya_lora("sd1")))
+    key = parse_model_key(KEY)
+    assert key is not None
+    etag = s3.head_object(Bucket=BUCKET, Key=KEY)["ETag"].strip('"')
+    table = ModelsTable(TABLE, clients)
+    assert table.claim(model_id=key.model_id, etag=etag, token="busy", lease_seconds=900, fields={"s3_key": KEY})
+    registrar(clients, topic).on_created(key)  # a duplicate event while the first is working
+    assert table.get(key.model_id)["claim_token"] == "busy"
+    assert published(queue) == []
+
+
+def test_an_event_stored_but_not_published_is_sent_by_the_next_delivery(aws):
+    clients, topic, queue = aws
+    clients.get("s3").put_object(Bucket=BUCKET, Key=KEY, Body=safetensors_bytes(kohya_lora("sd1")))
+    key = parse_model_key(KEY)
+    assert key is not None
+
+    class DownPublisher(EventPublisher):
+        def publish_raw(self, body: str, attributes: dict[str, str]) -> None:
+            raise ConnectionError("SNS unreachable")
+
+    crashing = registrar(clients, topic)
+    crashing.publisher = DownPublisher(topic, clients)
+    with pytest.raises(ConnectionError):
+        crashing.on_created(key)
+    item = ModelsTable(TABLE, clients).get(key.model_id)
+    assert item is not None and item["status"] == "ACTIVE" and "pending_event" in item
+    registrar(clients, topic).on_created(key)  # the redelivery publishes what was stored
+    assert [e["type"] for e in published(queue)] == ["model.registered"]
+    assert "pending_event" not in ModelsTable(TABLE, clients).get(key.model_id)
