@@ -20,6 +20,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from sdpipe_local.lambda_runtime import LambdaRuntime
+from sdpipe_local.s3_streaming import S3StreamingGetMiddleware
 
 logger = logging.getLogger(__name__)
 _INVOKE_PATH = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations/?$")
@@ -81,11 +82,14 @@ class LocalAwsServer:
 
     def __init__(self, runtime: LambdaRuntime, port: int = 0) -> None:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        app = LambdaInvokeMiddleware(DomainDispatcherApplication(create_backend_app), runtime)
+        self._hosts: set[str] = set()
+        moto_app = DomainDispatcherApplication(create_backend_app)
+        app = LambdaInvokeMiddleware(S3StreamingGetMiddleware(moto_app, self._hosts), runtime)
         self._server: BaseWSGIServer = make_server(
             "127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler
         )
         self.port = int(self._server.server_address[1])
+        self._hosts.update({f"127.0.0.1:{self.port}", f"localhost:{self.port}"})
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="local-aws", daemon=True)
 

@@ -63,7 +63,7 @@ class Models:
         """Messages visible or in flight in the registration queue and in its DLQ."""
         sqs = self.stack.client("sqs")
         dlq = self.stack.outputs["RegisterModelDeadLetterQueueUrl"]
-        queue = dlq.replace("RegisterModelDLQ", "RegisterModelQueue")
+        queue = self.stack.outputs["RegisterModelQueueUrl"]
         counts = []
         for url in (queue, dlq):
             attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]

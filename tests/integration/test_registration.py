@@ -168,7 +168,7 @@ def test_duplicate_deliveries_change_nothing(models, listener, stack):
         "s3": {"bucket": {"name": models.bucket}, "object": {"key": key, "size": 1, "eTag": etag}},
     }
     sqs = stack.client("sqs")
-    queue = stack.outputs["RegisterModelDeadLetterQueueUrl"].replace("RegisterModelDLQ", "RegisterModelQueue")
+    queue = stack.outputs["RegisterModelQueueUrl"]
     for _ in range(3):
         sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"Records": [record]}))
     deadline = time.monotonic() + 10
@@ -218,3 +218,20 @@ def test_companion_files_and_other_prefixes_are_ignored(models):
 def test_nothing_lands_in_the_dead_letter_queue(models):
     # Every bad input above was answered with REJECTED, not with a failed message.
     assert models.queue_depths()[1] == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "queue"),
+    [("requests/r-1.json", "RequestFilesQueueUrl"), ("datasets/mystyle/10_style/a.png", "DatasetObjectsQueueUrl")],
+)
+def test_request_and_dataset_drops_are_kept_for_their_consumers(stack, models, key, queue):
+    models.put(key, b"{}")
+    sqs = stack.client("sqs")
+    bodies = [
+        json.loads(m["Body"])
+        for m in sqs.receive_message(QueueUrl=stack.outputs[queue], MaxNumberOfMessages=10, WaitTimeSeconds=2).get(
+            "Messages", []
+        )
+    ]
+    keys = [r["s3"]["object"]["key"] for b in bodies for r in b.get("Records", [])]
+    assert key.replace("/", "%2F") in keys or key in keys

@@ -76,7 +76,7 @@ def test_no_wildcard_iam_actions_or_admin_policies():
                 assert "*" not in actions and not any(a.endswith(":*") for a in actions), (name, actions)
 
 
-@pytest.mark.parametrize("queue", ["RegisterModelQueue"])
+@pytest.mark.parametrize("queue", ["RegisterModelQueue", "RequestFilesQueue", "DatasetObjectsQueue"])
 def test_every_queue_has_a_dead_letter_queue_with_an_alarm(queue):
     translated = translate(ROOT / "template.yaml", {}, PSEUDO)
     redrive = translated.resources[queue]["Properties"]["RedrivePolicy"]

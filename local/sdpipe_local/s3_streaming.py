@@ -1,0 +1,117 @@
+"""Stream S3 GetObject bodies on the local endpoint instead of letting moto copy them.
+
+moto (5.2) answers every GetObject, ranged or not, by reading the whole object into memory and
+copying it; a 7 GB checkpoint would cost the local stack 14 GB per read and a 1 MiB header read
+would cost a full read. For plain GETs (no query string; an optional single byte range), this
+middleware asks moto for the HEAD of the same request, so moto still decides status, headers,
+conditional requests (If-Match...) and errors, then streams the body, or only the requested
+range, from moto's stored buffer in fixed-size chunks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import unquote
+
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.s3.models import s3_backends
+
+StartResponse = Callable[..., Any]
+_CHUNK = 1024 * 1024
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class S3StreamingGetMiddleware:
+    def __init__(self, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]], hosts: set[str]) -> None:
+        self._app = app
+        self._hosts = hosts  # path-style requests to the local endpoint only
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        target = self._target(environ)
+        if target is None:
+            return self._app(environ, start_response)
+        bucket, key_name = target
+        key = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_object(bucket, key_name)
+        if key is None:
+            return self._app(environ, start_response)
+        byte_range = _parse_range(environ.get("HTTP_RANGE"), key.size)
+        if byte_range is False:
+            return self._app(environ, start_response)  # unsatisfiable or multi-range: moto answers
+        head_status, head_headers = self._head(environ)
+        if not head_status.startswith("200"):
+            return self._app(environ, start_response)  # 304, 412, 403...: moto's own answer
+        headers = [(k, v) for k, v in head_headers if k.lower() not in ("content-length", "content-range")]
+        if byte_range is None:
+            start, end, status = 0, key.size - 1, "200 OK"
+        else:
+            start, end = byte_range
+            status = "206 Partial Content"
+            # A full-object checksum does not describe a range (S3 leaves it out too).
+            headers = [(k, v) for k, v in headers if not k.lower().startswith("x-amz-checksum-")]
+            headers.append(("Content-Range", f"bytes {start}-{end}/{key.size}"))
+        headers.append(("Content-Length", str(max(0, end - start + 1))))
+        start_response(status, headers)
+        return _read(key, start, end)
+
+    def _target(self, environ: dict[str, Any]) -> tuple[str, str] | None:
+        if environ.get("REQUEST_METHOD") != "GET" or environ.get("QUERY_STRING"):
+            return None
+        if environ.get("HTTP_HOST", "") not in self._hosts:
+            return None
+        if "s3" not in environ.get("HTTP_AUTHORIZATION", "").split("/")[3:4]:
+            return None  # only requests signed for S3 (the credential scope names the service)
+        path = environ.get("PATH_INFO", "")
+        bucket, _, key_name = path.lstrip("/").partition("/")
+        if not bucket or not key_name:
+            return None
+        return bucket, unquote(key_name)
+
+    def _head(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
+        head_environ = {k: v for k, v in environ.items() if k != "HTTP_RANGE"}
+        head_environ["REQUEST_METHOD"] = "HEAD"
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            captured["status"], captured["headers"] = status, headers
+            return lambda _data: None
+
+        body = self._app(head_environ, capture)
+        for _ in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+        return captured["status"], list(captured["headers"])
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
+    """(start, end) for one satisfiable range, None for no Range header, False otherwise."""
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if not match or size == 0:
+        return False
+    first, last = match.groups()
+    if first == "":
+        if last == "":
+            return False
+        return max(0, size - int(last)), size - 1
+    start = int(first)
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    if start > end:
+        return False
+    return start, end
+
+
+def _read(key: Any, start: int, end: int) -> Iterator[bytes]:
+    position = start
+    while position <= end:
+        with key.lock:  # moto's buffer has one file position, shared by every reader
+            key._value_buffer.seek(position)
+            chunk = key._value_buffer.read(min(_CHUNK, end - position + 1))
+        if not chunk:
+            return
+        position += len(chunk)
+        yield chunk
