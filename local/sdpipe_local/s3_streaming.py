@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote
 
-from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
 
 StartResponse = Callable[..., Any]
@@ -36,9 +36,10 @@ class S3StreamingGetMiddleware:
         key = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_object(bucket, key_name)
         if key is None:
             return self._app(environ, start_response)
-        byte_range = _parse_range(environ.get("HTTP_RANGE"), key.size)
-        if byte_range is False:
-            return self._app(environ, start_response)  # unsatisfiable or multi-range: moto answers
+        try:
+            byte_range = _parse_range(environ.get("HTTP_RANGE"), key.size)
+        except _NotOneSatisfiableRange:
+            return self._app(environ, start_response)  # moto answers (416, or the whole object)
         head_status, head_headers = self._head(environ)
         if not head_status.startswith("200"):
             return self._app(environ, start_response)  # 304, 412, 403...: moto's own answer
@@ -86,22 +87,24 @@ class S3StreamingGetMiddleware:
         return captured["status"], list(captured["headers"])
 
 
-def _parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
-    """(start, end) for one satisfiable range, None for no Range header, False otherwise."""
+class _NotOneSatisfiableRange(ValueError):
+    pass
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end) of the one range asked for; None without a Range header."""
     if not header:
         return None
     match = _RANGE.match(header.strip())
-    if not match or size == 0:
-        return False
+    if not match or size == 0 or match.groups() == ("", ""):
+        raise _NotOneSatisfiableRange(header)
     first, last = match.groups()
     if first == "":
-        if last == "":
-            return False
         return max(0, size - int(last)), size - 1
     start = int(first)
     end = size - 1 if last == "" else min(int(last), size - 1)
     if start > end:
-        return False
+        raise _NotOneSatisfiableRange(header)
     return start, end
 
 

@@ -85,3 +85,10 @@ def test_the_body_is_streamed_not_copied_whole(stored, monkeypatch):
     monkeypatch.setattr(FakeKey, "value", property(no_whole_copies))
     assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body
     assert s3.get_object(Bucket=bucket, Key=key, Range="bytes=5-9")["Body"].read() == body[5:10]
+
+
+def test_an_unsatisfiable_range_is_refused_as_s3_does(stored):
+    s3, bucket, key, body, _etag = stored
+    with pytest.raises(ClientError) as refused:
+        s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={len(body) + 10}-")
+    assert refused.value.response["Error"]["Code"] == "InvalidRange"
