@@ -72,6 +72,12 @@ class S3StreamingGetMiddleware:
     def _head(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
         head_environ = {k: v for k, v in environ.items() if k != "HTTP_RANGE"}
         head_environ["REQUEST_METHOD"] = "HEAD"
+        # moto's GET accepts If-Match with or without quotes (as S3 does); its HEAD only quoted.
+        for header in ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH"):
+            value = head_environ.get(header)
+            if value and not value.startswith(('"', "W/", "*")):
+                head_environ[header] = f'"{value}"'
+
         captured: dict[str, Any] = {}
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:

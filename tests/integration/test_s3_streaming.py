@@ -85,6 +85,9 @@ def test_the_body_is_streamed_not_copied_whole(stored, monkeypatch):
     monkeypatch.setattr(FakeKey, "value", property(no_whole_copies))
     assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body
     assert s3.get_object(Bucket=bucket, Key=key, Range="bytes=5-9")["Body"].read() == body[5:10]
+    # If-Match pins a version, with or without the quotes around the ETag.
+    for etag in (_etag, _etag.strip('"')):
+        assert s3.get_object(Bucket=bucket, Key=key, IfMatch=etag, Range="bytes=0-3")["Body"].read() == body[:4]
 
 
 def test_an_unsatisfiable_range_is_refused_as_s3_does(stored):

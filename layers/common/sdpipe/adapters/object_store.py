@@ -17,7 +17,12 @@ from sdpipe.errors import ObjectChanged
 class ObjectInfo:
     key: str
     size: int
-    etag: str
+    etag: str  # without the quotes S3 puts around it
+
+    @property
+    def quoted_etag(self) -> str:
+        """The entity tag as S3 sends it, for If-Match."""
+        return f'"{self.etag}"'
 
 
 def _error_code(exc: ClientError) -> str:
@@ -49,7 +54,7 @@ class ObjectStore:
         end = min(start + length, info.size) - 1
         try:
             response = self._s3.get_object(
-                Bucket=self.bucket, Key=info.key, Range=f"bytes={start}-{end}", IfMatch=info.etag
+                Bucket=self.bucket, Key=info.key, Range=f"bytes={start}-{end}", IfMatch=info.quoted_etag
             )
         except ClientError as exc:
             if _error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
@@ -60,7 +65,7 @@ class ObjectStore:
     def iter_chunks(self, info: ObjectInfo, chunk_size: int) -> Iterator[bytes]:
         """Stream the whole object in chunks; memory stays at a few chunks whatever the size."""
         try:
-            response = self._s3.get_object(Bucket=self.bucket, Key=info.key, IfMatch=info.etag)
+            response = self._s3.get_object(Bucket=self.bucket, Key=info.key, IfMatch=info.quoted_etag)
         except ClientError as exc:
             if _error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
                 raise ObjectChanged(f"s3://{self.bucket}/{info.key} changed while being read") from exc
