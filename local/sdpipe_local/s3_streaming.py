@@ -43,14 +43,18 @@ class S3StreamingGetMiddleware:
         head_status, head_headers = self._head(environ)
         if not head_status.startswith("200"):
             return self._app(environ, start_response)  # 304, 412, 403...: moto's own answer
-        headers = [(k, v) for k, v in head_headers if k.lower() not in ("content-length", "content-range")]
+        # Checksum headers are left out: moto's HEAD gives multipart objects a CRC that is not the
+        # whole object's (clients would reject the body), and none describes a range.
+        headers = [
+            (k, v)
+            for k, v in head_headers
+            if k.lower() not in ("content-length", "content-range") and not k.lower().startswith("x-amz-checksum-")
+        ]
         if byte_range is None:
             start, end, status = 0, key.size - 1, "200 OK"
         else:
             start, end = byte_range
             status = "206 Partial Content"
-            # A full-object checksum does not describe a range (S3 leaves it out too).
-            headers = [(k, v) for k, v in headers if not k.lower().startswith("x-amz-checksum-")]
             headers.append(("Content-Range", f"bytes {start}-{end}/{key.size}"))
         headers.append(("Content-Length", str(max(0, end - start + 1))))
         start_response(status, headers)

@@ -95,3 +95,14 @@ def test_an_unsatisfiable_range_is_refused_as_s3_does(stored):
     with pytest.raises(ClientError) as refused:
         s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={len(body) + 10}-")
     assert refused.value.response["Error"]["Code"] == "InvalidRange"
+
+
+def test_multipart_objects_stream_whole_without_a_wrong_checksum(stored, tmp_path):
+    s3, bucket, _key, _body, _etag = stored
+    body = os.urandom(11 * 1024 * 1024)  # boto3 uploads it in 8 MiB parts
+    source = tmp_path / "multi.bin"
+    source.write_bytes(body)
+    s3.upload_file(str(source), bucket, "jobs/streaming/multi.bin")
+    etag = s3.head_object(Bucket=bucket, Key="jobs/streaming/multi.bin")["ETag"]
+    assert etag.endswith('-2"')
+    assert s3.get_object(Bucket=bucket, Key="jobs/streaming/multi.bin", IfMatch=etag)["Body"].read() == body
