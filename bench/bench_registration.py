@@ -92,39 +92,64 @@ def ranged_read_seconds(stack: LocalStack, key: str) -> float:
     return time.perf_counter() - started
 
 
+def wait_registered(table: object, key: str) -> None:
+    deadline = time.monotonic() + 1800
+    while True:
+        items = [i for i in table.scan()["Items"] if i.get("s3_key") == key]  # type: ignore[attr-defined]
+        if items and items[0].get("status") not in (None, "PENDING") and "pending_event" not in items[0]:
+            assert items[0]["status"] == "ACTIVE", items[0]
+            time.sleep(1)  # the handler returns (and logs its REPORT line) just after
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{key} was not registered")
+        time.sleep(0.2)
+
+
+def reports(log: Path) -> list[tuple[float, int]]:
+    return [(float(d), int(m)) for d, m in _REPORT.findall(log.read_text())]
+
+
 def measure(size_gib: int) -> dict[str, float]:
+    """Register once (as a drop does), then, with the machine settled, time a bare stream and a
+    second registration of the same object, triggered by re-delivering its S3 event."""
     size = size_gib * GIB
     key = f"models/Stable-diffusion/bench-{size_gib}gib.safetensors"
     with (
         tempfile.TemporaryDirectory(prefix="sdpipe-bench-") as state,
         LocalStack(ROOT / "template.yaml", state_dir=state) as stack,
     ):
-        upload(stack, key, size)
+        log = Path(state) / "logs" / "RegisterModelFunction.log"
         table = stack.resource("dynamodb").Table(stack.outputs["ModelsTableName"])
-        deadline = time.monotonic() + 1800
-        while True:
-            items = [i for i in table.scan()["Items"] if i.get("s3_key") == key and i["status"] != "PENDING"]
-            if items and "pending_event" not in items[0]:
-                time.sleep(1)  # the handler returns (and logs its REPORT line) just after
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{key} was not registered")
-            time.sleep(0.5)
-        assert items[0]["status"] == "ACTIVE", items[0]
-        log = (Path(state) / "logs" / "RegisterModelFunction.log").read_text()
-        reports = [(float(d), int(m)) for d, m in _REPORT.findall(log)]
-        handler_s = max(d for d, _ in reports) / 1000
-        peak_mb = max(m for _, m in reports)
+        upload(stack, key, size)
+        wait_registered(table, key)
+        first_s = max(d for d, _ in reports(log)) / 1000
+        # moto spools gigabytes of parts to disk: let the write-back finish before timing anything.
+        os.sync()
+        time.sleep(3)
         baseline_s = bare_sha256_seconds(stack, key)
         header_read_s = ranged_read_seconds(stack, key)
+        item = next(i for i in table.scan()["Items"] if i.get("s3_key") == key)
+        table.delete_item(Key={"model_id": item["model_id"]})  # so the re-delivered event registers again
+        seen = len(reports(log))
+        record = {
+            "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": stack.outputs["AssetsBucketName"]}, "object": {"key": key, "size": size}},
+        }
+        stack.client("sqs").send_message(
+            QueueUrl=stack.outputs["RegisterModelQueueUrl"], MessageBody=json.dumps({"Records": [record]})
+        )
+        wait_registered(table, key)
+        handler_s = max(d for d, _ in reports(log)[seen:]) / 1000
+        peak_mb = max(m for _, m in reports(log))
     return {
         "size_gib": size_gib,
         "baseline_mib_s": size / baseline_s / 2**20,
         "registration_mib_s": size / handler_s / 2**20,
         "ratio": baseline_s / handler_s,
-        # The same, with the baseline also paying the one header ranged read (a full-object read on
-        # moto, ~free on S3): what the handler itself adds beyond the storage emulator's cost.
+        # The same, with the baseline also paying the handler's one header ranged read.
         "ratio_vs_stream_plus_header_read": (baseline_s + header_read_s) / handler_s,
+        # The registration right after the upload, while the machine still writes moto's parts back.
+        "first_registration_mib_s": size / first_s / 2**20,
         "worker_peak_rss_mb": peak_mb,
     }
 
@@ -135,11 +160,14 @@ def main() -> None:
     args = parser.parse_args()
     results = [measure(size) for size in args.sizes_gib]
     print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cores", "results": results}, indent=2))
-    print(f"\n{'size':>6} {'bare sha256':>13} {'registration':>13} {'ratio':>6} {'ratio*':>7} {'worker peak RSS':>16}")
+    columns = ["size", "bare sha256", "registration", "ratio", "ratio*", "right after upload", "worker peak RSS"]
+    widths = [6, 13, 13, 6, 7, 19, 16]
+    print("\n" + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
     for r in results:
         print(
             f"{r['size_gib']:>4} GiB {r['baseline_mib_s']:>8.0f} MiB/s {r['registration_mib_s']:>8.0f} MiB/s "
-            f"{r['ratio']:>6.2f} {r['ratio_vs_stream_plus_header_read']:>7.2f} {r['worker_peak_rss_mb']:>13} MB"
+            f"{r['ratio']:>6.2f} {r['ratio_vs_stream_plus_header_read']:>7.2f} "
+            f"{r['first_registration_mib_s']:>13.0f} MiB/s {r['worker_peak_rss_mb']:>13} MB"
         )
     print("ratio*: against a baseline that also pays the header's ranged read (see bench/RESULTS.md)")
 

@@ -318,8 +318,6 @@ def config_folder_for(path: Path) -> Path:
 
 def create_tiny_checkpoint(family: Family, out: Path, seed: int = 0) -> Path:
     """Write ``out`` (safetensors) and ``<stem>.config/`` beside it; return the config folder."""
-    from safetensors.torch import save_file
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = config_folder_for(out)
@@ -335,8 +333,26 @@ def create_tiny_checkpoint(family: Family, out: Path, seed: int = 0) -> Path:
         "modelspec.architecture": architecture,
         "modelspec.title": f"sdpipe tiny {family} (random weights, seed {seed})",
     }
-    save_file(single_file_state_dict(pipeline, family), str(out), metadata=metadata)
+    out.write_bytes(_deterministic_safetensors(single_file_state_dict(pipeline, family), metadata))
     return config
+
+
+def _deterministic_safetensors(tensors: dict[str, Any], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes whose header is canonical JSON (sorted keys).
+
+    The library writes ``__metadata__`` in a per-process random order (a Rust HashMap), so the
+    same weights would hash differently run to run; the same seed must give the same file and
+    the same A1111 hash.
+    """
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode().ljust(length)
+    if len(canonical) != length:  # pragma: no cover - the library writes compact JSON
+        raise ValueError("cannot canonicalise the safetensors header")
+    return data[:8] + canonical + data[8 + length :]
 
 
 def load_tiny_checkpoint(path: Path, config: Path | None = None) -> Any:

@@ -47,3 +47,10 @@ def test_tiny_checkpoint_has_the_real_layout_loads_offline_and_generates(tmp_pat
     image = generate()
     assert image.shape == (64, 64, 3)
     assert np.array_equal(image, generate())
+
+
+def test_the_same_seed_gives_the_same_file(tmp_path):
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    create_tiny_checkpoint("sd1", first, seed=3)
+    create_tiny_checkpoint("sd1", second, seed=3)
+    assert first.read_bytes() == second.read_bytes()
