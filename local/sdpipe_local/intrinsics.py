@@ -16,10 +16,6 @@ class NoValue:
 NO_VALUE = NoValue()
 
 
-class UnresolvedReference(KeyError):
-    pass
-
-
 class Resolver:
     """Resolve ``Ref``, ``Fn::GetAtt``, ``Fn::Sub``, ``Fn::Join`` and friends.
 

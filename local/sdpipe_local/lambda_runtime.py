@@ -56,7 +56,6 @@ class _Worker:
     channel: socket.socket
     reader: IO[bytes]
     writer: IO[bytes]
-    invocations: int = 0
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -164,7 +163,6 @@ class FunctionPool:
                     {"errorType": "Sandbox.Timedout" if timed_out else "Runtime.ExitError", "errorMessage": message},
                     "Unhandled",
                 )
-            worker.invocations += 1
             with self._lock:
                 if self._closed:
                     worker.kill()

@@ -69,7 +69,6 @@ class SqsPoller:
         self._slots = threading.Semaphore(spec.max_concurrency)
         self._executor = ThreadPoolExecutor(max_workers=spec.max_concurrency, thread_name_prefix="sqs-invoke")
         self._thread = threading.Thread(target=self._run, name=f"poll-{spec.function_name}", daemon=True)
-        self.invocations = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -121,7 +120,6 @@ class SqsPoller:
         try:
             event = {"Records": [lambda_sqs_record(m, self.spec.queue_arn, self._region) for m in messages]}
             result = self._runtime.invoke(self.spec.function_name, event)
-            self.invocations += 1
             to_delete = self._successful(messages, result.payload) if result.ok else []
             if not result.ok:
                 logger.info("%s failed on a batch of %d: %s", self.spec.function_name, len(messages), result.payload)

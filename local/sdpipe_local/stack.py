@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"  # moto's default account
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-DEFAULT_STATE_DIR = Path(".sdpipe-local")
 STATE_FILE = "stack.json"
 
 

@@ -69,7 +69,3 @@ def parse_model_key(key: str) -> ModelKey | None:
         filename=relative.name,
         extension=extension,
     )
-
-
-def key_for_model(model_type: ModelType, filename: str) -> str:
-    return f"{MODELS_PREFIX}{FOLDER_OF_TYPE[model_type]}/{filename}"
