@@ -77,16 +77,3 @@ class Models:
 @pytest.fixture
 def models(stack: LocalStack) -> Models:
     return Models(stack)
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from sdpipe_local.tiny_models import create_tiny_checkpoint
-
-    folder = tmp_path_factory.mktemp("tiny")
-    paths = {}
-    for family in ("sd1", "sdxl"):
-        path = folder / f"tiny-{family}.safetensors"
-        create_tiny_checkpoint(family, path, seed=1)  # type: ignore[arg-type]
-        paths[family] = path
-    return paths

@@ -1,0 +1,1 @@
+"""The inference container: SageMaker's /ping and /invocations over diffusers pipelines."""

@@ -1,0 +1,159 @@
+"""SageMaker's inference contract: ``GET /ping`` and ``POST /invocations`` on port 8080.
+
+The invocation body is the job's ``input.json``: which model (registered name, hashes, where the
+file is) and the AUTOMATIC1111 payload. The response is A1111's API response: base64 PNGs that
+carry the ``parameters`` chunk, the parameters, and ``info`` as a JSON string. A bad request
+answers 400 with an error code and a message naming the field; SageMaker's asynchronous
+inference then reports the job on its error topic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from sdpipe.contracts.inference import Img2ImgParams, Txt2ImgParams
+from sdpipe.errors import SdpipeError
+from sdpipe_inference.engine import Engine, ModelSpec
+from sdpipe_inference.model_store import ModelStore
+
+logger = logging.getLogger("sdpipe.inference")
+MAX_BODY = 64 * 1024 * 1024
+
+
+class ModelRef(BaseModel):
+    name: str
+    sha256: str
+    short_hash: str
+    family: str
+    uri: str
+    config_uri: str | None = None
+
+
+class InvocationRequest(BaseModel):
+    job_id: str | None = None
+    kind: Literal["txt2img", "img2img"]
+    params: dict[str, Any]
+    model: ModelRef
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        location = ".".join(str(p) for p in error["loc"])
+        parts.append(f"{location}: {error['msg']}" if location else error["msg"])
+    return "; ".join(parts)
+
+
+class InferenceService:
+    def __init__(self, engine: Engine, store: ModelStore, configs_dir: Path | None) -> None:
+        self.engine = engine
+        self.store = store
+        self.configs_dir = configs_dir
+
+    def invoke(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            request = InvocationRequest.model_validate_json(body)
+            params_cls = Txt2ImgParams if request.kind == "txt2img" else Img2ImgParams
+            params = params_cls.model_validate(request.params)
+        except ValidationError as exc:
+            return 400, {"error": {"code": "VALIDATION_ERROR", "message": _validation_message(exc)}}
+        try:
+            spec = self._spec(request.model)
+            result = self.engine.generate(params, spec)
+        except SdpipeError as exc:
+            return 400 if exc.code == "VALIDATION_ERROR" else 424, {"error": exc.to_error()}
+        info = result.info | {"job_id": request.job_id, "warnings": params.warnings()}
+        return 200, {
+            "images": [base64.b64encode(png).decode() for png in result.pngs()],
+            "parameters": request.params,
+            "info": json.dumps(info),
+        }
+
+    def _spec(self, model: ModelRef) -> ModelSpec:
+        path = self.store.file(model.uri, model.sha256, ".safetensors" if model.uri.endswith(".safetensors") else "")
+        if model.config_uri:
+            config = self.store.folder(model.config_uri, model.sha256)
+        elif self.configs_dir is not None and (self.configs_dir / model.family).is_dir():
+            config = self.configs_dir / model.family
+        else:
+            raise SdpipeError(f"no diffusers config for family {model.family!r}", code="MODEL_CONFIG_MISSING")
+        return ModelSpec(model.name, model.sha256, model.short_hash, model.family, path, config)
+
+
+def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            logger.info("%s %s", self.address_string(), format % args)
+
+        def _reply(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path == "/ping":
+                self._reply(200, {"status": "healthy", "device": service.engine.device})
+            else:
+                self._reply(404, {"error": {"code": "NOT_FOUND", "message": self.path}})
+
+        def do_POST(self) -> None:
+            if self.path != "/invocations":
+                self._reply(404, {"error": {"code": "NOT_FOUND", "message": self.path}})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self._reply(413, {"error": {"code": "VALIDATION_ERROR", "message": f"body over {MAX_BODY} bytes"}})
+                return
+            try:
+                status, payload = service.invoke(self.rfile.read(length))
+            except Exception as exc:  # the job fails with the cause instead of a hung connection
+                logger.exception("invocation failed")
+                status, payload = (
+                    500,
+                    {"error": {"code": "INFERENCE_FAILED", "message": f"{type(exc).__name__}: {exc}"}},
+                )
+            self._reply(status, payload)
+
+    return Handler
+
+
+def serve(port: int, service: InferenceService, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104 - container port
+    return ThreadingHTTPServer((host, port), make_handler(service))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="sdpipe inference server (SageMaker contract)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080")))
+    parser.add_argument("--host", default=os.environ.get("SDPIPE_BIND_HOST", "0.0.0.0"))  # noqa: S104
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path(os.environ.get("SDPIPE_MODEL_CACHE", "/var/cache/sdpipe-models"))
+    )
+    parser.add_argument("--cache-gib", type=float, default=float(os.environ.get("SDPIPE_MODEL_CACHE_GIB", "40")))
+    parser.add_argument("--configs-dir", type=Path, default=os.environ.get("SDPIPE_CONFIGS_DIR"))
+    parser.add_argument("--max-pipelines", type=int, default=int(os.environ.get("SDPIPE_MAX_PIPELINES", "2")))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = InferenceService(
+        Engine(max_pipelines=args.max_pipelines),
+        ModelStore(args.cache_dir, int(args.cache_gib * 2**30)),
+        args.configs_dir,
+    )
+    server = serve(args.port, service, args.host)
+    logger.info("serving on %s:%d (device %s)", args.host, args.port, service.engine.device)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The txt2img/img2img payload: an AUTOMATIC1111 ``/sdapi/v1/txt2img`` or ``img2img`` body.
+
+Validated before any compute is spent (the way diffusers' ``check_inputs`` does), with messages
+that name the field and the rule. Unknown A1111 fields are accepted and reported as warnings;
+fields that would change the picture but are not supported are errors, so nobody gets a silently
+different image.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# A1111 sampler names (1.9+ splits the schedule into ``scheduler``; the old combined names such
+# as "DPM++ 2M Karras" are still accepted, as the WebUI accepts them).
+SAMPLERS: frozenset[str] = frozenset(
+    [
+        "Euler", "Euler a", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE",
+        "DPM++ 2S a", "DPM fast", "DPM adaptive", "DDIM", "PLMS", "UniPC", "DEIS", "LCM",
+    ]
+)  # fmt: skip
+# Samplers whose multistep start-up needs a few steps (diffusers' PNDM fails below 4).
+MIN_STEPS: dict[str, int] = {"PLMS": 4}
+SCHEDULE_TYPES: frozenset[str] = frozenset(["Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform"])
+_COMBINED_SUFFIXES = {" Karras": "Karras", " Exponential": "Exponential"}
+
+MAX_SIDE = 2048
+MAX_STEPS = 150
+MAX_BATCH = 8
+MAX_ITERATIONS = 16
+MAX_SEED = 2**32 - 1
+
+# A1111 fields that change the picture and that sdpipe does not implement: refusing them beats
+# returning an image that silently differs from what the WebUI would make.
+_UNSUPPORTED_WHEN_SET: dict[str, Any] = {
+    "enable_hr": False,
+    "restore_faces": False,
+    "tiling": False,
+    "subseed_strength": 0,
+    "seed_resize_from_h": -1,
+    "seed_resize_from_w": -1,
+    "refiner_checkpoint": None,
+    "script_name": None,
+}
+# Known A1111 fields that do not change the picture (or that sdpipe honours elsewhere).
+_IGNORED_KNOWN = frozenset(
+    ["send_images", "save_images", "do_not_save_samples", "do_not_save_grid", "styles",
+     "sampler_index", "eta", "s_churn", "s_tmax", "s_tmin", "s_noise", "force_task_id",
+     "infotext", "comments", "disable_extra_networks", "firstpass_image", "include_init_images",
+     "override_settings_restore_afterwards", "script_args", "subseed", "hr_scale", "hr_upscaler",
+     "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "denoising_strength_hr", "resize_mode",
+     "image_cfg_scale", "mask_blur", "mask_blur_x", "mask_blur_y", "inpainting_fill",
+     "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert",
+     "initial_noise_multiplier", "latent_mask"]
+)  # fmt: skip
+
+
+class OverrideSettings(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    sd_model_checkpoint: str | None = None
+    sd_vae: str | None = None
+    CLIP_stop_at_last_layers: int | None = Field(default=None, ge=1, le=12)
+
+
+class ImageGenerationParams(BaseModel):
+    """Fields shared by txt2img and img2img, with A1111's defaults."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = Field(default=20, ge=1, le=MAX_STEPS)
+    sampler_name: str = "Euler a"
+    scheduler: str = "Automatic"
+    cfg_scale: float = Field(default=7.0, ge=1.0, le=30.0)
+    width: int = Field(default=512, ge=64, le=MAX_SIDE)
+    height: int = Field(default=512, ge=64, le=MAX_SIDE)
+    seed: int = Field(default=-1, ge=-1, le=MAX_SEED)
+    batch_size: int = Field(default=1, ge=1, le=MAX_BATCH)
+    n_iter: int = Field(default=1, ge=1, le=MAX_ITERATIONS)
+    override_settings: OverrideSettings = Field(default_factory=OverrideSettings)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    # sdpipe's extras: shortcuts for override_settings.sd_model_checkpoint and the endpoint.
+    model: str | None = None
+    endpoint: str | None = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_eight(cls, value: int, info: Any) -> int:
+        if value % 8:
+            raise ValueError(f"{info.field_name} must be a multiple of 8 (the VAE works on 8x8 blocks), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _sampler_and_schedule(self) -> ImageGenerationParams:
+        name = self.sampler_name
+        for suffix, schedule in _COMBINED_SUFFIXES.items():
+            if name.endswith(suffix) and name[: -len(suffix)] in SAMPLERS:
+                self.sampler_name, self.scheduler = name[: -len(suffix)], schedule
+                break
+        if self.sampler_name not in SAMPLERS:
+            raise ValueError(f"sampler_name {name!r} is not a known sampler; use one of {sorted(SAMPLERS)}")
+        minimum = MIN_STEPS.get(self.sampler_name, 1)
+        if self.steps < minimum:
+            raise ValueError(f"steps={self.steps} is too few for {self.sampler_name}; it needs at least {minimum}")
+        if self.scheduler not in SCHEDULE_TYPES:
+            raise ValueError(
+                f"scheduler {self.scheduler!r} is not a known schedule type; use one of {sorted(SCHEDULE_TYPES)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _unsupported_fields(self) -> ImageGenerationParams:
+        for field, default in _UNSUPPORTED_WHEN_SET.items():
+            value = (self.model_extra or {}).get(field, default)
+            if value not in (default, None) and value != default:
+                raise ValueError(f"{field}={value!r} is not supported by sdpipe (it would change the picture)")
+        return self
+
+    @property
+    def checkpoint(self) -> str | None:
+        """The checkpoint asked for: ``model`` or ``override_settings.sd_model_checkpoint``."""
+        return self.model or self.override_settings.sd_model_checkpoint
+
+    @property
+    def clip_skip(self) -> int:
+        return self.override_settings.CLIP_stop_at_last_layers or 1
+
+    def warnings(self) -> list[str]:
+        """Unknown fields, accepted and ignored; recorded on the job."""
+        unknown = sorted(set(self.model_extra or {}) - _IGNORED_KNOWN - set(_UNSUPPORTED_WHEN_SET))
+        return [f"field {name!r} is not an AUTOMATIC1111 field sdpipe knows; it was ignored" for name in unknown]
+
+
+class Txt2ImgParams(ImageGenerationParams):
+    kind: Literal["txt2img"] = "txt2img"
+
+    @model_validator(mode="after")
+    def _needs_a_prompt(self) -> Txt2ImgParams:
+        if not self.prompt.strip():
+            raise ValueError("prompt is required for txt2img")
+        return self
+
+
+class Img2ImgParams(ImageGenerationParams):
+    kind: Literal["img2img"] = "img2img"
+
+    init_images: list[str] = Field(min_length=1, max_length=1)
+    mask: str | None = None
+    denoising_strength: float = Field(default=0.75, ge=0.0, le=1.0)
