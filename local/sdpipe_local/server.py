@@ -21,6 +21,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from sdpipe_local.lambda_runtime import LambdaRuntime
 from sdpipe_local.s3_streaming import S3StreamingGetMiddleware
+from sdpipe_local.sagemaker import LocalSageMaker, SageMakerError
 
 logger = logging.getLogger(__name__)
 _INVOKE_PATH = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations/?$")
@@ -77,14 +78,51 @@ def _respond(
     return [data]
 
 
+_ASYNC_INVOKE_PATH = re.compile(r"^/endpoints/(?P<name>[^/]+)/async-invocations/?$")
+
+
+class SageMakerMiddleware:
+    """SageMaker's endpoint APIs and InvokeEndpointAsync, answered by the local stand-in."""
+
+    def __init__(self, app: Any, sagemaker: LocalSageMaker) -> None:
+        self._app = app
+        self._sagemaker = sagemaker
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "POST":
+            return self._app(environ, start_response)  # type: ignore[no-any-return]
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        match = _ASYNC_INVOKE_PATH.match(environ.get("PATH_INFO", ""))
+        try:
+            if target.startswith("SageMaker.") and self._sagemaker.handles(target.split(".", 1)[1]):
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                body = json.loads(environ["wsgi.input"].read(length) or b"{}")
+                return _respond(start_response, "200 OK", self._sagemaker.call(target.split(".", 1)[1], body))
+            if match:
+                headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
+                response_headers, payload = self._sagemaker.invoke_async(unquote(match.group("name")), headers)
+                return _respond(start_response, "202 Accepted", payload, list(response_headers.items()))
+        except SageMakerError as error:
+            status = "400 Bad Request" if error.status == 400 else f"{error.status} Error"
+            return _respond(
+                start_response,
+                status,
+                {"__type": error.code, "message": error.message},
+                [("x-amzn-ErrorType", error.code)],
+            )
+        return self._app(environ, start_response)  # type: ignore[no-any-return]
+
+
 class LocalAwsServer:
     """The single endpoint every client of the local stack talks to."""
 
-    def __init__(self, runtime: LambdaRuntime, port: int = 0) -> None:
+    def __init__(self, runtime: LambdaRuntime, sagemaker: LocalSageMaker, port: int = 0) -> None:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._hosts: set[str] = set()
         moto_app = DomainDispatcherApplication(create_backend_app)
-        app = LambdaInvokeMiddleware(S3StreamingGetMiddleware(moto_app, self._hosts), runtime)
+        app = LambdaInvokeMiddleware(
+            SageMakerMiddleware(S3StreamingGetMiddleware(moto_app, self._hosts), sagemaker), runtime
+        )
         self._server: BaseWSGIServer = make_server(
             "127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler
         )

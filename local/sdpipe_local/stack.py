@@ -20,6 +20,7 @@ from botocore.config import Config
 
 from sdpipe_local.lambda_runtime import LambdaRuntime
 from sdpipe_local.provision import ProvisionedStack, Provisioner
+from sdpipe_local.sagemaker import LocalSageMaker
 from sdpipe_local.server import LocalAwsServer
 from sdpipe_local.sqs_event_source import SqsPoller
 from sdpipe_local.template import samconfig_parameters, translate
@@ -63,6 +64,7 @@ class LocalStack:
         self._overrides = {**samconfig_parameters(self.template_path.parent), **(parameter_overrides or {})}
         self.state_dir = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="sdpipe-local-"))
         self.runtime: LambdaRuntime | None = None
+        self.sagemaker: LocalSageMaker | None = None
         self.server: LocalAwsServer | None = None
         self.provisioned: ProvisionedStack | None = None
         self._pollers: list[SqsPoller] = []
@@ -79,7 +81,9 @@ class LocalStack:
             "PYTHONDONTWRITEBYTECODE": "1",
         }
         self.runtime = LambdaRuntime(base_environment, self.state_dir / "logs")
-        self.server = LocalAwsServer(self.runtime, self._port)
+        # Containers get what Lambdas get: the local endpoint and credentials, nothing else.
+        self.sagemaker = LocalSageMaker(self.client, base_environment, self.state_dir, REGION, ACCOUNT_ID)
+        self.server = LocalAwsServer(self.runtime, self.sagemaker, self._port)
         # moto's Step Functions interpreter calls the other services on this port.
         os.environ["MOTO_PORT"] = str(self.server.port)
         self.server.start()
@@ -119,6 +123,8 @@ class LocalStack:
         self._pollers.clear()
         if self.runtime is not None:
             self.runtime.close()
+        if self.sagemaker is not None:
+            self.sagemaker.close()
         if self.server is not None:
             with LocalStack._running_lock:
                 LocalStack._running -= 1

@@ -1,0 +1,381 @@
+"""Local stand-in for SageMaker real-time models, endpoint configs, endpoints and asynchronous
+invocation, honouring SageMaker's contracts with real processes.
+
+- CreateEndpoint starts the inference container's code (``sdpipe_inference.server``) as a local
+  process on a free port, with the model's container environment. The endpoint is ``Creating``
+  until ``/ping`` answers, then ``InService``; a process that exits first makes it ``Failed`` with
+  the end of its log as the reason. Current instance types (``ml.g5``, ``ml.g6``...) are accepted.
+- InvokeEndpointAsync answers at once with the inference id and output location, then, in the
+  background (``MaxConcurrentInvocationsPerInstance`` at a time): reads the input from S3, posts
+  it to ``/invocations``, writes the response to ``S3OutputPath/<id>.out`` (or the error to
+  ``S3FailurePath``) and publishes SageMaker's notification to the success or error topic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+logger = logging.getLogger(__name__)
+
+_HANDLED = {
+    "CreateModel", "DescribeModel", "DeleteModel", "CreateEndpointConfig", "DescribeEndpointConfig",
+    "DeleteEndpointConfig", "CreateEndpoint", "DescribeEndpoint", "DeleteEndpoint", "ListEndpoints",
+}  # fmt: skip
+_STARTUP_TIMEOUT_S = 600
+_INVOCATION_TIMEOUT_S = 3600
+
+
+class SageMakerError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class _Endpoint:
+    name: str
+    arn: str
+    config_name: str
+    status: str = "Creating"
+    failure_reason: str | None = None
+    created: float = field(default_factory=_now)
+    modified: float = field(default_factory=_now)
+    process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    log_path: Path | None = None
+    executor: ThreadPoolExecutor | None = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class LocalSageMaker:
+    def __init__(self, client: Any, environment: dict[str, str], state_dir: Path, region: str, account: str) -> None:
+        self._client = client  # service name -> boto3 client on the local endpoint
+        self._environment = environment
+        self._state_dir = state_dir
+        self._region, self._account = region, account
+        self._models: dict[str, dict[str, Any]] = {}
+        self._configs: dict[str, dict[str, Any]] = {}
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ control plane
+    def handles(self, operation: str) -> bool:
+        return operation in _HANDLED
+
+    def call(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+        handler = getattr(self, "_" + "".join("_" + c.lower() if c.isupper() else c for c in operation).lstrip("_"))
+        result: dict[str, Any] = handler(body)
+        return result
+
+    def _arn(self, kind: str, name: str) -> str:
+        return f"arn:aws:sagemaker:{self._region}:{self._account}:{kind}/{name.lower()}"
+
+    def _create_model(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body["ModelName"]
+        with self._lock:
+            if name in self._models:
+                raise SageMakerError(
+                    "ValidationException", f'Cannot create already existing model "{self._arn("model", name)}".'
+                )
+            self._models[name] = body | {"CreationTime": _now(), "ModelArn": self._arn("model", name)}
+        return {"ModelArn": self._arn("model", name)}
+
+    def _describe_model(self, body: dict[str, Any]) -> dict[str, Any]:
+        model = self._models.get(body["ModelName"])
+        if model is None:
+            raise SageMakerError(
+                "ValidationException", f'Could not find model "{self._arn("model", body["ModelName"])}".'
+            )
+        return model
+
+    def _delete_model(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._describe_model(body)
+        self._models.pop(body["ModelName"], None)
+        return {}
+
+    def _create_endpoint_config(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body["EndpointConfigName"]
+        for variant in body.get("ProductionVariants", []):
+            if not str(variant.get("InstanceType", "ml.")).startswith("ml."):
+                raise SageMakerError("ValidationException", f"{variant.get('InstanceType')!r} is not an instance type")
+            if variant.get("ModelName") not in self._models:
+                raise SageMakerError("ValidationException", f'Could not find model "{variant.get("ModelName")}".')
+        with self._lock:
+            if name in self._configs:
+                raise SageMakerError(
+                    "ValidationException", f'Cannot create already existing endpoint configuration "{name}".'
+                )
+            arn = self._arn("endpoint-config", name)
+            self._configs[name] = body | {"CreationTime": _now(), "EndpointConfigArn": arn}
+        return {"EndpointConfigArn": arn}
+
+    def _describe_endpoint_config(self, body: dict[str, Any]) -> dict[str, Any]:
+        config = self._configs.get(body["EndpointConfigName"])
+        if config is None:
+            raise SageMakerError(
+                "ValidationException", f'Could not find endpoint configuration "{body["EndpointConfigName"]}".'
+            )
+        return config
+
+    def _delete_endpoint_config(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._describe_endpoint_config(body)
+        self._configs.pop(body["EndpointConfigName"], None)
+        return {}
+
+    def _create_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
+        name, config_name = body["EndpointName"], body["EndpointConfigName"]
+        config = self._describe_endpoint_config({"EndpointConfigName": config_name})
+        with self._lock:
+            if name in self._endpoints:
+                raise SageMakerError(
+                    "ValidationException", f'Cannot create already existing endpoint "{self._arn("endpoint", name)}".'
+                )
+            endpoint = _Endpoint(name=name, arn=self._arn("endpoint", name), config_name=config_name)
+            self._endpoints[name] = endpoint
+        variant = config["ProductionVariants"][0]
+        model = self._models[variant["ModelName"]]
+        async_client = config.get("AsyncInferenceConfig", {}).get("ClientConfig", {})
+        endpoint.executor = ThreadPoolExecutor(
+            max_workers=int(async_client.get("MaxConcurrentInvocationsPerInstance", 1)), thread_name_prefix=f"ep-{name}"
+        )
+        threading.Thread(target=self._start_container, args=(endpoint, model), daemon=True).start()
+        return {"EndpointArn": endpoint.arn}
+
+    def _start_container(self, endpoint: _Endpoint, model: dict[str, Any]) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            endpoint.port = probe.getsockname()[1]
+        container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
+        folder = self._state_dir / "endpoints" / endpoint.name
+        folder.mkdir(parents=True, exist_ok=True)
+        endpoint.log_path = folder / "container.log"
+        env = dict(self._environment) | {
+            "SAGEMAKER_BIND_TO_PORT": str(endpoint.port),
+            "SDPIPE_BIND_HOST": "127.0.0.1",
+            "SDPIPE_MODEL_CACHE": str(folder / "model-cache"),
+        }
+        env |= {k: str(v) for k, v in container.get("Environment", {}).items()}
+        with endpoint.log_path.open("ab") as log:
+            endpoint.process = subprocess.Popen(
+                [sys.executable, "-m", "sdpipe_inference.server"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = _now() + _STARTUP_TIMEOUT_S
+        while endpoint.status == "Creating":
+            if endpoint.process.poll() is not None:
+                tail = endpoint.log_path.read_text(errors="replace").strip().splitlines()[-5:]
+                self._set_status(endpoint, "Failed", "the container exited during start-up: " + " | ".join(tail))
+                return
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        self._set_status(endpoint, "InService")
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if _now() > deadline:
+                self._set_status(endpoint, "Failed", "the container did not pass its /ping health check in time")
+                endpoint.stop()
+                return
+            time.sleep(0.2)
+
+    def _set_status(self, endpoint: _Endpoint, status: str, reason: str | None = None) -> None:
+        endpoint.status, endpoint.failure_reason, endpoint.modified = status, reason, _now()
+        logger.info("endpoint %s is %s%s", endpoint.name, status, f": {reason}" if reason else "")
+
+    def _endpoint(self, name: str) -> _Endpoint:
+        endpoint = self._endpoints.get(name)
+        if endpoint is None:
+            raise SageMakerError("ValidationException", f'Could not find endpoint "{self._arn("endpoint", name)}".')
+        return endpoint
+
+    def _describe_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
+        endpoint = self._endpoint(body["EndpointName"])
+        config = self._configs.get(endpoint.config_name, {})
+        described: dict[str, Any] = {
+            "EndpointName": endpoint.name,
+            "EndpointArn": endpoint.arn,
+            "EndpointConfigName": endpoint.config_name,
+            "EndpointStatus": endpoint.status,
+            "CreationTime": endpoint.created,
+            "LastModifiedTime": endpoint.modified,
+            "ProductionVariants": [_variant_summary(v) for v in config.get("ProductionVariants", [])],
+        }
+        if "AsyncInferenceConfig" in config:
+            described["AsyncInferenceConfig"] = config["AsyncInferenceConfig"]
+        if endpoint.failure_reason:
+            described["FailureReason"] = endpoint.failure_reason
+        return described
+
+    def _delete_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
+        endpoint = self._endpoint(body["EndpointName"])
+        with self._lock:
+            self._endpoints.pop(endpoint.name, None)
+        endpoint.stop()
+        return {}
+
+    def _list_endpoints(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "Endpoints": [
+                {"EndpointName": e.name, "EndpointArn": e.arn, "EndpointStatus": e.status, "CreationTime": e.created,
+                 "LastModifiedTime": e.modified}
+                for e in self._endpoints.values()
+            ]
+        }  # fmt: skip
+
+    # ------------------------------------------------------------------ asynchronous invocation
+    def invoke_async(self, endpoint_name: str, headers: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
+        endpoint = self._endpoint(endpoint_name)
+        if endpoint.status != "InService":
+            raise SageMakerError(
+                "ValidationError", f"Endpoint {endpoint_name} is not in service (status {endpoint.status})."
+            )
+        config = self._configs[endpoint.config_name].get("AsyncInferenceConfig")
+        if not config:
+            raise SageMakerError(
+                "ValidationError", f"Endpoint {endpoint_name} is not configured for asynchronous inference."
+            )
+        input_location = headers.get("x-amzn-sagemaker-inputlocation")
+        if not input_location or not input_location.startswith("s3://"):
+            raise SageMakerError("ValidationError", "InputLocation must be an s3:// URI")
+        inference_id = headers.get("x-amzn-sagemaker-inference-id") or str(uuid.uuid4())
+        output = config["OutputConfig"]
+        output_location = f"{output['S3OutputPath'].rstrip('/')}/{inference_id}.out"
+        failure_path = output.get("S3FailurePath", output["S3OutputPath"]).rstrip("/")
+        failure_location = f"{failure_path}/{inference_id}-error.out"
+        content_type = headers.get("x-amzn-sagemaker-content-type", "application/octet-stream")
+        job = _Invocation(
+            endpoint_name, inference_id, input_location, output_location, failure_location, content_type, _now()
+        )
+        assert endpoint.executor is not None
+        endpoint.executor.submit(self._run_invocation, endpoint, job, output.get("NotificationConfig", {}))
+        response_headers = {
+            "X-Amzn-SageMaker-OutputLocation": output_location,
+            "X-Amzn-SageMaker-FailureLocation": failure_location,
+        }
+        return response_headers, {"InferenceId": inference_id}
+
+    def _run_invocation(self, endpoint: _Endpoint, job: _Invocation, notification: dict[str, str]) -> None:
+        s3 = self._client("s3")
+        failure: str | None = None
+        try:
+            bucket, key = _split(job.input_location)
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{endpoint.port}/invocations", data=body, headers={"Content-Type": job.content_type}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=_INVOCATION_TIMEOUT_S) as response:
+                    result, result_type = response.read(), response.headers.get("Content-Type", "application/json")
+            except urllib.error.HTTPError as error:
+                detail = error.read()
+                message = detail[:2000].decode(errors="replace")
+                failure = f'ClientError: Received server error ({error.code}) from model with message "{message}".'
+                bucket, key = _split(job.failure_location)
+                s3.put_object(
+                    Bucket=bucket,
+                    Key=key,
+                    Body=detail,
+                    ContentType=error.headers.get("Content-Type", "application/json"),
+                )
+            else:
+                bucket, key = _split(job.output_location)
+                s3.put_object(Bucket=bucket, Key=key, Body=result, ContentType=result_type)
+        except Exception as exc:  # the container died, the input is gone...: SageMaker reports it
+            failure = f"{type(exc).__name__}: {exc}"
+            logger.warning("async invocation %s on %s failed: %s", job.inference_id, endpoint.name, failure)
+        self._notify(job, notification, failure)
+
+    def _notify(self, job: _Invocation, notification: dict[str, str], failure: str | None) -> None:
+        message: dict[str, Any] = {
+            "awsRegion": self._region,
+            "eventTime": _iso(_now()),
+            "receivedTime": _iso(job.received),
+            "invocationStatus": "Failed" if failure else "Completed",
+            "requestParameters": {
+                "contentType": job.content_type,
+                "endpointName": job.endpoint_name,
+                "inputLocation": job.input_location,
+            },
+            "responseParameters": {"contentType": "application/json"},
+            "inferenceId": job.inference_id,
+            "eventVersion": "1.0",
+            "eventSource": "aws:sagemaker",
+            "eventName": "InferenceResult",
+        }
+        if failure:
+            message["failureReason"] = failure
+            message["responseParameters"]["failureLocation"] = job.failure_location
+            topic = notification.get("ErrorTopic")
+        else:
+            message["responseParameters"]["outputLocation"] = job.output_location
+            topic = notification.get("SuccessTopic")
+        if topic:
+            self._client("sns").publish(TopicArn=topic, Message=json.dumps(message))
+
+    def close(self) -> None:
+        for endpoint in list(self._endpoints.values()):
+            endpoint.stop()
+        self._endpoints.clear()
+
+
+@dataclass(frozen=True)
+class _Invocation:
+    endpoint_name: str
+    inference_id: str
+    input_location: str
+    output_location: str
+    failure_location: str
+    content_type: str
+    received: float
+
+
+def _variant_summary(variant: dict[str, Any]) -> dict[str, Any]:
+    count = variant.get("InitialInstanceCount", 1)
+    return {
+        "VariantName": variant.get("VariantName", "AllTraffic"),
+        "CurrentInstanceCount": count,
+        "DesiredInstanceCount": count,
+        "CurrentWeight": 1.0,
+        "DesiredWeight": 1.0,
+    }
+
+
+def _split(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")

@@ -1,0 +1,167 @@
+"""The local SageMaker stand-in: endpoints are processes running the inference server, and
+asynchronous invocations read S3, write S3 and notify SNS as SageMaker does."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from botocore.exceptions import ClientError
+
+
+@pytest.fixture(scope="module")
+def sm(sdpipe_stack, tiny_checkpoints):
+    stack = sdpipe_stack
+    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
+    path = tiny_checkpoints["sd1"]
+    s3.upload_file(str(path), bucket, "jobs/standin/tiny.safetensors")
+    for item in path.with_name(path.stem + ".config").rglob("*"):
+        if item.is_file():
+            relative = item.relative_to(path.with_name(path.stem + ".config")).as_posix()
+            s3.upload_file(str(item), bucket, f"jobs/standin/tiny.config/{relative}")
+    sns, sqs = stack.client("sns"), stack.client("sqs")
+    queue = sqs.create_queue(QueueName=f"standin-{uuid.uuid4().hex[:6]}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    topics = {}
+    for kind in ("success", "error"):
+        topics[kind] = sns.create_topic(Name=f"standin-{kind}")["TopicArn"]
+        sns.subscribe(
+            TopicArn=topics[kind], Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"}
+        )
+    sagemaker = stack.client("sagemaker")
+    sagemaker.create_model(
+        ModelName="tiny",
+        PrimaryContainer={"Image": "sdpipe-inference:local"},
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/sm",
+    )
+    sagemaker.create_endpoint_config(
+        EndpointConfigName="tiny-config",
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": "tiny",
+                "InstanceType": "ml.g5.2xlarge",
+                "InitialInstanceCount": 1,
+            }
+        ],
+        AsyncInferenceConfig={
+            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 1},
+            "OutputConfig": {
+                "S3OutputPath": f"s3://{bucket}/jobs/standin/out",
+                "S3FailurePath": f"s3://{bucket}/jobs/standin/failed",
+                "NotificationConfig": {"SuccessTopic": topics["success"], "ErrorTopic": topics["error"]},
+            },
+        },
+    )
+    sagemaker.create_endpoint(EndpointName="tiny-endpoint", EndpointConfigName="tiny-config")
+    assert sagemaker.describe_endpoint(EndpointName="tiny-endpoint")["EndpointStatus"] == "Creating"
+    waited = wait_status(sagemaker, "tiny-endpoint", "InService")
+    model = {
+        "name": "tiny",
+        "sha256": "f" * 64,
+        "short_hash": "ffffffffff",
+        "family": "sd1",
+        "uri": f"s3://{bucket}/jobs/standin/tiny.safetensors",
+        "config_uri": f"s3://{bucket}/jobs/standin/tiny.config",
+    }
+    return stack, bucket, queue, model, waited
+
+
+def wait_status(sagemaker, name, wanted, timeout=120):
+    deadline = time.monotonic() + timeout
+    while (status := sagemaker.describe_endpoint(EndpointName=name))["EndpointStatus"] not in (wanted, "Failed"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.3)
+    return status
+
+
+def notifications(stack, queue, count, timeout=120):
+    got, deadline = [], time.monotonic() + timeout
+    sqs = stack.client("sqs")
+    while len(got) < count and time.monotonic() < deadline:
+        for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+            "Messages", []
+        ):
+            got.append(json.loads(message["Body"]))
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+    return got
+
+
+def invoke(stack, bucket, key, request):
+    stack.client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(request))
+    runtime = stack.client("sagemaker-runtime")
+    return runtime.invoke_endpoint_async(
+        EndpointName="tiny-endpoint", InputLocation=f"s3://{bucket}/{key}", ContentType="application/json"
+    )
+
+
+def test_endpoint_becomes_in_service_with_a_current_instance_type(sm):
+    _stack, _bucket, _queue, _model, described = sm
+    assert described["EndpointStatus"] == "InService"
+    assert described["AsyncInferenceConfig"]["OutputConfig"]["S3OutputPath"].endswith("/jobs/standin/out")
+
+
+def test_async_invocation_writes_the_output_and_notifies_success(sm):
+    stack, bucket, queue, model, _ = sm
+    params = {"prompt": "a red fox", "steps": 2, "width": 64, "height": 64, "seed": 42, "batch_size": 2}
+    response = invoke(
+        stack,
+        bucket,
+        "jobs/standin/ok/input.json",
+        {"job_id": "ok", "kind": "txt2img", "params": params, "model": model},
+    )
+    [note] = notifications(stack, queue, 1)
+    assert note["invocationStatus"] == "Completed" and note["inferenceId"] == response["InferenceId"]
+    assert note["responseParameters"]["outputLocation"] == response["OutputLocation"]
+    key = response["OutputLocation"].split(f"{bucket}/", 1)[1]
+    output = json.loads(stack.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert len(output["images"]) == 2 and json.loads(output["info"])["all_seeds"] == [42, 43]
+
+
+def test_a_failing_invocation_writes_the_failure_and_notifies_the_error_topic(sm):
+    stack, bucket, queue, model, _ = sm
+    params = {"prompt": "x", "steps": 2, "width": 64, "height": 64, "sampler_name": "Nope"}
+    response = invoke(
+        stack, bucket, "jobs/standin/bad/input.json", {"kind": "txt2img", "params": params, "model": model}
+    )
+    [note] = notifications(stack, queue, 1)
+    assert note["invocationStatus"] == "Failed"
+    assert "sampler_name 'Nope'" in note["failureReason"] and "(400)" in note["failureReason"]
+    key = response["FailureLocation"].split(f"{bucket}/", 1)[1]
+    assert (
+        json.loads(stack.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())["error"]["code"]
+        == "VALIDATION_ERROR"
+    )
+
+
+def test_a_container_that_cannot_start_fails_the_endpoint(sdpipe_stack):
+    sagemaker = sdpipe_stack.client("sagemaker")
+    sagemaker.create_model(
+        ModelName="broken",
+        PrimaryContainer={"Image": "x", "Environment": {"SAGEMAKER_BIND_TO_PORT": "not-a-port"}},
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/sm",
+    )
+    sagemaker.create_endpoint_config(
+        EndpointConfigName="broken-config",
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": "broken",
+                "InstanceType": "ml.g6.xlarge",
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
+    sagemaker.create_endpoint(EndpointName="broken-endpoint", EndpointConfigName="broken-config")
+    described = wait_status(sagemaker, "broken-endpoint", "InService")
+    assert described["EndpointStatus"] == "Failed"
+    assert "exited during start-up" in described["FailureReason"] and "not-a-port" in described["FailureReason"]
+    with pytest.raises(ClientError, match="not in service"):
+        sdpipe_stack.client("sagemaker-runtime").invoke_endpoint_async(
+            EndpointName="broken-endpoint", InputLocation="s3://b/k"
+        )
+    sagemaker.delete_endpoint(EndpointName="broken-endpoint")
+    with pytest.raises(ClientError, match="Could not find endpoint"):
+        sagemaker.describe_endpoint(EndpointName="broken-endpoint")
