@@ -39,11 +39,11 @@ class ModelStore:
     def file(self, uri: str, sha256: str, suffix: str = "") -> Path:
         """A local path for ``uri`` (``file://``, a plain path, or ``s3://``)."""
         parsed = urlparse(uri)
-        if parsed.scheme in ("", "file"):
-            path = Path(parsed.path if parsed.scheme else uri)
-            if not path.exists():
-                raise ModelUnavailable(f"model file {path} does not exist")
-            return path
+        local = _local_path(uri)
+        if local is not None:
+            if not local.is_file():
+                raise ModelUnavailable(f"model file {local} does not exist")
+            return local
         if parsed.scheme != "s3":
             raise ModelUnavailable(f"model URI scheme {parsed.scheme!r} is not supported (s3:// or a local path)")
         target = self.cache_dir / f"{sha256}{suffix}"
@@ -61,11 +61,11 @@ class ModelStore:
     def folder(self, uri: str, key: str) -> Path:
         """A local folder for ``uri``: a local path, or an ``s3://`` prefix copied once."""
         parsed = urlparse(uri)
-        if parsed.scheme in ("", "file"):
-            path = Path(parsed.path if parsed.scheme else uri)
-            if not path.is_dir():
-                raise ModelUnavailable(f"config folder {path} does not exist")
-            return path
+        local = _local_path(uri)
+        if local is not None:
+            if not local.is_dir():
+                raise ModelUnavailable(f"config folder {local} does not exist")
+            return local
         target = self.cache_dir / f"{key}.config"
         with self._lock:
             if target.exists():
@@ -95,3 +95,11 @@ class ModelStore:
             oldest = files.pop(0)
             used -= oldest.stat().st_size
             oldest.unlink()
+
+
+def _local_path(uri: str) -> Path | None:
+    """The path a ``file://`` URI or plain path names; None for remote URIs."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    return Path(uri) if parsed.scheme == "" else None
