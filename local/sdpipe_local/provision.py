@@ -18,6 +18,7 @@ from typing import Any
 
 from sdpipe_local.intrinsics import Resolver, references
 from sdpipe_local.lambda_runtime import FunctionSpec
+from sdpipe_local.schedules import ScheduleSpec
 from sdpipe_local.sqs_event_source import SqsMappingSpec
 from sdpipe_local.template import TranslatedTemplate
 
@@ -47,6 +48,7 @@ _CREATORS = {
     "AWS::Lambda::Function": "_function",
     "AWS::Lambda::EventSourceMapping": "_event_source_mapping",
     "AWS::StepFunctions::StateMachine": "_state_machine",
+    "AWS::Events::Rule": "_rule",
 }
 
 
@@ -70,6 +72,7 @@ class ProvisionedStack:
     functions: list[FunctionSpec]
     sqs_mappings: list[SqsMappingSpec]
     state_machines: list[StateMachineSpec]
+    schedules: list[ScheduleSpec]
     outputs: dict[str, str]
     output_descriptions: dict[str, str]
 
@@ -92,6 +95,7 @@ class Provisioner:
         self._functions: list[FunctionSpec] = []
         self._mappings: list[SqsMappingSpec] = []
         self._state_machines: list[StateMachineSpec] = []
+        self._schedules: list[ScheduleSpec] = []
         self._bucket_notifications: list[tuple[str, Any]] = []
         pseudo = {
             "AWS::Region": region,
@@ -151,7 +155,7 @@ class Provisioner:
             outputs[name] = str(self._resolver.resolve(output["Value"]))
             descriptions[name] = output.get("Description", "")
         return ProvisionedStack(
-            self._created, self._functions, self._mappings, self._state_machines, outputs, descriptions
+            self._created, self._functions, self._mappings, self._state_machines, self._schedules, outputs, descriptions
         )
 
     def _create(self, logical_id: str, resource: dict[str, Any]) -> None:
@@ -405,3 +409,35 @@ class Provisioner:
         )["stateMachineArn"]
         self._state_machines.append(StateMachineSpec(logical_id, name, arn, definition))
         return Created(ref=arn, attributes={"Name": name, "Arn": arn})
+
+    # ------------------------------------------------------------------ EventBridge
+    def _rule(self, logical_id: str, p: dict[str, Any]) -> Created:
+        """Pattern rules live on moto (which delivers matching events to SQS/SNS targets);
+        schedule rules run on the local scheduler."""
+        name = p.get("Name") or self._physical_name(logical_id, 64)
+        bus = p.get("EventBusName", "default")
+        events = self._client("events")
+        kwargs: dict[str, Any] = {"Name": name, "EventBusName": bus, "State": p.get("State", "ENABLED")}
+        if "EventPattern" in p:
+            kwargs["EventPattern"] = json.dumps(p["EventPattern"])
+        if "ScheduleExpression" in p:
+            kwargs["ScheduleExpression"] = (
+                "rate(1 minute)"  # moto validates AWS's units; the local scheduler runs the real one
+            )
+        arn = events.put_rule(**kwargs)["RuleArn"]
+        targets = [
+            {k: v for k, v in t.items() if k in ("Id", "Arn", "Input", "InputPath")} for t in p.get("Targets", [])
+        ]
+        if "ScheduleExpression" in p:
+            if p.get("State", "ENABLED") == "ENABLED":
+                self._schedules.append(ScheduleSpec(name, arn, p["ScheduleExpression"], targets))
+        else:
+            for target in targets:
+                if ":lambda:" in str(target["Arn"]):
+                    logger.warning(
+                        "rule %s: Lambda targets of event patterns are not emulated; route through SQS", logical_id
+                    )
+            deliverable = [t for t in targets if ":lambda:" not in str(t["Arn"])]
+            if deliverable:
+                events.put_targets(Rule=name, EventBusName=bus, Targets=deliverable)
+        return Created(ref=name, attributes={"Arn": arn})

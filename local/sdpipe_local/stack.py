@@ -21,6 +21,7 @@ from botocore.config import Config
 from sdpipe_local.lambda_runtime import LambdaRuntime
 from sdpipe_local.provision import ProvisionedStack, Provisioner
 from sdpipe_local.sagemaker import LocalSageMaker
+from sdpipe_local.schedules import Scheduler
 from sdpipe_local.server import LocalAwsServer
 from sdpipe_local.sqs_event_source import SqsPoller
 from sdpipe_local.template import samconfig_parameters, translate
@@ -65,6 +66,7 @@ class LocalStack:
         self.state_dir = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="sdpipe-local-"))
         self.runtime: LambdaRuntime | None = None
         self.sagemaker: LocalSageMaker | None = None
+        self.scheduler: Scheduler | None = None
         self.server: LocalAwsServer | None = None
         self.provisioned: ProvisionedStack | None = None
         self._pollers: list[SqsPoller] = []
@@ -107,6 +109,8 @@ class LocalStack:
         for spec in self.provisioned.functions:
             self.runtime.add(spec)
         self.runtime.prewarm()
+        self.scheduler = Scheduler(self.provisioned.schedules, self.runtime, self.client, REGION, ACCOUNT_ID)
+        self.scheduler.start()
         sqs = self.client("sqs")
         for mapping in self.provisioned.sqs_mappings:
             if mapping.enabled:
@@ -118,6 +122,8 @@ class LocalStack:
         return self
 
     def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
         for poller in self._pollers:
             poller.stop()
         self._pollers.clear()

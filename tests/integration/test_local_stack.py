@@ -20,7 +20,7 @@ def fixture_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSta
     with LocalStack(
         FIXTURE,
         stack_name="fixture",
-        parameter_overrides={"Greeting": "bonjour"},
+        parameter_overrides={"Greeting": "bonjour", "TickSchedule": "rate(1 second)"},
         state_dir=tmp_path_factory.mktemp("fx"),
     ) as stack:
         yield stack
@@ -85,6 +85,29 @@ def test_partial_batch_failures_are_retried_then_redriven(fixture_stack):
     assert [m["Body"] for m in moved] == ["please fail"]
     done = sorted(
         s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read().decode()
-        for o in s3.list_objects_v2(Bucket=bucket)["Contents"]
+        for o in s3.list_objects_v2(Bucket=bucket, Prefix="done/")["Contents"]
     )
     assert done == ["ok one", "ok two"]  # processed once each: successes were deleted, not retried
+
+
+def test_schedule_rules_invoke_their_function(fixture_stack):
+    s3, bucket = fixture_stack.client("s3"), fixture_stack.outputs["ResultsBucketName"]
+    deadline = time.monotonic() + 15
+    ticks: list[dict] = []
+    while len(ticks) < 2 and time.monotonic() < deadline:
+        ticks = s3.list_objects_v2(Bucket=bucket, Prefix="ticks/").get("Contents", [])
+        time.sleep(0.3)
+    assert len(ticks) >= 2
+    assert s3.get_object(Bucket=bucket, Key=ticks[0]["Key"])["Body"].read() == b"Scheduled Event"
+
+
+def test_pattern_rules_deliver_matching_events_to_their_queue(fixture_stack):
+    events, sqs = fixture_stack.client("events"), fixture_stack.client("sqs")
+    detail = {"EndpointName": "e1", "EndpointStatus": "IN_SERVICE"}
+    events.put_events(Entries=[
+        {"Source": "aws.sagemaker", "DetailType": "SageMaker Endpoint State Change", "Detail": json.dumps(detail)},
+        {"Source": "aws.sagemaker", "DetailType": "SageMaker Training Job State Change", "Detail": "{}"},
+    ])  # fmt: skip
+    queue = fixture_stack.outputs["StateChangesQueueUrl"]
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=2).get("Messages", [])
+    assert [json.loads(m["Body"])["detail"] for m in messages] == [detail]
