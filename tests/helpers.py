@@ -53,3 +53,17 @@ def kohya_lora(family: str = "sd1", rank: int = 4) -> dict[str, tuple[str, tuple
         f"{te}.lora_up.weight": ("F16", (te_width, rank)),
         f"{te}.alpha": ("F16", ()),
     }
+
+
+def create_table_from_template(dynamodb_client, logical_id: str, table_name: str) -> None:
+    """Create a table exactly as template.yaml declares it (keys and indexes: one source)."""
+    from pathlib import Path
+
+    from samtranslator.yaml_helper import yaml_parse
+
+    template = yaml_parse((Path(__file__).resolve().parents[1] / "template.yaml").read_text())
+    properties = template["Resources"][logical_id]["Properties"]
+    kwargs = {
+        k: properties[k] for k in ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes") if k in properties
+    }
+    dynamodb_client.create_table(TableName=table_name, BillingMode="PAY_PER_REQUEST", **kwargs)

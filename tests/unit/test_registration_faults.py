@@ -18,7 +18,7 @@ from sdpipe.errors import ObjectChanged
 from sdpipe.layout import parse_model_key
 from sdpipe.logic.inspection import InspectionLimits
 from sdpipe.logic.registration import Registrar
-from tests.helpers import kohya_lora, safetensors_bytes
+from tests.helpers import create_table_from_template, kohya_lora, safetensors_bytes
 
 BUCKET, TABLE, KEY = "assets", "models", "models/Lora/style.safetensors"
 LIMITS = InspectionLimits(header_cap=1 << 20, pickle_cap=1 << 20, chunk_size=64 * 1024)
@@ -46,12 +46,7 @@ def aws(monkeypatch):
     with mock_aws():
         aws = AwsClients()
         aws.get("s3").create_bucket(Bucket=BUCKET)
-        aws.get("dynamodb").create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "model_id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "model_id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_table_from_template(aws.get("dynamodb"), "ModelsTable", TABLE)
         topic = aws.get("sns").create_topic(Name="events")["TopicArn"]
         sqs = boto3.client("sqs")
         queue = sqs.create_queue(QueueName="events")["QueueUrl"]

@@ -66,3 +66,21 @@ class ObjectChanged(SdpipeError):
     """The S3 object was overwritten or deleted while it was being read; retry later."""
 
     code = "OBJECT_CHANGED"
+
+
+class ModelNotFound(SdpipeError):
+    """A model reference matches no registered, usable model."""
+
+    code = "MODEL_NOT_FOUND"
+
+
+class ModelAmbiguous(SdpipeError):
+    """A model reference matches more than one model; the message lists them."""
+
+    code = "MODEL_AMBIGUOUS"
+
+
+class ModelNotUsable(SdpipeError):
+    """The model exists but is not ACTIVE, or is of the wrong type or family."""
+
+    code = "MODEL_NOT_USABLE"

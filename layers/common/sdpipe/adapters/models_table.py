@@ -164,6 +164,16 @@ class ModelsTable:
             ExpressionAttributeValues={":id": event_id},
         )
 
+    def find_by_hash_prefix(self, prefix: str) -> list[dict[str, Any]]:
+        """Models whose sha256 starts with ``prefix`` (at least 2 hex digits: the index shard)."""
+        prefix = prefix.lower()
+        response = self._table.query(
+            IndexName="by_hash",
+            KeyConditionExpression="hash_shard = :shard AND begins_with(sha256, :prefix)",
+            ExpressionAttributeValues={":shard": prefix[:2], ":prefix": prefix},
+        )
+        return [_from_dynamo(item) for item in response.get("Items", [])]
+
     def list(self, model_type: ModelType | None = None) -> Iterator[dict[str, Any]]:
         """Every model (optionally of one type), via the by-type index or a scan."""
         kwargs: dict[str, Any] = {}
