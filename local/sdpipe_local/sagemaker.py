@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -164,6 +165,7 @@ class LocalSageMaker:
                 )
             endpoint = _Endpoint(name=name, arn=self._arn("endpoint", name), config_name=config_name)
             self._endpoints[name] = endpoint
+        self._publish_state_change(endpoint)
         variant = config["ProductionVariants"][0]
         model = self._models[variant["ModelName"]]
         async_client = config.get("AsyncInferenceConfig", {}).get("ClientConfig", {})
@@ -217,6 +219,32 @@ class LocalSageMaker:
     def _set_status(self, endpoint: _Endpoint, status: str, reason: str | None = None) -> None:
         endpoint.status, endpoint.failure_reason, endpoint.modified = status, reason, _now()
         logger.info("endpoint %s is %s%s", endpoint.name, status, f": {reason}" if reason else "")
+        self._publish_state_change(endpoint)
+
+    def _publish_state_change(self, endpoint: _Endpoint) -> None:
+        """EventBridge's "SageMaker Endpoint State Change", as SageMaker publishes it."""
+        detail: dict[str, Any] = {
+            "EndpointName": endpoint.name,
+            "EndpointArn": endpoint.arn,
+            "EndpointConfigName": endpoint.config_name,
+            # The event spells statuses in upper snake case, unlike DescribeEndpoint.
+            "EndpointStatus": re.sub(r"(?<!^)(?=[A-Z])", "_", endpoint.status).upper(),
+            "CreationTime": int(endpoint.created * 1000),
+            "LastModifiedTime": int(endpoint.modified * 1000),
+            "Tags": {},
+        }
+        if endpoint.failure_reason:
+            detail["FailureReason"] = endpoint.failure_reason
+        entry = {
+            "Source": "aws.sagemaker",
+            "DetailType": "SageMaker Endpoint State Change",
+            "Resources": [endpoint.arn],
+            "Detail": json.dumps(detail),
+        }
+        try:
+            self._client("events").put_events(Entries=[entry])
+        except Exception:  # state changes are informative; never break the endpoint for them
+            logger.exception("could not publish the state change of %s", endpoint.name)
 
     def _endpoint(self, name: str) -> _Endpoint:
         endpoint = self._endpoints.get(name)
@@ -247,6 +275,7 @@ class LocalSageMaker:
         with self._lock:
             self._endpoints.pop(endpoint.name, None)
         endpoint.stop()
+        self._set_status(endpoint, "Deleting")
         return {}
 
     def _list_endpoints(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -137,6 +137,16 @@ def test_a_failing_invocation_writes_the_failure_and_notifies_the_error_topic(sm
 
 
 def test_a_container_that_cannot_start_fails_the_endpoint(sdpipe_stack):
+    sqs, events = sdpipe_stack.client("sqs"), sdpipe_stack.client("events")
+    queue = sqs.create_queue(QueueName=f"endpoint-changes-{uuid.uuid4().hex[:6]}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    pattern = {
+        "source": ["aws.sagemaker"],
+        "detail-type": ["SageMaker Endpoint State Change"],
+        "detail": {"EndpointName": ["broken-endpoint"]},
+    }
+    events.put_rule(Name="broken-changes", EventPattern=json.dumps(pattern))
+    events.put_targets(Rule="broken-changes", Targets=[{"Id": "q", "Arn": queue_arn}])
     sagemaker = sdpipe_stack.client("sagemaker")
     sagemaker.create_model(
         ModelName="broken",
@@ -165,3 +175,9 @@ def test_a_container_that_cannot_start_fails_the_endpoint(sdpipe_stack):
     sagemaker.delete_endpoint(EndpointName="broken-endpoint")
     with pytest.raises(ClientError, match="Could not find endpoint"):
         sagemaker.describe_endpoint(EndpointName="broken-endpoint")
+    changes = [
+        json.loads(m["Body"])["detail"]
+        for m in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=2).get("Messages", [])
+    ]
+    assert [c["EndpointStatus"] for c in changes] == ["CREATING", "FAILED", "DELETING"]
+    assert "exited during start-up" in changes[1]["FailureReason"]
