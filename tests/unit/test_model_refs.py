@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from moto import mock_aws
 
-from sdpipe.adapters.clients import AwsClients
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.contracts.models import ModelFamily, ModelType
 from sdpipe.errors import ModelAmbiguous, ModelNotFound, ModelNotUsable
@@ -26,22 +24,19 @@ def item(model_id, name, sha, *, kind="checkpoint", family="sd1", status="ACTIVE
 
 
 @pytest.fixture
-def catalog(monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        aws = AwsClients()
-        create_table_from_template(aws.get("dynamodb"), "ModelsTable", "models")
-        table = aws.get_resource("dynamodb").Table("models")
-        for row in (
-            item("a", "v1-5-pruned-emaonly", SD15),
-            item("b", "xl/sd_xl_base_1.0", XL, family="sdxl"),
-            item("c", "sd15/v1-5-pruned-emaonly", TWIN),
-            item("d", "old", "ab" * 32, status="REJECTED"),
-            item("e", "v1-5-pruned-emaonly", "cd" * 32, kind="lora"),
-        ):
-            table.put_item(Item=row)
-        yield ModelsTable("models", aws)
+def catalog(moto_clients):
+    aws = moto_clients
+    create_table_from_template(aws.get("dynamodb"), "ModelsTable", "models")
+    table = aws.get_resource("dynamodb").Table("models")
+    for row in (
+        item("a", "v1-5-pruned-emaonly", SD15),
+        item("b", "xl/sd_xl_base_1.0", XL, family="sdxl"),
+        item("c", "sd15/v1-5-pruned-emaonly", TWIN),
+        item("d", "old", "ab" * 32, status="REJECTED"),
+        item("e", "v1-5-pruned-emaonly", "cd" * 32, kind="lora"),
+    ):
+        table.put_item(Item=row)
+    return ModelsTable("models", aws)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from sdpipe.adapters.clients import AwsClients
 from sdpipe.adapters.events import EventPublisher
@@ -15,7 +14,7 @@ from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.adapters.object_store import ObjectInfo, ObjectStore
 from sdpipe.contracts.models import ModelRecord, ModelStatus
 from sdpipe.errors import ObjectChanged
-from sdpipe.layout import parse_model_key
+from sdpipe.layout import ModelKey, parse_model_key
 from sdpipe.logic.inspection import InspectionLimits
 from sdpipe.logic.registration import Registrar
 from tests.helpers import create_table_from_template, kohya_lora, safetensors_bytes
@@ -40,21 +39,24 @@ class FlakyStore(ObjectStore):
 
 
 @pytest.fixture
-def aws(monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        aws = AwsClients()
-        aws.get("s3").create_bucket(Bucket=BUCKET)
-        create_table_from_template(aws.get("dynamodb"), "ModelsTable", TABLE)
-        topic = aws.get("sns").create_topic(Name="events")["TopicArn"]
-        sqs = boto3.client("sqs")
-        queue = sqs.create_queue(QueueName="events")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        aws.get("sns").subscribe(
-            TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"}
-        )
-        yield aws, topic, queue
+def aws(moto_clients):
+    aws = moto_clients
+    aws.get("s3").create_bucket(Bucket=BUCKET)
+    create_table_from_template(aws.get("dynamodb"), "ModelsTable", TABLE)
+    topic = aws.get("sns").create_topic(Name="events")["TopicArn"]
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName="events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    aws.get("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    return aws, topic, queue
+
+
+def drop(clients: AwsClients, body: bytes) -> tuple[ModelKey, str]:
+    """Put ``body`` at KEY; return the parsed key and the object's ETag (unquoted)."""
+    etag = clients.get("s3").put_object(Bucket=BUCKET, Key=KEY, Body=body)["ETag"].strip('"')
+    key = parse_model_key(KEY)
+    assert key is not None
+    return key, etag
 
 
 def registrar(aws: AwsClients, topic: str, store: ObjectStore | None = None) -> Registrar:
@@ -76,9 +78,7 @@ def test_a_stream_that_dies_mid_read_releases_the_claim_and_the_retry_registers(
     clients, topic, queue = aws
     body = safetensors_bytes(kohya_lora("sd1", rank=64))
     assert len(body) > 2 * LIMITS.chunk_size
-    clients.get("s3").put_object(Bucket=BUCKET, Key=KEY, Body=body)
-    key = parse_model_key(KEY)
-    assert key is not None
+    key, _etag = drop(clients, body)
     flaky = registrar(clients, topic, FlakyStore(BUCKET, clients, failures=1))
     with pytest.raises(ConnectionResetError):
         flaky.on_created(key)  # the SQS message is not deleted: it will be delivered again
@@ -93,11 +93,8 @@ def test_a_stream_that_dies_mid_read_releases_the_claim_and_the_retry_registers(
 def test_an_older_worker_overtaken_by_a_newer_upload_drops_its_result(aws):
     clients, topic, queue = aws
     s3 = clients.get("s3")
-    s3.put_object(Bucket=BUCKET, Key=KEY, Body=safetensors_bytes(kohya_lora("sd1")))
-    key = parse_model_key(KEY)
-    assert key is not None
+    key, old_etag = drop(clients, safetensors_bytes(kohya_lora("sd1")))
     table = ModelsTable(TABLE, clients)
-    old_etag = s3.head_object(Bucket=BUCKET, Key=KEY)["ETag"].strip('"')
     assert table.claim(
         model_id=key.model_id, etag=old_etag, token="old-worker", lease_seconds=900, fields={"s3_key": KEY}
     )
@@ -119,11 +116,7 @@ def test_an_older_worker_overtaken_by_a_newer_upload_drops_its_result(aws):
 
 def test_a_live_claim_by_another_worker_is_left_alone(aws):
     clients, topic, queue = aws
-    s3 = clients.get("s3")
-    s3.put_object(Bucket=BUCKET, Key=KEY, Body=safetensors_bytes(kohya_lora("sd1")))
-    key = parse_model_key(KEY)
-    assert key is not None
-    etag = s3.head_object(Bucket=BUCKET, Key=KEY)["ETag"].strip('"')
+    key, etag = drop(clients, safetensors_bytes(kohya_lora("sd1")))
     table = ModelsTable(TABLE, clients)
     assert table.claim(model_id=key.model_id, etag=etag, token="busy", lease_seconds=900, fields={"s3_key": KEY})
     registrar(clients, topic).on_created(key)  # a duplicate event while the first is working
@@ -133,9 +126,7 @@ def test_a_live_claim_by_another_worker_is_left_alone(aws):
 
 def test_an_event_stored_but_not_published_is_sent_by_the_next_delivery(aws):
     clients, topic, queue = aws
-    clients.get("s3").put_object(Bucket=BUCKET, Key=KEY, Body=safetensors_bytes(kohya_lora("sd1")))
-    key = parse_model_key(KEY)
-    assert key is not None
+    key, _etag = drop(clients, safetensors_bytes(kohya_lora("sd1")))
 
     class DownPublisher(EventPublisher):
         def publish_raw(self, body: str, attributes: dict[str, str]) -> None:

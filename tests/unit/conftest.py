@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from moto import mock_aws
+
+from sdpipe.adapters.clients import AwsClients
+
+
+@pytest.fixture
+def moto_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsClients]:
+    """Real adapters' clients on in-process moto (no endpoint, no network)."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        yield AwsClients()
