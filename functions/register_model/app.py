@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -13,22 +12,20 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sdpipe.contracts.s3_events import S3EventNotification
+from sdpipe.lambda_support import lease_seconds
 from sdpipe.logic.registration import Registrar
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
-# A claim must expire once this invocation can no longer be running.
-_LEASE_MARGIN_SECONDS = 5
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    lease = math.ceil(context.get_remaining_time_in_millis() / 1000) + _LEASE_MARGIN_SECONDS
-    registrar = Registrar.from_settings(lease_seconds=lease)
+    registrar = Registrar.from_settings(lease_seconds=lease_seconds(context))
 
     @tracer.capture_method
     def record_handler(record: SQSRecord) -> None:

@@ -365,3 +365,47 @@ def load_tiny_checkpoint(path: Path, config: Path | None = None) -> Any:
     pipeline = cls.from_single_file(str(path), config=str(config), local_files_only=True)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def create_tiny_lora(family: Family, out: Path, seed: int = 0, rank: int = 4) -> Path:
+    """A Kohya-format LoRA for the tiny ``family`` checkpoints (random, visibly non-zero weights).
+
+    Written the way Kohya's ``train_network`` writes one: ``lora_unet_*``/``lora_te_*`` names,
+    ``.lora_down``/``.lora_up``/``.alpha``, and the ``ss_*`` metadata that says which base it is for.
+    """
+    import tempfile
+
+    import torch
+    from diffusers.utils import convert_state_dict_to_kohya  # type: ignore[attr-defined]
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    with tempfile.TemporaryDirectory() as folder:
+        pipeline = build_pipeline(family, Path(folder) / "tokenizer", seed)
+    torch.manual_seed(seed + 1)
+    alpha = rank
+    pipeline.unet.add_adapter(
+        LoraConfig(
+            r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]
+        )
+    )
+    state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(pipeline.unet).items()}
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if "lora_B" in name:  # peft starts B at zero (a no-op LoRA); make this one change the picture
+                tensor.copy_(torch.randn_like(tensor) * 0.5)
+    kohya = convert_state_dict_to_kohya(state)
+    for name in list(kohya):
+        if name.endswith(".alpha"):
+            kohya[name] = torch.tensor(float(alpha))
+    tensors = {name: tensor.contiguous().to(torch.float16) for name, tensor in kohya.items()}
+    metadata = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(alpha),
+        "ss_base_model_version": "sd_v1" if family == "sd1" else "sdxl_base_v1-0",
+        "ss_output_name": Path(out).stem,
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(_deterministic_safetensors(tensors, metadata))
+    return out

@@ -220,11 +220,8 @@ def test_nothing_lands_in_the_dead_letter_queue(models):
     assert models.queue_depths()[1] == 0
 
 
-@pytest.mark.parametrize(
-    ("key", "queue"),
-    [("requests/r-1.json", "RequestFilesQueueUrl"), ("datasets/mystyle/10_style/a.png", "DatasetObjectsQueueUrl")],
-)
-def test_request_and_dataset_drops_are_kept_for_their_consumers(stack, models, key, queue):
+@pytest.mark.parametrize(("key", "queue"), [("datasets/mystyle/10_style/a.png", "DatasetObjectsQueueUrl")])
+def test_dataset_drops_are_kept_for_their_consumer(stack, models, key, queue):
     models.put(key, b"{}")
     sqs = stack.client("sqs")
     bodies = [

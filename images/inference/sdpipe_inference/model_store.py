@@ -58,6 +58,17 @@ class ModelStore:
             partial.rename(target)
             return target
 
+    def read(self, uri: str, max_bytes: int) -> bytes:
+        """A small object (an init image) whole, from S3 or a local path."""
+        local = _local_path(uri)
+        if local is not None:
+            return local.read_bytes()[: max_bytes + 1]
+        parsed = urlparse(uri)
+        response = self._client().get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        if int(response["ContentLength"]) > max_bytes:
+            raise ModelUnavailable(f"{uri} is larger than {max_bytes} bytes")
+        return bytes(response["Body"].read())
+
     def folder(self, uri: str, key: str) -> Path:
         """A local folder for ``uri``: a local path, or an ``s3://`` prefix copied once."""
         parsed = urlparse(uri)

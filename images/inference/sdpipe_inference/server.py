@@ -16,33 +16,17 @@ import logging
 import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from sdpipe.contracts.inference import Img2ImgParams, Txt2ImgParams
+from sdpipe.contracts.inference import Img2ImgParams, InvocationInput, ModelFile, Txt2ImgParams
 from sdpipe.errors import SdpipeError
-from sdpipe_inference.engine import Engine, ModelSpec
+from sdpipe_inference.engine import AddOn, AddOns, Engine, ModelSpec
 from sdpipe_inference.model_store import ModelStore
 
 logger = logging.getLogger("sdpipe.inference")
 MAX_BODY = 64 * 1024 * 1024
-
-
-class ModelRef(BaseModel):
-    name: str
-    sha256: str
-    short_hash: str
-    family: str
-    uri: str
-    config_uri: str | None = None
-
-
-class InvocationRequest(BaseModel):
-    job_id: str | None = None
-    kind: Literal["txt2img", "img2img"]
-    params: dict[str, Any]
-    model: ModelRef
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -61,14 +45,22 @@ class InferenceService:
 
     def invoke(self, body: bytes) -> tuple[int, dict[str, Any]]:
         try:
-            request = InvocationRequest.model_validate_json(body)
-            params_cls = Txt2ImgParams if request.kind == "txt2img" else Img2ImgParams
-            params = params_cls.model_validate(request.params)
+            request = InvocationInput.model_validate_json(body)
         except ValidationError as exc:
             return 400, {"error": {"code": "VALIDATION_ERROR", "message": _validation_message(exc)}}
         try:
+            params_cls = Txt2ImgParams if request.kind == "txt2img" else Img2ImgParams
+            try:
+                params = params_cls.model_validate(self._inline_images(request.params))
+            except ValidationError as exc:
+                return 400, {"error": {"code": "VALIDATION_ERROR", "message": _validation_message(exc)}}
             spec = self._spec(request.model)
-            result = self.engine.generate(params, spec)
+            add_ons = AddOns(
+                loras=tuple(self._add_on(lora, lora.weight) for lora in request.loras),
+                embeddings=tuple(self._add_on(embedding) for embedding in request.embeddings),
+                vae=self._add_on(request.vae) if request.vae else None,
+            )
+            result = self.engine.generate(params, spec, add_ons)
         except SdpipeError as exc:
             return 400 if exc.code == "VALIDATION_ERROR" else 424, {"error": exc.to_error()}
         info = result.info | {"job_id": request.job_id, "warnings": params.warnings()}
@@ -78,8 +70,28 @@ class InferenceService:
             "info": json.dumps(info),
         }
 
-    def _spec(self, model: ModelRef) -> ModelSpec:
-        path = self.store.file(model.uri, model.sha256, ".safetensors" if model.uri.endswith(".safetensors") else "")
+    def _inline_images(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``s3://`` images in the payload, fetched and given to the engine as base64."""
+        resolved = dict(params)
+        if isinstance(params.get("init_images"), list):
+            resolved["init_images"] = [self._image(v) for v in params["init_images"]]
+        if isinstance(params.get("mask"), str):
+            resolved["mask"] = self._image(params["mask"])
+        return resolved
+
+    def _image(self, value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("s3://"):
+            return base64.b64encode(self.store.read(value, MAX_BODY)).decode()
+        return value
+
+    def _add_on(self, model: ModelFile, weight: float = 1.0) -> AddOn:
+        return AddOn(model.name, model.sha256, model.short_hash, self._local_file(model), weight)
+
+    def _local_file(self, model: ModelFile) -> Path:
+        return self.store.file(model.uri, model.sha256, ".safetensors" if model.uri.endswith(".safetensors") else "")
+
+    def _spec(self, model: ModelFile) -> ModelSpec:
+        path = self._local_file(model)
         if model.config_uri:
             config = self.store.folder(model.config_uri, model.sha256)
         elif self.configs_dir is not None and (self.configs_dir / model.family).is_dir():

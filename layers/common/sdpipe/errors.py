@@ -84,3 +84,49 @@ class ModelNotUsable(SdpipeError):
     """The model exists but is not ACTIVE, or is of the wrong type or family."""
 
     code = "MODEL_NOT_USABLE"
+
+
+class ValidationFailed(SdpipeError):
+    """A request's envelope or parameters are invalid; the message names the field and the rule."""
+
+    code = "VALIDATION_ERROR"
+
+
+class UnknownAction(SdpipeError):
+    """A request names an action this deployment does not handle (or none at all)."""
+
+    code = "UNKNOWN_ACTION"
+
+
+class RequestNotJson(SdpipeError):
+    """A request body is not JSON at all: nothing to answer, so it goes to the dead-letter queue."""
+
+    code = "NOT_JSON"
+
+
+class EndpointNotFound(SdpipeError):
+    """The endpoint a request names is not registered, or was deleted."""
+
+    code = "ENDPOINT_NOT_FOUND"
+
+
+class NoEndpointInService(SdpipeError):
+    """No endpoint is in service to run the request on."""
+
+    code = "NO_ENDPOINT_IN_SERVICE"
+
+
+class EndpointFailed(SdpipeError):
+    """The endpoint refused the invocation, errored, or died mid-job."""
+
+    code = "ENDPOINT_ERROR"
+
+
+class JobNotFound(SdpipeError):
+    code = "JOB_NOT_FOUND"
+
+
+class JobAlreadyFinished(SdpipeError):
+    """A terminal job cannot be cancelled (or moved at all)."""
+
+    code = "JOB_ALREADY_FINISHED"

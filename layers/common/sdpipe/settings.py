@@ -30,6 +30,29 @@ class RegistrationSettings(BaseSettings):
     hash_chunk_bytes: int = Field(default=8 * MIB, ge=64 * 1024)
 
 
+class JobSettings(BaseSettings):
+    """What every function that creates or moves jobs needs."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    assets_bucket_name: str = Field(min_length=3)
+    models_table_name: str = Field(min_length=3)
+    events_topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:")
+    jobs_table_name: str = Field(min_length=3)
+    endpoints_table_name: str = Field(min_length=3)
+    generations_table_name: str = Field(min_length=3)
+    # A job not finished this long after it was accepted is timed out by the sweeper.
+    inference_deadline_seconds: int = Field(default=3600, ge=10)
+
+
+class RequestFilesSettings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    assets_bucket_name: str = Field(min_length=3)
+    requests_topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:")
+    max_request_file_bytes: int = Field(default=256 * 1024, gt=0)
+
+
 def _load(cls: type[_Settings]) -> _Settings:
     try:
         return cls()
@@ -41,3 +64,13 @@ def _load(cls: type[_Settings]) -> _Settings:
 @lru_cache(maxsize=1)
 def registration_settings() -> RegistrationSettings:
     return _load(RegistrationSettings)
+
+
+@lru_cache(maxsize=1)
+def job_settings() -> JobSettings:
+    return _load(JobSettings)
+
+
+@lru_cache(maxsize=1)
+def request_files_settings() -> RequestFilesSettings:
+    return _load(RequestFilesSettings)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from sdpipe.adapters.clients import AwsClients, clients
+from sdpipe.adapters.dynamo import from_dynamo, is_condition_failure, to_dynamo
 from sdpipe.contracts.models import ModelRecord, ModelStatus, ModelType
 
 # Fields that describe one outcome; re-registering a key removes those the new outcome lacks.
@@ -26,30 +26,6 @@ _OUTCOME_FIELDS = (
     "error", "sha256", "hash_shard", "family", "format", "short_hash", "legacy_hash",
     "tensor_hash", "tensor_count",
 )  # fmt: skip
-
-
-def _is_condition_failure(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
-
-
-def _to_dynamo(value: Any) -> Any:
-    if isinstance(value, float):
-        return Decimal(str(value))
-    if isinstance(value, dict):
-        return {k: _to_dynamo(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_to_dynamo(v) for v in value]
-    return value
-
-
-def _from_dynamo(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _from_dynamo(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_dynamo(v) for v in value]
-    return value
 
 
 class ModelsTable:
@@ -66,14 +42,14 @@ class ModelsTable:
         try:
             self._table.update_item(**request)
         except ClientError as exc:
-            if _is_condition_failure(exc):
+            if is_condition_failure(exc):
                 return False
             raise
         return True
 
     def get(self, model_id: str) -> dict[str, Any] | None:
         item = self._table.get_item(Key={"model_id": model_id}, ConsistentRead=True).get("Item")
-        return _from_dynamo(item) if item else None
+        return from_dynamo(item) if item else None
 
     def claim(self, *, model_id: str, etag: str, token: str, lease_seconds: int, fields: dict[str, Any]) -> bool:
         now = int(time.time())
@@ -89,7 +65,7 @@ class ModelsTable:
         sets = ["#status = :pending", "etag = :etag", "claim_token = :token", "claim_expires_at = :expires"]
         for index, (name, value) in enumerate(fields.items()):
             names[f"#f{index}"] = name
-            values[f":f{index}"] = _to_dynamo(value)
+            values[f":f{index}"] = to_dynamo(value)
             if name == "created_at":
                 sets.append(f"#f{index} = if_not_exists(#f{index}, :f{index})")
             else:
@@ -117,7 +93,7 @@ class ModelsTable:
             if name in ("model_id", "created_at"):  # created_at: set once, by the first claim
                 continue
             names[f"#f{index}"] = name
-            values[f":f{index}"] = _to_dynamo(value)
+            values[f":f{index}"] = to_dynamo(value)
             sets.append(f"#f{index} = :f{index}")
         removals = ["claim_token", "claim_expires_at"]
         for index, stale in enumerate(_OUTCOME_FIELDS):
@@ -152,7 +128,7 @@ class ModelsTable:
             ExpressionAttributeValues={
                 ":deleted": ModelStatus.DELETED.value,
                 ":now": updated_at,
-                ":event": _to_dynamo(event),
+                ":event": to_dynamo(event),
             },
         )
 
@@ -172,7 +148,7 @@ class ModelsTable:
             KeyConditionExpression="hash_shard = :shard AND begins_with(sha256, :prefix)",
             ExpressionAttributeValues={":shard": prefix[:2], ":prefix": prefix},
         )
-        return [_from_dynamo(item) for item in response.get("Items", [])]
+        return [from_dynamo(item) for item in response.get("Items", [])]
 
     def list(self, model_type: ModelType | None = None) -> Iterator[dict[str, Any]]:
         """Every model (optionally of one type), via the by-type index or a scan."""
@@ -188,7 +164,7 @@ class ModelsTable:
         while True:
             page = operation(**kwargs)
             for item in page.get("Items", []):
-                yield _from_dynamo(item)
+                yield from_dynamo(item)
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

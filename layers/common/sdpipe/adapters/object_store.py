@@ -76,6 +76,27 @@ class ObjectStore:
         finally:
             body.close()
 
+    def get_bytes(self, key: str, max_bytes: int) -> bytes:
+        """A small object whole (request files, job results); ``ValueError`` when over ``max_bytes``."""
+        info = self.head(key)
+        if info is None:
+            raise FileNotFoundError(f"s3://{self.bucket}/{key} does not exist")
+        if info.size > max_bytes:
+            raise ValueError(f"s3://{self.bucket}/{key} is {info.size} bytes, over the {max_bytes}-byte limit")
+        return self.read_range(info, 0, info.size) if info.size else b""
+
+    def put_bytes(self, key: str, body: bytes, content_type: str) -> str:
+        self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+        return self.uri(key)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def key_of(self, uri: str) -> str | None:
+        """The key of an ``s3://`` URI in this bucket; None for any other bucket or scheme."""
+        prefix = f"s3://{self.bucket}/"
+        return uri[len(prefix) :] if uri.startswith(prefix) and len(uri) > len(prefix) else None
+
     def open_ranged(self, info: ObjectInfo, block_size: int = 1024 * 1024) -> RangedReader:
         return RangedReader(self, info, block_size)
 

@@ -8,6 +8,8 @@ different image.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -150,3 +152,67 @@ class Img2ImgParams(ImageGenerationParams):
     init_images: list[str] = Field(min_length=1, max_length=1)
     mask: str | None = None
     denoising_strength: float = Field(default=0.75, ge=0.0, le=1.0)
+
+
+# ``<lora:name:weight>`` (A1111's extra-network syntax; ``lyco`` is the LyCORIS extension's alias).
+# The name may hold spaces and colons are separators, as in the WebUI.
+_EXTRA_NETWORK = re.compile(r"<(?P<kind>lora|lyco|hypernet):(?P<args>[^>]+)>")
+
+
+@dataclass(frozen=True)
+class ExtraNetworkUse:
+    kind: str
+    name: str
+    weight: float
+    text: str
+
+
+def extra_networks(prompt: str, field: str = "prompt") -> list[ExtraNetworkUse]:
+    """The extra networks a prompt names, with their weights (default 1.0, as in the WebUI)."""
+    found = []
+    for match in _EXTRA_NETWORK.finditer(prompt):
+        args = match["args"].split(":")
+        name = args[0].strip()
+        if not name:
+            raise ValueError(f"{field}: {match[0]!r} names no model")
+        weight = 1.0
+        if len(args) > 1 and args[1].strip():
+            try:
+                weight = float(args[1])
+            except ValueError:
+                raise ValueError(f"{field}: weight {args[1]!r} in {match[0]!r} is not a number") from None
+        kind = "lora" if match["kind"] == "lyco" else match["kind"]
+        found.append(ExtraNetworkUse(kind=kind, name=name, weight=weight, text=match[0]))
+    return found
+
+
+def strip_extra_networks(prompt: str) -> str:
+    """The prompt the text encoder sees: extra-network tags removed, as the WebUI does."""
+    return re.sub(r"\s*,\s*,", ",", _EXTRA_NETWORK.sub("", prompt)).strip(" ,")
+
+
+class ModelFile(BaseModel):
+    """A registered model file as the inference container needs it."""
+
+    name: str
+    sha256: str
+    short_hash: str
+    family: str
+    uri: str
+    config_uri: str | None = None
+
+
+class WeightedModelFile(ModelFile):
+    weight: float = 1.0
+
+
+class InvocationInput(BaseModel):
+    """``jobs/<job_id>/input.json``: what SubmitInference asks the endpoint to do."""
+
+    job_id: str | None = None
+    kind: Literal["txt2img", "img2img"]
+    params: dict[str, Any]
+    model: ModelFile
+    loras: list[WeightedModelFile] = Field(default_factory=list)
+    embeddings: list[ModelFile] = Field(default_factory=list)
+    vae: ModelFile | None = None

@@ -1,0 +1,30 @@
+"""RejectRequest: the catch-all subscription; requests whose action nobody handles fail visibly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from sdpipe.lambda_support import action_attribute
+from sdpipe.logic.job_control import JobControl
+from sdpipe.logic.requests import reject_unknown_action
+
+logger = Logger()
+tracer = Tracer()
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    ledger = JobControl.from_settings().ledger
+
+    def record_handler(record: SQSRecord) -> None:
+        reject_unknown_action(ledger, record.body, action_attribute(record), record.message_id)
+
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

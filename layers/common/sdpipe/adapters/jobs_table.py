@@ -1,0 +1,174 @@
+"""The Jobs table: jobs move forward only, through conditional writes.
+
+Every write that changes a job's status also stores the event announcing it on the item
+(``pending_events``), with a publishing lease held by the writer. The writer publishes it and
+removes it; if the writer dies in between, a later delivery finds the lease expired and publishes
+it instead. So each transition is announced once, and never lost.
+
+Transitions that take or give back an endpoint slot update the endpoint's ``in_flight`` counter
+in the same transaction, so the counter can neither leak nor be counted twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from sdpipe.adapters.clients import AwsClients, clients
+from sdpipe.adapters.dynamo import UpdateBuilder, deserialize_item, from_dynamo, is_condition_failure, to_dynamo
+from sdpipe.contracts.jobs import JobStatus
+from sdpipe.errors import EndpointNotFound
+
+# Only open jobs carry this attribute, so the sparse index lists nothing else.
+OPEN_SHARD = "open"
+
+
+class JobsTable:
+    def __init__(self, table_name: str, endpoints_table_name: str | None = None, aws: AwsClients = clients) -> None:
+        self.table_name = table_name
+        self.endpoints_table_name = endpoints_table_name
+        self._aws = aws
+
+    @property
+    def _table(self) -> Any:
+        return self._aws.get_resource("dynamodb").Table(self.table_name)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        item = self._table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
+        return from_dynamo(item) if item else None
+
+    def create(self, item: dict[str, Any]) -> bool:
+        """Put a new job; False when one with this id exists already (a duplicate request)."""
+        try:
+            self._table.put_item(Item=to_dynamo(item), ConditionExpression="attribute_not_exists(job_id)")
+        except ClientError as exc:
+            if is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def update(
+        self,
+        job_id: str,
+        update: UpdateBuilder,
+        *,
+        statuses: Iterable[JobStatus],
+        claim_token: str | None = None,
+        endpoint: str | None = None,
+        in_flight_delta: int = 0,
+    ) -> bool:
+        """Apply ``update`` if the job is in one of ``statuses`` (and holds ``claim_token``).
+
+        False when the condition does not hold: another writer moved the job first.
+        """
+        conditions = [f"#status IN ({', '.join(update.value(s.value) for s in statuses)})"]
+        update.names["#status"] = "status"
+        if claim_token is not None:
+            conditions.append(f"claim_token = {update.value(claim_token)}")
+        condition = " AND ".join(conditions)
+        if not (endpoint and in_flight_delta):
+            return self.conditional_update(job_id, update, condition)
+        return self._update_with_endpoint(job_id, update, condition, endpoint, in_flight_delta)
+
+    def _update_with_endpoint(
+        self, job_id: str, update: UpdateBuilder, condition: str, endpoint: str, delta: int
+    ) -> bool:
+        counter = UpdateBuilder().add("in_flight", delta)
+        counter.names["#name"] = "name"
+        job_write = {"TableName": self.table_name, "Key": {"job_id": {"S": job_id}}} | update.low_level(condition)
+        endpoint_write = {
+            "TableName": self.endpoints_table_name,
+            "Key": {"name": {"S": endpoint}},
+        } | counter.low_level("attribute_exists(#name)")
+        try:
+            self._aws.get("dynamodb").transact_write_items(
+                TransactItems=[{"Update": job_write}, {"Update": endpoint_write}]
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            reasons = [r.get("Code", "None") for r in exc.response.get("CancellationReasons", [])]
+            if reasons and reasons[0] == "ConditionalCheckFailed":
+                return False
+            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                if delta > 0:
+                    raise EndpointNotFound(
+                        f"endpoint {endpoint!r} is not registered (it may have been deleted)"
+                    ) from exc
+                # Giving back a slot of an endpoint that is gone: just move the job.
+                return self.conditional_update(job_id, update, condition)
+            raise
+        return True
+
+    def conditional_update(self, job_id: str, update: UpdateBuilder, condition: str) -> bool:
+        """UpdateItem; False (not an error) when ``condition`` does not hold."""
+        try:
+            self._table.update_item(Key={"job_id": job_id}, **update.request(condition))
+        except ClientError as exc:
+            if is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def lease_event(self, job_id: str, event_id: str, lease_seconds: int) -> bool:
+        """Take the publishing lease of a stored event whose previous lease expired."""
+        now = int(time.time())
+        update = UpdateBuilder()
+        path = update.name(f"pending_events.{event_id}.lease_until")
+        until = update.value(now + lease_seconds)
+        request = {
+            "UpdateExpression": f"SET {path} = {until}",
+            "ConditionExpression": f"{path} < {update.value(now)}",
+            "ExpressionAttributeNames": update.names,
+            "ExpressionAttributeValues": update.values,
+        }
+        try:
+            self._table.update_item(Key={"job_id": job_id}, **request)
+        except ClientError as exc:
+            if is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def clear_event(self, job_id: str, event_id: str) -> None:
+        update = UpdateBuilder().remove(f"pending_events.{event_id}")
+        self._table.update_item(Key={"job_id": job_id}, **update.request())
+
+    def recent(self, action: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Newest jobs first (of one action, or of every action)."""
+        if action is not None:
+            response = self._table.query(
+                IndexName="by_action_time",
+                KeyConditionExpression="#action = :action",
+                ExpressionAttributeNames={"#action": "action"},
+                ExpressionAttributeValues={":action": action},
+                ScanIndexForward=False,
+                Limit=limit,
+            )
+            return [from_dynamo(i) for i in response.get("Items", [])]
+        items = list(self._scan())
+        items.sort(key=lambda i: str(i.get("created_at", "")), reverse=True)
+        return items[:limit]
+
+    def _scan(self) -> Iterator[dict[str, Any]]:
+        kwargs: dict[str, Any] = {}
+        while True:
+            page = self._table.scan(**kwargs)
+            yield from (from_dynamo(i) for i in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def open_past_deadline(self, now_iso: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Open jobs whose deadline has passed, oldest deadline first (via the sparse index)."""
+        response = self._aws.get("dynamodb").query(
+            TableName=self.table_name,
+            IndexName="open_by_deadline",
+            KeyConditionExpression="open_shard = :open AND deadline < :now",
+            ExpressionAttributeValues={":open": {"S": OPEN_SHARD}, ":now": {"S": now_iso}},
+            Limit=limit,
+        )
+        return [deserialize_item(i) for i in response.get("Items", [])]

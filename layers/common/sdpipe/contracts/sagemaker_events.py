@@ -1,0 +1,34 @@
+"""SageMaker's asynchronous inference notification (the message on the success/error topic)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _RequestParameters(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    endpoint_name: str = Field(alias="endpointName")
+    input_location: str = Field(default="", alias="inputLocation")
+
+
+class _ResponseParameters(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    output_location: str | None = Field(default=None, alias="outputLocation")
+    failure_location: str | None = Field(default=None, alias="failureLocation")
+
+
+class AsyncInferenceNotification(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    inference_id: str = Field(alias="inferenceId")
+    invocation_status: str = Field(alias="invocationStatus")
+    failure_reason: str | None = Field(default=None, alias="failureReason")
+    event_time: str | None = Field(default=None, alias="eventTime")
+    request: _RequestParameters = Field(alias="requestParameters")
+    response: _ResponseParameters = Field(default_factory=_ResponseParameters, alias="responseParameters")
+
+    @property
+    def succeeded(self) -> bool:
+        return self.invocation_status == "Completed"

@@ -1,0 +1,24 @@
+"""Small things every SQS-triggered handler needs from its Lambda event and context."""
+
+from __future__ import annotations
+
+import math
+
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+# A claim must outlast the invocation that holds it by a little, never less.
+_LEASE_MARGIN_SECONDS = 5
+
+
+def lease_seconds(context: LambdaContext) -> int:
+    """How long a claim taken now must last: until this invocation cannot be running any more."""
+    return math.ceil(context.get_remaining_time_in_millis() / 1000) + _LEASE_MARGIN_SECONDS
+
+
+def action_attribute(record: SQSRecord) -> str | None:
+    """The ``action`` message attribute SNS raw delivery copied onto the SQS message."""
+    # The raw event: Powertools' attribute container wraps values only on item access, not on get().
+    attribute = (record.raw_event.get("messageAttributes") or {}).get("action") or {}
+    value = attribute.get("stringValue")
+    return str(value) if value is not None else None

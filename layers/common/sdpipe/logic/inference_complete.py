@@ -1,0 +1,211 @@
+"""CompleteInference: SageMaker's success/error notification finishes the job, exactly once.
+
+The images and ``result.json`` go to deterministic keys under ``jobs/<job_id>/`` and the
+Generations items are keyed by job and index, so a replayed notification rewrites the same
+bytes. The job then moves to SUCCEEDED or FAILED with a conditional write that gives the
+endpoint slot back in the same transaction; a late or duplicate notification finds the job
+terminal and changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from pydantic import BaseModel, ValidationError
+
+from sdpipe.adapters.events import EventPublisher
+from sdpipe.adapters.generations_table import GenerationsTable
+from sdpipe.adapters.jobs_table import JobsTable
+from sdpipe.adapters.object_store import ObjectStore
+from sdpipe.contracts.events import utc_now
+from sdpipe.contracts.jobs import JobStatus
+from sdpipe.contracts.sagemaker_events import AsyncInferenceNotification
+from sdpipe.errors import EndpointFailed
+from sdpipe.logic.jobs import JobLedger
+from sdpipe.settings import job_settings
+
+logger = Logger(child=True)
+
+_MAX_RESULT_BYTES = 512 * 1024 * 1024
+_IN_FLIGHT = [JobStatus.QUEUED, JobStatus.RUNNING]
+
+
+class A1111Response(BaseModel):
+    """The endpoint's answer: A1111's ``/sdapi/v1/txt2img`` response."""
+
+    images: list[str]
+    parameters: dict[str, Any] = {}
+    info: str = "{}"
+
+
+@dataclass
+class InferenceCompletion:
+    ledger: JobLedger
+    store: ObjectStore
+    generations: GenerationsTable
+
+    @classmethod
+    def from_settings(cls) -> InferenceCompletion:
+        settings = job_settings()
+        return cls(
+            ledger=JobLedger(
+                JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
+                EventPublisher(settings.events_topic_arn),
+            ),
+            store=ObjectStore(settings.assets_bucket_name),
+            generations=GenerationsTable(settings.generations_table_name),
+        )
+
+    def handle(self, notification: AsyncInferenceNotification) -> None:
+        job_id = notification.inference_id
+        job = self.ledger.get(job_id)
+        if job is None:
+            logger.warning("notification for an unknown job ignored", extra={"inference_id": job_id})
+            return
+        self.ledger.flush(job)
+        status = JobStatus(job["status"])
+        if status.is_terminal:
+            logger.info("job already finished; late or duplicate notification", extra={"job_id": job_id})
+            return
+        if status is JobStatus.ACCEPTED:
+            # Not invoked yet as far as the table knows: the submitting worker is between the
+            # invocation and its write. Retry shortly rather than race it.
+            raise RuntimeError(f"job {job_id} is still ACCEPTED; notification will be retried")
+        if status is JobStatus.QUEUED:
+            # The endpoint finished before the submitter recorded RUNNING: record it now (once).
+            job = self.ledger.move(job, JobStatus.RUNNING, allowed_from=[JobStatus.QUEUED]) or self.ledger.get(job_id)
+            if job is None or JobStatus(job["status"]).is_terminal:
+                return
+        if notification.succeeded:
+            self._succeed(job, notification)
+        else:
+            self._fail(job, self._failure(notification))
+
+    def _fail(self, job: dict[str, Any], error: dict[str, str]) -> None:
+        logger.info("job failed on the endpoint", extra={"job_id": job["job_id"], "error": error})
+        self.ledger.move(
+            job,
+            JobStatus.FAILED,
+            allowed_from=_IN_FLIGHT,
+            fields={"error": error},
+            endpoint=job.get("endpoint"),
+            in_flight_delta=-1,
+        )
+
+    def _failure(self, notification: AsyncInferenceNotification) -> dict[str, str]:
+        """The container's own error (code and message) when it wrote one, else SageMaker's reason."""
+        key = self.store.key_of(notification.response.failure_location or "")
+        if key is not None:
+            try:
+                body = json.loads(self.store.get_bytes(key, 1024 * 1024))
+                error = body.get("error") if isinstance(body, dict) else None
+                if isinstance(error, dict) and error.get("code") and error.get("message"):
+                    return {"code": str(error["code"]), "message": str(error["message"])}
+            except (FileNotFoundError, ValueError, json.JSONDecodeError):
+                pass
+        reason = notification.failure_reason or "the endpoint reported a failure without a reason"
+        return EndpointFailed(f"endpoint {notification.request.endpoint_name}: {reason}").to_error()
+
+    def _succeed(self, job: dict[str, Any], notification: AsyncInferenceNotification) -> None:
+        job_id = job["job_id"]
+        key = self.store.key_of(notification.response.output_location or "")
+        if key is None:
+            self._fail(
+                job,
+                EndpointFailed(
+                    f"output location {notification.response.output_location!r} is not in the assets bucket"
+                ).to_error(),
+            )
+            return
+        try:
+            response = A1111Response.model_validate_json(self.store.get_bytes(key, _MAX_RESULT_BYTES))
+            info = json.loads(response.info)
+            pngs = [base64.b64decode(image, validate=True) for image in response.images]
+        except (ValidationError, json.JSONDecodeError, binascii.Error, ValueError, FileNotFoundError) as exc:
+            self._fail(job, EndpointFailed(f"the endpoint's output is not a valid A1111 response: {exc}").to_error())
+            return
+        if not pngs:
+            self._fail(job, EndpointFailed("the endpoint returned no images").to_error())
+            return
+        image_uris = [
+            self.store.put_bytes(f"jobs/{job_id}/images/{index}.png", png, "image/png")
+            for index, png in enumerate(pngs)
+        ]
+        seeds = [int(s) for s in info.get("all_seeds", [])]
+        result = {
+            "job_id": job_id,
+            "images": image_uris,
+            "all_seeds": seeds,
+            "info": info,
+            "parameters": response.parameters,
+        }
+        result_uri = self.store.put_bytes(
+            f"jobs/{job_id}/result.json", json.dumps(result, indent=2).encode(), "application/json"
+        )
+        finished = _parse_time(notification.event_time)
+        self.generations.put_all(
+            [
+                _generation(job, info, index=i, uri=uri, seeds=seeds, created=finished)
+                for i, uri in enumerate(image_uris)
+            ]
+        )
+        outputs = {
+            "images": image_uris,
+            "result": result_uri,
+            "all_seeds": seeds,
+            "warnings": info.get("warnings") or job.get("warnings") or [],
+        }
+        moved = self.ledger.move(
+            job,
+            JobStatus.SUCCEEDED,
+            allowed_from=_IN_FLIGHT,
+            fields={"outputs": outputs},
+            endpoint=job.get("endpoint"),
+            in_flight_delta=-1,
+        )
+        if moved is None:
+            logger.info("job finished meanwhile (cancelled or timed out); outputs kept", extra={"job_id": job_id})
+
+
+def _parse_time(value: str | None) -> datetime:
+    if value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    return utc_now()
+
+
+def _generation(
+    job: dict[str, Any], info: dict[str, Any], *, index: int, uri: str, seeds: list[int], created: datetime
+) -> dict[str, Any]:
+    """One row of the generations table, with the fields of a WebUI generations database."""
+    prompts = info.get("all_prompts") or []
+    negatives = info.get("all_negative_prompts") or []
+    return {
+        "job_id": job["job_id"],
+        "image_index": index,
+        "prompt": prompts[index] if index < len(prompts) else info.get("prompt", ""),
+        "negative_prompt": negatives[index] if index < len(negatives) else info.get("negative_prompt", ""),
+        "steps": info.get("steps"),
+        "seed": seeds[index] if index < len(seeds) else None,
+        "sampler": info.get("sampler_name"),
+        "scheduler": info.get("scheduler"),
+        "cfg_scale": info.get("cfg_scale"),
+        "width": info.get("width"),
+        "height": info.get("height"),
+        "model_name": info.get("sd_model_name") or (job.get("model") or {}).get("name"),
+        "model_hash": info.get("sd_model_hash") or (job.get("model") or {}).get("short_hash") or "unknown",
+        "loras": job.get("loras") or [],
+        "vae": info.get("sd_vae_name"),
+        "image_s3_uri": uri,
+        "request_id": job.get("request_id"),
+        "created_at": created.isoformat(),
+        "created_day": created.date().isoformat(),
+    }

@@ -1,0 +1,355 @@
+"""SubmitInference: a txt2img/img2img request becomes one job on one endpoint, exactly once.
+
+1. The envelope and the A1111 payload are validated and every model the request names (checkpoint,
+   LoRAs and embeddings in the prompt, VAE) is resolved; the endpoint is chosen. Anything wrong
+   ends here as a FAILED job whose error names the field.
+2. ``jobs/<job_id>/input.json`` is written (a deterministic key: duplicates write the same bytes),
+   then the job is created ACCEPTED with a conditional put keyed on the request id. Only the
+   delivery that creates it goes on; later ones find it and stop (or take over a dead worker's
+   expired claim).
+3. ACCEPTED → QUEUED takes a slot on the endpoint (``in_flight`` + 1 in the same transaction),
+   InvokeEndpointAsync queues the work with the job id as its inference id, QUEUED → RUNNING.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from pydantic import ValidationError
+
+from sdpipe.adapters.endpoints_table import IN_SERVICE, EndpointsTable
+from sdpipe.adapters.events import EventPublisher
+from sdpipe.adapters.inference_runtime import AsyncInference
+from sdpipe.adapters.jobs_table import JobsTable
+from sdpipe.adapters.models_table import ModelsTable
+from sdpipe.adapters.object_store import ObjectStore
+from sdpipe.contracts.inference import (
+    Img2ImgParams,
+    InvocationInput,
+    ModelFile,
+    Txt2ImgParams,
+    WeightedModelFile,
+    extra_networks,
+)
+from sdpipe.contracts.jobs import Action, JobStatus, RequestEnvelope
+from sdpipe.contracts.models import ModelFamily, ModelStatus, ModelType
+from sdpipe.errors import (
+    EndpointFailed,
+    EndpointNotFound,
+    ModelNotFound,
+    NoEndpointInService,
+    SdpipeError,
+    ValidationFailed,
+)
+from sdpipe.inspect.images import SNIFF_BYTES, image_format
+from sdpipe.logic.jobs import JobLedger
+from sdpipe.logic.model_refs import resolve_model
+from sdpipe.logic.requests import ParsedRequest, parse_request, record_failure, validation_message
+from sdpipe.settings import job_settings
+
+logger = Logger(child=True)
+
+# Endpoint statuses that accept invocations (an endpoint being updated keeps serving).
+_SERVING = {IN_SERVICE, "UPDATING"}
+_NO_VAE = {"", "Automatic", "None", "auto"}
+_MAX_IMAGE_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before the job exists: the validated payload, its models, its endpoint."""
+
+    invocation: InvocationInput
+    endpoint: str
+    sagemaker_endpoint: str
+    warnings: list[str]
+
+
+def _sanitised(params: dict[str, Any]) -> dict[str, Any]:
+    """The payload as stored on the job item: inline images replaced by their size (items are small)."""
+
+    def shrink(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > 512 and not value.startswith("s3://"):
+            return f"<inline data, {len(value)} characters>"
+        if isinstance(value, list):
+            return [shrink(v) for v in value]
+        if isinstance(value, dict):
+            return {k: shrink(v) for k, v in value.items()}
+        return value
+
+    return {k: shrink(v) for k, v in params.items()}
+
+
+@dataclass
+class InferenceIntake:
+    ledger: JobLedger
+    models: ModelsTable
+    endpoints: EndpointsTable
+    store: ObjectStore
+    runtime: AsyncInference
+    deadline_seconds: int
+    claim_seconds: int
+
+    @classmethod
+    def from_settings(cls, claim_seconds: int) -> InferenceIntake:
+        settings = job_settings()
+        return cls(
+            ledger=JobLedger(
+                JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
+                EventPublisher(settings.events_topic_arn),
+                lease_seconds=claim_seconds,
+            ),
+            models=ModelsTable(settings.models_table_name),
+            endpoints=EndpointsTable(settings.endpoints_table_name),
+            store=ObjectStore(settings.assets_bucket_name),
+            runtime=AsyncInference(),
+            deadline_seconds=settings.inference_deadline_seconds,
+            claim_seconds=claim_seconds,
+        )
+
+    # ------------------------------------------------------------------ intake
+    def handle_message(self, body: str, attribute_action: str | None, message_id: str) -> str:
+        """Take one request message; returns its job id."""
+        parsed = parse_request(body, attribute_action, message_id)
+        existing = self.ledger.get(parsed.job_id)
+        if existing is not None:
+            self.resume(existing)
+            return parsed.job_id
+        if parsed.error is not None or parsed.envelope is None:
+            assert parsed.error is not None
+            record_failure(self.ledger, parsed, parsed.error, {})
+            return parsed.job_id
+        try:
+            plan = self.plan(parsed.envelope)
+        except SdpipeError as exc:
+            logger.info("request refused", extra={"job_id": parsed.job_id, "code": exc.code, "reason": exc.message})
+            record_failure(self.ledger, parsed, exc, {"params": _sanitised(parsed.envelope.params)})
+            return parsed.job_id
+        self._accept(parsed, parsed.envelope, plan)
+        return parsed.job_id
+
+    def _accept(self, parsed: ParsedRequest, envelope: RequestEnvelope, plan: Plan) -> None:
+        input_key = f"jobs/{parsed.job_id}/input.json"
+        self.store.put_bytes(input_key, plan.invocation.model_dump_json().encode(), "application/json")
+        model = plan.invocation.model
+        job = self.ledger.create(
+            job_id=parsed.job_id,
+            request_id=parsed.request_id,
+            action=parsed.action,
+            status=JobStatus.ACCEPTED,
+            deadline_seconds=self.deadline_seconds,
+            fields={
+                "context": envelope.context,
+                "params": _sanitised(envelope.params),
+                "warnings": plan.warnings,
+                "endpoint": plan.endpoint,
+                "sagemaker_endpoint": plan.sagemaker_endpoint,
+                "input_uri": self.store.uri(input_key),
+                "model": {"name": model.name, "short_hash": model.short_hash, "sha256": model.sha256},
+                "loras": [{"name": lora.name, "weight": lora.weight} for lora in plan.invocation.loras],
+                "claim_token": uuid.uuid4().hex,
+                "claim_expires_at": int(time.time()) + self.claim_seconds,
+            },
+        )
+        if job is None:  # a duplicate delivery created it first
+            existing = self.ledger.get(parsed.job_id)
+            if existing is not None:
+                self.resume(existing)
+            return
+        self.dispatch(job)
+
+    def resume(self, job: dict[str, Any]) -> None:
+        """A duplicate delivery: publish what a dead worker left, continue work it did not finish."""
+        self.ledger.flush(job)
+        if job.get("status") not in (JobStatus.ACCEPTED.value, JobStatus.QUEUED.value):
+            return
+        claimed = self.ledger.claim(job, self.claim_seconds)
+        if claimed is None:
+            logger.info("job is being worked on by another delivery", extra={"job_id": job["job_id"]})
+            return
+        logger.info("taking over a job whose worker stopped", extra={"job_id": job["job_id"]})
+        self.dispatch(claimed)
+
+    def dispatch(self, job: dict[str, Any]) -> None:
+        """ACCEPTED → QUEUED (slot on the endpoint) → InvokeEndpointAsync → RUNNING, under our claim."""
+        token, endpoint = job["claim_token"], job["endpoint"]
+        if job["status"] == JobStatus.ACCEPTED.value:
+            try:
+                queued = self.ledger.move(
+                    job,
+                    JobStatus.QUEUED,
+                    allowed_from=[JobStatus.ACCEPTED],
+                    claim_token=token,
+                    endpoint=endpoint,
+                    in_flight_delta=1,
+                )
+            except EndpointNotFound as exc:
+                self.ledger.move(
+                    job, JobStatus.FAILED, allowed_from=[JobStatus.ACCEPTED], fields={"error": exc.to_error()}
+                )
+                return
+            if queued is None:
+                return
+            job = queued
+        try:
+            invoked = self.runtime.invoke(
+                job["sagemaker_endpoint"], job["input_uri"], job["job_id"], ttl_seconds=self.deadline_seconds
+            )
+        except EndpointFailed as exc:
+            self.ledger.move(
+                job,
+                JobStatus.FAILED,
+                allowed_from=[JobStatus.QUEUED],
+                fields={"error": exc.to_error()},
+                endpoint=endpoint,
+                in_flight_delta=-1,
+            )
+            return
+        except BaseException:
+            self.ledger.release(job)  # throttled, timed out...: the redelivery tries again
+            raise
+        self.ledger.move(
+            job,
+            JobStatus.RUNNING,
+            allowed_from=[JobStatus.QUEUED],
+            claim_token=token,
+            drop_claim=True,
+            fields={"inference_id": invoked["inference_id"], "output_location": invoked["output_location"]},
+        )
+
+    # ------------------------------------------------------------------ validation
+    def plan(self, envelope: RequestEnvelope) -> Plan:
+        kind = envelope.action
+        params_cls: type[Txt2ImgParams | Img2ImgParams] = Txt2ImgParams if kind == Action.TXT2IMG else Img2ImgParams
+        try:
+            params = params_cls.model_validate(envelope.params)
+        except ValidationError as exc:
+            raise ValidationFailed(validation_message(exc, "params")) from None
+        warnings = params.warnings()
+        checkpoint = self._checkpoint(params.checkpoint)
+        family = ModelFamily(checkpoint.get("family") or ModelFamily.UNKNOWN.value)
+        loras = self._loras(params, family)
+        embeddings, skipped = self._embeddings(params, family)
+        warnings += skipped
+        vae = None
+        if (params.override_settings.sd_vae or "") not in _NO_VAE:
+            vae = resolve_model(
+                str(params.override_settings.sd_vae), ModelType.VAE, self.models, family,
+                field="params.override_settings.sd_vae",
+            )  # fmt: skip
+        if isinstance(params, Img2ImgParams):
+            self._check_image(params.init_images[0], "params.init_images[0]")
+            if params.mask:
+                self._check_image(params.mask, "params.mask")
+        if params.alwayson_scripts.get("controlnet"):
+            raise ValidationFailed("params.alwayson_scripts.controlnet: ControlNet units are not supported yet")
+        endpoint = self._choose_endpoint(params.endpoint)
+        invocation = InvocationInput(
+            job_id=envelope.job_id,
+            kind=params.kind,
+            params=envelope.params,
+            model=self._file(checkpoint),
+            loras=[WeightedModelFile(**self._file(m).model_dump(), weight=w) for m, w in loras],
+            embeddings=[self._file(m) for m in embeddings],
+            vae=self._file(vae) if vae else None,
+        )
+        return Plan(invocation, endpoint["name"], str(endpoint.get("sagemaker_name") or endpoint["name"]), warnings)
+
+    def _checkpoint(self, reference: str | None) -> dict[str, Any]:
+        if reference:
+            return resolve_model(reference, ModelType.CHECKPOINT, self.models, field="params.model")
+        active = [m for m in self.models.list(ModelType.CHECKPOINT) if m.get("status") == ModelStatus.ACTIVE.value]
+        if len(active) == 1:
+            return active[0]
+        names = ", ".join(sorted(f"{m['name']} [{m.get('short_hash')}]" for m in active)) or "none registered"
+        raise ModelNotFound(
+            f"params.model is required when more or less than one checkpoint is registered (checkpoints: {names})"
+        )
+
+    def _loras(self, params: Txt2ImgParams | Img2ImgParams, family: ModelFamily) -> list[tuple[dict[str, Any], float]]:
+        found: list[tuple[dict[str, Any], float]] = []
+        for field, text in (("params.prompt", params.prompt), ("params.negative_prompt", params.negative_prompt)):
+            try:
+                uses = extra_networks(text, field)
+            except ValueError as exc:
+                raise ValidationFailed(str(exc)) from None
+            for use in uses:
+                if use.kind != "lora":
+                    raise ValidationFailed(f"{field}: {use.text} - {use.kind} networks are not supported")
+                model = resolve_model(use.name, ModelType.LORA, self.models, family, field=f"{field} {use.text}")
+                found.append((model, use.weight))
+        return found
+
+    def _embeddings(
+        self, params: Txt2ImgParams | Img2ImgParams, family: ModelFamily
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Embeddings named in the prompts (by file name, as the WebUI matches them)."""
+        text = f"{params.prompt}\n{params.negative_prompt}"
+        used, skipped = [], []
+        for model in self.models.list(ModelType.EMBEDDING):
+            if model.get("status") != ModelStatus.ACTIVE.value:
+                continue
+            word = str(model["name"]).rsplit("/", 1)[-1]
+            if not re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text):
+                continue
+            if model.get("family") not in (family.value, ModelFamily.UNKNOWN.value, None):
+                skipped.append(f"embedding {word!r} is for {model.get('family')}, not {family.value}; not applied")
+                continue
+            used.append(model)
+        return used, skipped
+
+    def _check_image(self, value: str, field: str) -> None:
+        if value.startswith("s3://"):
+            key = self.store.key_of(value)
+            if key is None:
+                raise ValidationFailed(f"{field}: {value!r} is outside the assets bucket s3://{self.store.bucket}/")
+            info = self.store.head(key)
+            if info is None:
+                raise ValidationFailed(f"{field}: {value} does not exist")
+            if info.size > _MAX_IMAGE_BYTES:
+                raise ValidationFailed(f"{field}: {value} is {info.size} bytes, over the {_MAX_IMAGE_BYTES} limit")
+            head = self.store.read_range(info, 0, SNIFF_BYTES)
+        else:
+            payload = value.split(",", 1)[1] if value.startswith("data:") else value
+            try:
+                head = base64.b64decode(payload, validate=True)[:SNIFF_BYTES]
+            except (binascii.Error, ValueError):
+                raise ValidationFailed(f"{field} is neither an s3:// URI nor valid base64") from None
+        if image_format(head) is None:
+            raise ValidationFailed(f"{field} is not an image (PNG, JPEG, WebP, GIF or BMP)")
+
+    def _choose_endpoint(self, wanted: str | None) -> dict[str, Any]:
+        if wanted:
+            endpoint = self.endpoints.get(wanted)
+            if endpoint is None or endpoint.get("status") in ("DELETING", "DELETED"):
+                state = "was deleted" if endpoint else "does not exist"
+                raise EndpointNotFound(f"params.endpoint {wanted!r} {state}")
+            if endpoint.get("status") not in _SERVING:
+                raise NoEndpointInService(f"params.endpoint {wanted!r} is {endpoint.get('status')}, not in service")
+            return endpoint
+        serving = self.endpoints.in_service()
+        if not serving:
+            known = ", ".join(f"{e['name']} ({e.get('status')})" for e in self.endpoints.all()) or "none"
+            raise NoEndpointInService(f"no endpoint is in service to run this request (endpoints: {known})")
+        return min(serving, key=lambda e: (int(e.get("in_flight") or 0), str(e["name"])))
+
+    def _file(self, model: dict[str, Any]) -> ModelFile:
+        key = str(model["s3_key"])
+        stem = key.rsplit(".", 1)[0] if "." in key.rsplit("/", 1)[-1] else key
+        config = f"{stem}.config"
+        has_config = self.store.head(f"{config}/model_index.json") is not None
+        return ModelFile(
+            name=str(model["name"]),
+            sha256=str(model["sha256"]),
+            short_hash=str(model.get("short_hash") or ""),
+            family=str(model.get("family") or ModelFamily.UNKNOWN.value),
+            uri=self.store.uri(key),
+            config_uri=self.store.uri(config) if has_config else None,
+        )

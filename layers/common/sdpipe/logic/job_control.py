@@ -1,0 +1,122 @@
+"""Reading, cancelling and timing out jobs (the CLI's ``jobs`` commands, ``cancel_job``, the sweeper)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from pydantic import ValidationError
+
+from sdpipe.adapters.events import EventPublisher
+from sdpipe.adapters.jobs_table import JobsTable
+from sdpipe.contracts.events import utc_now
+from sdpipe.contracts.jobs import CancelJobParams, JobStatus
+from sdpipe.errors import JobAlreadyFinished, JobNotFound, SdpipeError, ValidationFailed
+from sdpipe.logic.jobs import JobLedger
+from sdpipe.logic.requests import parse_request, record_failure, validation_message
+from sdpipe.settings import job_settings
+
+logger = Logger(child=True)
+
+# Fields that stay on the item for the system's own bookkeeping; readers do not need them.
+_INTERNAL = ("pending_events", "claim_token", "claim_expires_at", "open_shard")
+_MAX_RACES = 5
+
+
+def public_view(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in job.items() if k not in _INTERNAL}
+
+
+@dataclass
+class JobControl:
+    ledger: JobLedger
+
+    @classmethod
+    def from_settings(cls) -> JobControl:
+        settings = job_settings()
+        return cls(
+            JobLedger(
+                JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
+                EventPublisher(settings.events_topic_arn),
+            )
+        )
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        job = self.ledger.get(job_id)
+        if job is None:
+            raise JobNotFound(f"job {job_id!r} does not exist")
+        return job
+
+    def recent(self, action: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        return self.ledger.table.recent(action, limit)
+
+    def cancel(self, job_id: str, reason: str) -> dict[str, Any]:
+        """Cancel a job that has not finished; the cancelled job (a finished one is an error)."""
+        return self._finish(job_id, JobStatus.CANCELLED, {"code": "CANCELLED", "message": reason})
+
+    def handle_cancel_request(self, body: str, attribute_action: str | None, message_id: str) -> None:
+        """A ``cancel_job`` request: itself a job, SUCCEEDED once the target is cancelled."""
+        parsed = parse_request(body, attribute_action, message_id)
+        existing = self.ledger.get(parsed.job_id)
+        if existing is not None:
+            self.ledger.flush(existing)
+            return
+        try:
+            if parsed.error is not None:
+                raise parsed.error
+            assert parsed.envelope is not None
+            try:
+                params = CancelJobParams.model_validate(parsed.envelope.params)
+            except ValidationError as exc:
+                raise ValidationFailed(validation_message(exc, "params")) from None
+            cancelled = self.cancel(params.job_id, params.reason)
+        except SdpipeError as exc:
+            record_failure(self.ledger, parsed, exc, {})
+            return
+        self.ledger.create(
+            job_id=parsed.job_id,
+            request_id=parsed.request_id,
+            action=parsed.action,
+            status=JobStatus.SUCCEEDED,
+            deadline_seconds=0,
+            fields={
+                "context": parsed.context,
+                "params": params.model_dump(),
+                "outputs": {"cancelled_job_id": cancelled["job_id"]},
+            },
+        )
+
+    def sweep(self) -> list[str]:
+        """Time out every open job past its deadline; the ids of those timed out."""
+        now = utc_now().isoformat()
+        timed_out = []
+        for job in self.ledger.table.open_past_deadline(now):
+            self.ledger.flush(job)
+            message = f"the job did not finish by its deadline {job.get('deadline')} (status was {job['status']})"
+            try:
+                self._finish(job["job_id"], JobStatus.TIMED_OUT, {"code": "TIMED_OUT", "message": message})
+            except JobAlreadyFinished:
+                continue
+            timed_out.append(job["job_id"])
+        return timed_out
+
+    def _finish(self, job_id: str, status: JobStatus, error: dict[str, str]) -> dict[str, Any]:
+        for _ in range(_MAX_RACES):
+            job = self.get(job_id)
+            current = JobStatus(job["status"])
+            if current.is_terminal:
+                raise JobAlreadyFinished(f"job {job_id} already finished as {current.value}")
+            holds_slot = current in (JobStatus.QUEUED, JobStatus.RUNNING)
+            moved = self.ledger.move(
+                job,
+                status,
+                allowed_from=[current],
+                fields={"error": error},
+                endpoint=job.get("endpoint") if holds_slot else None,
+                in_flight_delta=-1 if holds_slot else 0,
+            )
+            if moved is not None:
+                logger.info("job finished", extra={"job_id": job_id, "status": status.value})
+                return moved
+        raise RuntimeError(f"job {job_id} kept changing; try again")

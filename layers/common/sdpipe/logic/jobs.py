@@ -1,0 +1,197 @@
+"""Creating jobs and moving them forward, each transition announced exactly once.
+
+Every action's job goes through here: a job is created once per request id (a conditional put),
+then moved by conditional updates that name the statuses it may leave. The event of a transition
+is stored on the item in the same write (see ``JobsTable``) and published right after; a
+duplicate delivery republishes only events whose writer's lease has run out.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from sdpipe.adapters.dynamo import UpdateBuilder
+from sdpipe.adapters.events import EventPublisher
+from sdpipe.adapters.jobs_table import OPEN_SHARD, JobsTable
+from sdpipe.contracts.events import Event, EventType, utc_now
+from sdpipe.contracts.jobs import OPEN_STATUSES, JobStatus
+
+logger = Logger(child=True)
+
+EVENT_FOR_STATUS: dict[JobStatus, EventType] = {
+    JobStatus.ACCEPTED: EventType.JOB_ACCEPTED,
+    JobStatus.RUNNING: EventType.JOB_RUNNING,
+    JobStatus.SUCCEEDED: EventType.JOB_SUCCEEDED,
+    JobStatus.FAILED: EventType.JOB_FAILED,
+    JobStatus.CANCELLED: EventType.JOB_CANCELLED,
+    JobStatus.TIMED_OUT: EventType.JOB_TIMED_OUT,
+}
+
+
+def job_event(job: dict[str, Any], status: JobStatus, occurred_at: datetime) -> Event | None:
+    event_type = EVENT_FOR_STATUS.get(status)
+    if event_type is None:
+        return None
+    return Event(
+        type=event_type,
+        status=status.value,
+        occurred_at=occurred_at,
+        job_id=job["job_id"],
+        action=job.get("action"),
+        request_id=job.get("request_id"),
+        outputs=job.get("outputs") or {},
+        error=job.get("error"),
+        context=job.get("context") or {},
+    )
+
+
+@dataclass
+class JobLedger:
+    table: JobsTable
+    publisher: EventPublisher
+    # How long the writer of an event has to publish it before another delivery may.
+    lease_seconds: int = 60
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        return self.table.get(job_id)
+
+    def create(
+        self,
+        *,
+        job_id: str,
+        request_id: str,
+        action: str,
+        status: JobStatus,
+        deadline_seconds: int,
+        fields: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """Create the job in ``status`` and announce it; None when the job exists already."""
+        now = utc_now()
+        item: dict[str, Any] = {
+            "job_id": job_id,
+            "request_id": request_id,
+            "action": action,
+            "status": status.value,
+            "created_at": now.isoformat(),
+            "updated_at": now.isoformat(),
+            "history": [{"status": status.value, "at": now.isoformat()}],
+            "attempts": 1,
+        } | fields
+        if status.is_terminal:
+            item["finished_at"] = now.isoformat()
+        else:
+            item["open_shard"] = OPEN_SHARD
+            item["deadline"] = (now + timedelta(seconds=deadline_seconds)).isoformat()
+        event = job_event(item, status, now)
+        event_id = uuid.uuid4().hex
+        if event is not None:
+            item["pending_events"] = {event_id: self._stored(event)}
+        if not self.table.create(item):
+            return None
+        if event is not None:
+            self._publish(job_id, event_id, event)
+        return item
+
+    def move(
+        self,
+        job: dict[str, Any],
+        to: JobStatus,
+        *,
+        allowed_from: Iterable[JobStatus],
+        fields: dict[str, Any] | None = None,
+        claim_token: str | None = None,
+        drop_claim: bool = False,
+        endpoint: str | None = None,
+        in_flight_delta: int = 0,
+    ) -> dict[str, Any] | None:
+        """Move ``job`` to ``to`` if it is still in ``allowed_from`` (and, given ``claim_token``,
+        still claimed by us); the moved job, or None when another writer got there first.
+
+        ``fields`` set to None are removed. A terminal move drops the claim and leaves the
+        open-jobs index.
+        """
+        now = utc_now()
+        fields = dict(fields or {})
+        moved = job | fields | {"status": to.value, "updated_at": now.isoformat()}
+        update = UpdateBuilder()
+        for name, value in fields.items():
+            if value is None:
+                update.remove(name)
+                moved.pop(name, None)
+            else:
+                update.set(name, value)
+        update.set("status", to.value).set("updated_at", now.isoformat())
+        if to.value != job.get("status"):
+            update.append("history", [{"status": to.value, "at": now.isoformat()}])
+        removed: tuple[str, ...] = ()
+        if to.is_terminal:
+            update.set("finished_at", now.isoformat())
+            removed = ("open_shard", "claim_token", "claim_expires_at")
+        elif drop_claim:
+            removed = ("claim_token", "claim_expires_at")
+        for name in removed:
+            update.remove(name)
+            moved.pop(name, None)
+        event = job_event(moved, to, now) if to.value != job.get("status") else None
+        event_id = uuid.uuid4().hex
+        if event is not None:
+            update.set(f"pending_events.{event_id}", self._stored(event))
+        if not self.table.update(
+            job["job_id"],
+            update,
+            statuses=list(allowed_from),
+            claim_token=claim_token,
+            endpoint=endpoint,
+            in_flight_delta=in_flight_delta,
+        ):
+            return None
+        if event is not None:
+            self._publish(job["job_id"], event_id, event)
+        return moved
+
+    def claim(self, job: dict[str, Any], seconds: int) -> dict[str, Any] | None:
+        """Take the work claim of an open job nobody holds (or whose holder's claim ran out)."""
+        now = int(time.time())
+        token = uuid.uuid4().hex
+        update = UpdateBuilder().set("claim_token", token).set("claim_expires_at", now + seconds).add("attempts", 1)
+        unclaimed = (
+            f"(attribute_not_exists({update.name('claim_token')}) "
+            f"OR {update.name('claim_expires_at')} < {update.value(now)})"
+        )
+        statuses = ", ".join(update.value(s.value) for s in OPEN_STATUSES)
+        update.names["#status"] = "status"
+        if not self.table.conditional_update(job["job_id"], update, f"#status IN ({statuses}) AND {unclaimed}"):
+            return None
+        return job | {"claim_token": token, "claim_expires_at": now + seconds}
+
+    def release(self, job: dict[str, Any]) -> None:
+        """Give the claim back at once (the work failed transiently; the next delivery retries)."""
+        token = job.get("claim_token")
+        if token:
+            update = UpdateBuilder().set("claim_expires_at", 0)
+            self.table.conditional_update(job["job_id"], update, f"claim_token = {update.value(token)}")
+
+    def flush(self, job: dict[str, Any]) -> None:
+        """Publish the events a writer stored but did not get to publish (its lease ran out)."""
+        pending = job.get("pending_events") or {}
+        now = time.time()
+        for event_id, stored in sorted(pending.items(), key=lambda kv: str(kv[1]["event"].get("occurred_at"))):
+            if stored.get("lease_until", 0) >= now:
+                continue  # its writer may still be publishing it
+            if self.table.lease_event(job["job_id"], event_id, self.lease_seconds):
+                self._publish(job["job_id"], event_id, Event.model_validate(stored["event"]))
+
+    def _stored(self, event: Event) -> dict[str, Any]:
+        return {"event": event.model_dump(mode="json"), "lease_until": int(time.time()) + self.lease_seconds}
+
+    def _publish(self, job_id: str, event_id: str, event: Event) -> None:
+        self.publisher.publish(event)
+        self.table.clear_event(job_id, event_id)
+        logger.info("published", extra={"type": event.type.value, "job_id": job_id})

@@ -1,0 +1,342 @@
+"""txt2img/img2img end to end on the local stack: requests topic → SubmitInference → endpoint
+process → async notification → CompleteInference → S3, DynamoDB and events."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdpipe.adapters.clients import clients
+from sdpipe_client.client import JobFailed, Sdpipe
+from sdpipe_client.stack import StackOutputs
+from sdpipe_inference.infotext import read_parameters
+from sdpipe_local.events_listener import EventsListener
+from sdpipe_local.tiny_models import config_folder_for, create_tiny_lora
+
+ROLE = "arn:aws:iam::123456789012:role/sdpipe-inference"
+
+
+def upload_checkpoint(stack, path: Path, key: str) -> None:
+    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
+    config = config_folder_for(path)
+    stem = key.rsplit(".", 1)[0]
+    for item in config.rglob("*"):
+        if item.is_file():
+            s3.upload_file(str(item), bucket, f"{stem}.config/{item.relative_to(config).as_posix()}")
+    s3.upload_file(str(path), bucket, key)
+
+
+def wait_active(stack, key: str, timeout: float = 60) -> dict:
+    table = stack.resource("dynamodb").Table(stack.outputs["ModelsTableName"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for item in table.scan(ConsistentRead=True)["Items"]:
+            if item.get("s3_key") == key and item.get("status") == "ACTIVE" and "pending_event" not in item:
+                return item
+        time.sleep(0.2)
+    raise AssertionError(f"{key} was not registered")
+
+
+@pytest.fixture(scope="module")
+def pipeline(sdpipe_stack, tiny_checkpoints, tmp_path_factory):
+    stack = sdpipe_stack
+    patch = pytest.MonkeyPatch()
+    for name, value in stack.environment().items():
+        patch.setenv(name, value)
+    clients.reset()
+    upload_checkpoint(stack, tiny_checkpoints["sd1"], "models/Stable-diffusion/flow/fox-sd1.safetensors")
+    upload_checkpoint(stack, tiny_checkpoints["sdxl"], "models/Stable-diffusion/flow/fox-sdxl.safetensors")
+    lora_dir = tmp_path_factory.mktemp("loras")
+    for family in ("sd1", "sdxl"):
+        path = create_tiny_lora(family, lora_dir / f"flow-style-{family}.safetensors", seed=3)
+        stack.client("s3").upload_file(str(path), stack.outputs["AssetsBucketName"], f"models/Lora/{path.name}")
+    for key in (
+        "models/Stable-diffusion/flow/fox-sd1.safetensors",
+        "models/Stable-diffusion/flow/fox-sdxl.safetensors",
+        "models/Lora/flow-style-sd1.safetensors",
+        "models/Lora/flow-style-sdxl.safetensors",
+    ):
+        wait_active(stack, key)
+    client = Sdpipe(StackOutputs(stack.outputs))
+    client.create_endpoint("flow", image="sdpipe-inference:local", role_arn=ROLE, instance_type="ml.g6.xlarge")
+    yield stack, client
+    patch.undo()
+    clients.reset()
+
+
+FOX = {
+    "prompt": "a red fox in snow",
+    "model": "fox-sd1",
+    "steps": 4,
+    "width": 64,
+    "height": 64,
+    "seed": 42,
+    "batch_size": 2,
+    "sampler_name": "Euler a",
+}
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.array(Image.open(io.BytesIO(data)))
+
+
+def read_s3(stack, uri: str) -> bytes:
+    bucket, key = uri[5:].split("/", 1)
+    return stack.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def job_events(listener: EventsListener, job_id: str, until: str, timeout: float = 60) -> list[dict]:
+    events = listener.wait_for(
+        lambda got: any(e.get("job_id") == job_id and e["type"] == until for e in got), timeout_s=timeout
+    )
+    return [e for e in events if e.get("job_id") == job_id]
+
+
+def test_txt2img_end_to_end(pipeline):
+    stack, client = pipeline
+    listener = EventsListener(stack, stack.outputs["EventsTopicArn"])
+    job_id = client.submit("txt2img", FOX, context={"user": "ana"})
+    job = client.wait(job_id, timeout_s=120)
+    assert job["status"] == "SUCCEEDED"
+    outputs = job["outputs"]
+    assert outputs["all_seeds"] == [42, 43]
+    assert [uri.rsplit("/", 2)[-2:] for uri in outputs["images"]] == [["images", "0.png"], ["images", "1.png"]]
+    text = read_parameters(read_s3(stack, outputs["images"][1]))
+    assert text.startswith("a red fox in snow\n")
+    for fragment in ("Steps: 4", "Sampler: Euler a", "CFG scale: 7", "Seed: 43", "Size: 64x64", "Model: flow/fox-sd1"):
+        assert fragment in text
+    model_hash = job["model"]["short_hash"]
+    assert f"Model hash: {model_hash}" in text
+    result = json.loads(read_s3(stack, outputs["result"]))
+    assert result["all_seeds"] == [42, 43]
+
+    events = job_events(listener, job_id, "job.succeeded")
+    assert [e["type"] for e in events] == ["job.accepted", "job.running", "job.succeeded"]
+    assert all(e["context"] == {"user": "ana"} for e in events)
+    assert events[-1]["outputs"]["images"] == outputs["images"]
+
+    rows = (
+        stack.resource("dynamodb")
+        .Table(stack.outputs["GenerationsTableName"])
+        .query(KeyConditionExpression="job_id = :j", ExpressionAttributeValues={":j": job_id})["Items"]
+    )
+    assert sorted((int(r["image_index"]), int(r["seed"])) for r in rows) == [(0, 42), (1, 43)]
+    assert {r["model_hash"] for r in rows} == {model_hash}
+    assert rows[0]["prompt"] == "a red fox in snow" and int(rows[0]["steps"]) == 4
+
+    # The same request again (a new request id) gives pixel-identical images.
+    again = client.wait(client.submit("txt2img", FOX), timeout_s=120)
+    for first, second in zip(outputs["images"], again["outputs"]["images"], strict=True):
+        assert np.array_equal(pixels(read_s3(stack, first)), pixels(read_s3(stack, second)))
+    endpoint = stack.resource("dynamodb").Table(stack.outputs["EndpointsTableName"]).get_item(Key={"name": "flow"})
+    assert int(endpoint["Item"]["in_flight"]) == 0
+
+
+def test_lora_changes_the_picture_and_is_recorded(pipeline):
+    stack, client = pipeline
+    plain = client.wait(client.submit("txt2img", FOX | {"batch_size": 1}), timeout_s=120)
+    styled = client.wait(
+        client.submit("txt2img", FOX | {"batch_size": 1, "prompt": "a red fox in snow <lora:flow-style-sd1:0.8>"}),
+        timeout_s=120,
+    )
+    a = pixels(read_s3(stack, plain["outputs"]["images"][0]))
+    b = pixels(read_s3(stack, styled["outputs"]["images"][0]))
+    assert not np.array_equal(a, b)
+    text = read_parameters(read_s3(stack, styled["outputs"]["images"][0]))
+    assert "<lora:flow-style-sd1:0.8>" in text and "Lora hashes: " in text
+    assert styled["loras"] == [{"name": "flow-style-sd1", "weight": 0.8}]
+
+
+def test_img2img_from_an_s3_image(pipeline, tmp_path):
+    stack, client = pipeline
+    source = client.wait(client.submit("txt2img", FOX | {"batch_size": 1}), timeout_s=120)
+    init = source["outputs"]["images"][0]
+    job = client.wait(
+        client.submit("img2img", FOX | {"batch_size": 1, "init_images": [init], "denoising_strength": 0.5}),
+        timeout_s=120,
+    )
+    text = read_parameters(read_s3(stack, job["outputs"]["images"][0]))
+    assert "Denoising strength: 0.5" in text
+
+
+@pytest.mark.parametrize(
+    ("action", "params", "code", "names"),
+    [
+        ("txt2img", FOX | {"width": 60}, "VALIDATION_ERROR", "params.width"),
+        ("txt2img", FOX | {"steps": 500}, "VALIDATION_ERROR", "params.steps"),
+        ("txt2img", FOX | {"batch_size": 64}, "VALIDATION_ERROR", "params.batch_size"),
+        ("txt2img", FOX | {"sampler_name": "Turbo Magic"}, "VALIDATION_ERROR", "Turbo Magic"),
+        ("txt2img", FOX | {"prompt": ""}, "VALIDATION_ERROR", "prompt is required"),
+        ("txt2img", FOX | {"model": "no-such-model"}, "MODEL_NOT_FOUND", "no-such-model"),
+        ("txt2img", FOX | {"model": "fox"}, "MODEL_NOT_FOUND", "fox"),
+        ("txt2img", FOX | {"prompt": "fox <lora:flow-style-sdxl:1>"}, "MODEL_NOT_USABLE", "sdxl"),
+        ("txt2img", FOX | {"endpoint": "gone"}, "ENDPOINT_NOT_FOUND", "gone"),
+        ("img2img", FOX | {"init_images": [base64.b64encode(b"no image").decode()]}, "VALIDATION_ERROR", "init_images"),
+        ("img2img", FOX | {"init_images": ["s3://someone-elses-bucket/a.png"]}, "VALIDATION_ERROR", "outside"),
+        ("img2img", FOX | {"init_images": []}, "VALIDATION_ERROR", "init_images"),
+    ],
+)
+def test_bad_requests_fail_with_a_named_cause(pipeline, action, params, code, names):
+    stack, client = pipeline
+    listener = EventsListener(stack, stack.outputs["EventsTopicArn"])
+    job_id = client.submit(action, params)
+    with pytest.raises(JobFailed) as failure:
+        client.wait(job_id, timeout_s=60)
+    assert failure.value.code == code
+    job = client.get_job(job_id)
+    assert job["status"] == "FAILED" and names in job["error"]["message"]
+    events = job_events(listener, job_id, "job.failed")
+    assert [e["type"] for e in events] == ["job.failed"]
+    assert events[0]["error"]["code"] == code
+
+
+def test_unknown_and_missing_actions_fail_visibly(pipeline):
+    stack, client = pipeline
+    sns, topic = stack.client("sns"), stack.outputs["RequestsTopicArn"]
+    request_ids = {"unknown": f"u-{uuid.uuid4().hex}", "missing": f"m-{uuid.uuid4().hex}"}
+    sns.publish(
+        TopicArn=topic,
+        Message=json.dumps({"action": "paint_my_house", "request_id": request_ids["unknown"]}),
+        MessageAttributes={"action": {"DataType": "String", "StringValue": "paint_my_house"}},
+    )
+    sns.publish(TopicArn=topic, Message=json.dumps({"action": "txt2img", "request_id": request_ids["missing"]}))
+    from sdpipe.contracts.jobs import job_id_for
+
+    for kind, request_id in request_ids.items():
+        with pytest.raises(JobFailed) as failure:
+            client.wait(job_id_for(request_id), timeout_s=60)
+        assert failure.value.code == "UNKNOWN_ACTION", kind
+    assert "paint_my_house" in client.get_job(job_id_for(request_ids["unknown"]))["error"]["message"]
+
+
+def test_duplicate_deliveries_make_one_job_one_invocation_one_event_each(pipeline):
+    """Many requests, each delivered 1-3 times at once, from concurrent publishers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sdpipe.contracts.jobs import job_id_for
+
+    stack, client = pipeline
+    listener = EventsListener(stack, stack.outputs["EventsTopicArn"])
+    sns, topic = stack.client("sns"), stack.outputs["RequestsTopicArn"]
+    requests = [(f"dup-{uuid.uuid4().hex}", 1 + i % 3) for i in range(12)]
+
+    def publish(request_id: str) -> None:
+        envelope = {"action": "txt2img", "request_id": request_id, "params": FOX | {"batch_size": 1, "steps": 2}}
+        sns.publish(
+            TopicArn=topic,
+            Message=json.dumps(envelope),
+            MessageAttributes={"action": {"DataType": "String", "StringValue": "txt2img"}},
+        )
+
+    deliveries = [rid for rid, copies in requests for _ in range(copies)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(publish, deliveries))
+    job_ids = {job_id_for(rid) for rid, _ in requests}
+    for job_id in job_ids:
+        assert client.wait(job_id, timeout_s=240)["status"] == "SUCCEEDED"
+    events = listener.wait_for(
+        lambda got: sum(e["type"] == "job.succeeded" and e.get("job_id") in job_ids for e in got) >= len(job_ids),
+        timeout_s=30,
+    )
+    time.sleep(1.0)  # anything duplicated would arrive now
+    events = [e for e in listener.drain() if e.get("job_id") in job_ids]
+    counts = Counter((e["job_id"], e["type"]) for e in events)
+    for job_id in job_ids:
+        for kind in ("job.accepted", "job.running", "job.succeeded"):
+            assert counts[(job_id, kind)] == 1, (job_id, kind, counts)
+    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
+    outputs = s3.list_objects_v2(Bucket=bucket, Prefix="async-results/flow/output/")["Contents"]
+    invoked = Counter(o["Key"].rsplit("/", 1)[-1].removesuffix(".out") for o in outputs)
+    assert all(invoked[job_id] == 1 for job_id in job_ids)
+    endpoint = stack.resource("dynamodb").Table(stack.outputs["EndpointsTableName"]).get_item(Key={"name": "flow"})
+    assert int(endpoint["Item"]["in_flight"]) == 0
+
+
+def test_a_request_file_dropped_in_the_bucket_becomes_a_job(pipeline):
+    from sdpipe.contracts.jobs import job_id_for
+
+    stack, client = pipeline
+    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
+    request_id = f"named-{uuid.uuid4().hex}"
+    envelope = {"action": "txt2img", "request_id": request_id, "params": FOX | {"batch_size": 1}}
+    s3.put_object(Bucket=bucket, Key=f"requests/{request_id}.json", Body=json.dumps(envelope).encode())
+    assert client.wait(job_id_for(request_id), timeout_s=120)["status"] == "SUCCEEDED"
+
+    # Without a request id, the file's key and ETag make one: the job is found by listing.
+    unnamed = {"action": "txt2img", "params": FOX | {"batch_size": 1, "seed": 7}}
+    s3.put_object(Bucket=bucket, Key="requests/unnamed.json", Body=json.dumps(unnamed).encode())
+    deadline = time.monotonic() + 60
+    while not (found := [j for j in client.list_jobs("txt2img", 50) if j["request_id"].startswith("file-")]):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert client.wait(found[0]["job_id"], timeout_s=120)["outputs"]["all_seeds"] == [7]
+
+
+def test_cancel_a_job_and_a_late_result_changes_nothing(pipeline):
+    stack, client = pipeline
+    listener = EventsListener(stack, stack.outputs["EventsTopicArn"])
+    job_id = client.submit("txt2img", FOX | {"batch_size": 1, "steps": 30, "width": 256, "height": 256})
+    deadline = time.monotonic() + 60
+    while (client.find_job(job_id) or {}).get("status") not in ("QUEUED", "RUNNING"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cancelled = client.cancel_job(job_id, "changed my mind")
+    assert cancelled["status"] == "CANCELLED" and cancelled["error"]["message"] == "changed my mind"
+    with pytest.raises(Exception, match="already finished as CANCELLED"):
+        client.cancel_job(job_id)
+    # The endpoint still finishes the work; its notification must not move the job.
+    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
+    deadline = time.monotonic() + 120
+    while "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=f"async-results/flow/output/{job_id}"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(1.5)
+    assert client.get_job(job_id)["status"] == "CANCELLED"
+    types = [e["type"] for e in listener.drain() if e.get("job_id") == job_id]
+    assert types.count("job.cancelled") == 1 and "job.succeeded" not in types
+    endpoint = stack.resource("dynamodb").Table(stack.outputs["EndpointsTableName"]).get_item(Key={"name": "flow"})
+    assert int(endpoint["Item"]["in_flight"]) == 0
+
+
+def test_cancel_job_request_on_the_topic(pipeline):
+    _, client = pipeline
+    job_id = client.submit("txt2img", FOX | {"batch_size": 1, "steps": 30, "width": 256, "height": 256})
+    cancel_id = client.submit("cancel_job", {"job_id": job_id})
+    assert client.wait(cancel_id, timeout_s=60)["outputs"] == {"cancelled_job_id": job_id}
+    assert client.get_job(job_id)["status"] == "CANCELLED"
+    missing = client.submit("cancel_job", {"job_id": "j-nope"})
+    with pytest.raises(JobFailed) as failure:
+        client.wait(missing, timeout_s=60)
+    assert failure.value.code == "JOB_NOT_FOUND"
+
+
+def test_sweeper_times_out_jobs_past_their_deadline(pipeline):
+    """A job whose endpoint never answers (here: the deadline is simply in the past)."""
+    stack, client = pipeline
+    listener = EventsListener(stack, stack.outputs["EventsTopicArn"])
+    job_id = client.submit("txt2img", FOX | {"batch_size": 1, "steps": 30, "width": 256, "height": 256})
+    deadline = time.monotonic() + 60
+    while (client.find_job(job_id) or {}).get("status") not in ("QUEUED", "RUNNING"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    jobs = stack.resource("dynamodb").Table(stack.outputs["JobsTableName"])
+    jobs.update_item(
+        Key={"job_id": job_id}, UpdateExpression="SET deadline = :d", ExpressionAttributeValues={":d": "2000-01-01"}
+    )
+    response = stack.client("lambda").invoke(FunctionName="SweepJobsFunction", Payload=b"{}")
+    assert job_id in json.loads(response["Payload"].read())["timed_out"]
+    again = stack.client("lambda").invoke(FunctionName="SweepJobsFunction", Payload=b"{}")
+    assert job_id not in json.loads(again["Payload"].read())["timed_out"]  # timed out once
+    job = client.get_job(job_id)
+    assert job["status"] == "TIMED_OUT" and job["error"]["code"] == "TIMED_OUT"
+    events = job_events(listener, job_id, "job.timed_out")
+    assert [e["type"] for e in events][-1] == "job.timed_out"
