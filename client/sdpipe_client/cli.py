@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import click
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.contracts.models import ModelType
 from sdpipe.errors import SdpipeError
-from sdpipe_client.formatting import print_models
+from sdpipe_client.client import JobFailed, Sdpipe, image_reference
+from sdpipe_client.formatting import print_jobs, print_models
 from sdpipe_client.stack import LOCAL_STATE_FILE, read_local_state, stack_outputs
 
 
@@ -137,3 +139,173 @@ def models_create_tiny(family: str, out: Path, seed: int) -> None:
     tiny = _local_module("tiny_models")
     config = tiny.create_tiny_checkpoint(family, out, seed=seed)
     click.echo(f"wrote {out} ({out.stat().st_size} bytes) and its diffusers config folder {config}/")
+
+
+# ---------------------------------------------------------------------- generation
+def _generation_options(command: Any) -> Any:
+    """Options shared by txt2img and img2img (A1111 payload fields); unset ones keep A1111 defaults."""
+    options = [
+        click.option("--model", "-m", help="Checkpoint: name, 'name [hash]' or a sha256 prefix."),
+        click.option("--negative-prompt", "-n"),
+        click.option("--steps", type=int),
+        click.option("--sampler", "sampler_name", help='A1111 sampler name, e.g. "Euler a", "DPM++ 2M".'),
+        click.option("--scheduler", help="A1111 schedule type: Automatic, Karras, Exponential..."),
+        click.option("--cfg-scale", type=float),
+        click.option("--width", type=int),
+        click.option("--height", type=int),
+        click.option("--seed", type=int, help="-1 for a random seed; image i of the batch uses seed + i."),
+        click.option("--batch-size", type=int),
+        click.option("--n-iter", type=int, help="Number of batches."),
+        click.option("--lora", "loras", multiple=True, help="NAME:WEIGHT, added to the prompt as <lora:NAME:WEIGHT>."),
+        click.option("--vae", help="VAE override (a registered VAE's name)."),
+        click.option("--clip-skip", type=int),
+        click.option("--endpoint", help="Run on this endpoint (default: the least busy one in service)."),
+        click.option("--request-id", help="Idempotency key (default: a new one); the job id derives from it."),
+        click.option("--context", "context_json", help="JSON object echoed in every event about the job."),
+        click.option("--wait", is_flag=True, help="Follow the job until it finishes, with a live status line."),
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Save PNGs here (and wait)."),
+        click.option("--timeout", default=900, show_default=True, help="Seconds --wait waits."),
+        click.option("--json", "as_json", is_flag=True, help="Print the finished job as JSON."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _payload(prompt: str, options: dict[str, Any]) -> dict[str, Any]:
+    loras = options.pop("loras")
+    for lora in loras:
+        name, _, weight = lora.partition(":")
+        prompt += f" <lora:{name}:{weight or 1}>"
+    params: dict[str, Any] = {"prompt": prompt}
+    for field in ("model", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale", "width", "height",
+                  "seed", "batch_size", "n_iter", "endpoint", "denoising_strength", "mask"):  # fmt: skip
+        if options.get(field) is not None:
+            params[field] = options[field]
+    overrides = {}
+    if options.get("vae"):
+        overrides["sd_vae"] = options["vae"]
+    if options.get("clip_skip"):
+        overrides["CLIP_stop_at_last_layers"] = options["clip_skip"]
+    if overrides:
+        params["override_settings"] = overrides
+    return params
+
+
+def _run_generation(settings: _Settings, action: str, params: dict[str, Any], options: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    try:
+        context = json.loads(options["context_json"]) if options.get("context_json") else {}
+        if not isinstance(context, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--context")
+        client = Sdpipe.for_stack(settings.stack)
+        job_id = client.submit(action, params, request_id=options.get("request_id"), context=context)
+        if not (options["wait"] or options["out"]):
+            click.echo(job_id)
+            console.print(f"follow it with: sdpipe jobs get {job_id}")
+            return
+        started = time.monotonic()
+
+        def show(job: dict[str, Any] | None) -> None:
+            state = job["status"] if job else "PUBLISHED"
+            console.print(f"{time.monotonic() - started:6.1f}s  {job_id}  {state}")
+
+        with console.status(f"waiting for {job_id}", spinner="dots"):
+            job = client.wait(job_id, timeout_s=options["timeout"], on_change=show)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--context") from exc
+    except JobFailed as exc:
+        raise click.ClickException(exc.message) from exc
+    except SdpipeError as exc:
+        raise click.ClickException(exc.message) from exc
+    outputs = job.get("outputs") or {}
+    if options["out"]:
+        for path in client.download_images(job, options["out"]):
+            console.print(f"saved {path}")
+    if options["as_json"]:
+        click.echo(json.dumps(job, indent=2, default=str))
+    else:
+        console.print(f"seeds {outputs.get('all_seeds')}; result {outputs.get('result')}")
+        for warning in outputs.get("warnings") or []:
+            console.print(f"[yellow]warning:[/] {warning}")
+
+
+@main.command("txt2img")
+@click.argument("prompt")
+@_generation_options
+@click.pass_obj
+def txt2img(settings: _Settings, /, prompt: str, **options: Any) -> None:
+    """Generate images from PROMPT (publishes a txt2img request on the requests topic)."""
+    _run_generation(settings, "txt2img", _payload(prompt, options), options)
+
+
+@main.command("img2img")
+@click.argument("prompt")
+@click.option("--init-image", required=True, help="A local image file (uploaded to the bucket) or an s3:// URI.")
+@click.option("--mask", "mask_image", help="Inpainting mask (white = repaint): a file or an s3:// URI.")
+@click.option("--denoising-strength", type=float, help="0-1: how much of the init image to repaint.")
+@_generation_options
+@click.pass_obj
+def img2img(settings: _Settings, /, prompt: str, init_image: str, mask_image: str | None, **options: Any) -> None:
+    """Generate images from PROMPT and an init image (publishes an img2img request)."""
+    try:
+        client = Sdpipe.for_stack(settings.stack)
+        options["mask"] = image_reference(mask_image, client) if mask_image else None
+        params = _payload(prompt, options) | {"init_images": [image_reference(init_image, client)]}
+    except SdpipeError as exc:
+        raise click.ClickException(exc.message) from exc
+    _run_generation(settings, "img2img", params, options)
+
+
+# ---------------------------------------------------------------------- jobs
+@main.group()
+def jobs() -> None:
+    """Jobs of every action: their status, outputs and errors."""
+
+
+@jobs.command("get")
+@click.argument("job_id")
+@click.pass_obj
+def jobs_get(settings: _Settings, job_id: str) -> None:
+    """Print one job as JSON."""
+    try:
+        job = Sdpipe.for_stack(settings.stack).get_job(job_id)
+    except SdpipeError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(json.dumps(job, indent=2, default=str))
+
+
+@jobs.command("list")
+@click.option("--action", help="Only jobs of this action (txt2img, img2img, cancel_job...).")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def jobs_list(settings: _Settings, action: str | None, limit: int, as_json: bool) -> None:
+    """The newest jobs first."""
+    try:
+        items = Sdpipe.for_stack(settings.stack).list_jobs(action, limit)
+    except SdpipeError as exc:
+        raise click.ClickException(exc.message) from exc
+    if as_json:
+        click.echo(json.dumps(items, indent=2, default=str))
+    else:
+        print_jobs(items)
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@click.option("--reason", default="cancelled from the sdpipe CLI", show_default=True)
+@click.pass_obj
+def jobs_cancel(settings: _Settings, job_id: str, reason: str) -> None:
+    """Cancel a job that has not finished."""
+    try:
+        job = Sdpipe.for_stack(settings.stack).cancel_job(job_id, reason)
+    except SdpipeError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"{job['job_id']} {job['status']}")
+
+
+if __name__ == "__main__":
+    main()

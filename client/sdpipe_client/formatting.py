@@ -41,3 +41,24 @@ def models_table(models: Iterable[dict[str, Any]]) -> Table:
 
 def print_models(models: Iterable[dict[str, Any]], console: Console | None = None) -> None:
     (console or Console()).print(models_table(models))
+
+
+def print_jobs(jobs: Iterable[dict[str, Any]], console: Console | None = None) -> None:
+    table = Table(show_lines=False)
+    for column in ("JOB", "ACTION", "STATUS", "CREATED", "MODEL", "NOTE"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        error = job.get("error") or {}
+        outputs = job.get("outputs") or {}
+        note = f"{error.get('code')}: {error.get('message')}" if error else ""
+        if not note and outputs.get("images"):
+            note = f"{len(outputs['images'])} images, seeds {outputs.get('all_seeds')}"
+        table.add_row(
+            job.get("job_id", "?"),
+            job.get("action", "?"),
+            job.get("status", "?"),
+            str(job.get("created_at", ""))[:19],
+            (job.get("model") or {}).get("name") or "-",
+            note,
+        )
+    (console or Console()).print(table)

@@ -1,13 +1,17 @@
 """``make demo``: the main job end to end on the local stack, from nothing.
 
-Starts the stack, makes tiny SD1.x and SDXL checkpoints, drops them under
-models/Stable-diffusion/, and prints the registered models read back from DynamoDB and the
-events received on the events topic. Returns a process exit status.
+Starts the stack; makes tiny SD1.x and SDXL checkpoints and drops them under
+models/Stable-diffusion/; prints the registered models and their events; starts a local
+asynchronous endpoint; runs ``sdpipe txt2img ... --wait --out out/`` exactly as a user would;
+shows the PNG Info of the images, checks that the same seed gives the same pixels, and lists
+the jobs and generation records. Returns a process exit status.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -16,11 +20,17 @@ from typing import Any
 
 from rich.console import Console
 
+from sdpipe_local.assets import drop_checkpoint
 from sdpipe_local.events_listener import EventsListener
 from sdpipe_local.stack import LocalStack
 from sdpipe_local.tiny_models import create_tiny_checkpoint
 
 _TIMEOUT_S = 60
+OUT_DIR = Path("out")
+TXT2IMG = [
+    "txt2img", "a red fox in snow", "--model", "tiny-sd1", "--steps", "4", "--width", "64", "--height", "64",
+    "--seed", "42", "--batch-size", "2", "--wait", "--out",
+]  # fmt: skip
 
 
 def wait_for_models(stack: LocalStack, keys: list[str], timeout_s: float = _TIMEOUT_S) -> list[dict[str, Any]]:
@@ -35,51 +45,110 @@ def wait_for_models(stack: LocalStack, keys: list[str], timeout_s: float = _TIME
         time.sleep(0.2)
 
 
-def run() -> int:
+def _register_models(stack: LocalStack, workdir: Path, console: Console) -> bool:
     from sdpipe_client.formatting import print_models
 
+    bucket = stack.outputs["AssetsBucketName"]
+    listener = EventsListener(stack, stack.outputs["EventsTopicArn"])
+    s3 = stack.client("s3")
+    keys = []
+    for family in ("sd1", "sdxl"):
+        path = workdir / f"tiny-{family}.safetensors"
+        started = time.monotonic()
+        create_tiny_checkpoint(family, path, seed=42)
+        key = f"models/Stable-diffusion/{path.name}"
+        drop_checkpoint(s3, bucket, path, key)
+        keys.append(key)
+        took = time.monotonic() - started
+        console.print(
+            f"created {path.name} ({path.stat().st_size:,} bytes) in {took:.1f}s, dropped at s3://{bucket}/{key}"
+        )
+    started = time.monotonic()
+    models = wait_for_models(stack, keys)
+    took = time.monotonic() - started
+    table_name = stack.outputs["ModelsTableName"]
+    console.print(f"\n[bold]registered models[/] (DynamoDB {table_name}, {took:.1f}s after the last drop):")
+    print_models(models, console)
+    events = listener.wait_for(
+        lambda got: sum(e.get("type") == "model.registered" for e in got) >= len(keys), timeout_s=10
+    )
+    console.print(f"\n[bold]events[/] on {stack.outputs['EventsTopicArn']}:")
+    for event in events:
+        model = event.get("model") or {}
+        console.print(
+            json.dumps(
+                {k: event.get(k) for k in ("type", "status", "occurred_at")}
+                | {"model": {k: model.get(k) for k in ("name", "type", "family", "short_hash", "size")}}
+            )
+        )
+    return len(models) == len(keys) and all(m["status"] == "ACTIVE" for m in models)
+
+
+def _generate(stack: LocalStack, console: Console) -> bool:
+    from sdpipe.adapters.clients import clients
+    from sdpipe.adapters.dynamo import from_dynamo
+    from sdpipe_client.client import Sdpipe
+    from sdpipe_client.formatting import print_jobs
+    from sdpipe_client.stack import StackOutputs
+    from sdpipe_inference.infotext import read_parameters
+
+    # This process plays the user: its AWS clients talk to the local stack.
+    os.environ.update(stack.environment())
+    clients.reset()
+    client = Sdpipe(StackOutputs(stack.outputs))
+    console.print("\n[bold]starting a local asynchronous endpoint[/] (the inference server as a process)")
+    started = time.monotonic()
+    endpoint = client.create_endpoint(
+        "tiny", image="sdpipe-inference:local", role_arn="arn:aws:iam::123456789012:role/sdpipe-local"
+    )
+    console.print(f"endpoint {endpoint['sagemaker_name']} InService after {time.monotonic() - started:.1f}s")
+    env = dict(os.environ) | {"SDPIPE_STACK_NAME": stack.stack_name}
+    runs = []
+    for attempt in (1, 2):
+        out = OUT_DIR if attempt == 1 else OUT_DIR / "again"
+        command = ["sdpipe", *TXT2IMG, str(out)]
+        console.print(f"\n[bold]$ {' '.join(_quoted(c) for c in command)}[/]")
+        result = subprocess.run([sys.executable, "-m", "sdpipe_client.cli", *command[1:]], env=env, check=False)
+        if result.returncode != 0:
+            return False
+        runs.append(sorted(out.glob("*.png")))
+    for path in runs[0]:
+        console.print(f"\n[bold]PNG Info of {path}[/]\n{read_parameters(path.read_bytes())}")
+    identical = [_pixels(a) == _pixels(b) for a, b in zip(runs[0], runs[1], strict=True)]
+    console.print(
+        f"\nsame request, same seed, run twice: {'pixel-identical' if all(identical) else 'DIFFERENT'} images"
+    )
+    console.print("\n[bold]$ sdpipe jobs list[/]")
+    print_jobs(client.list_jobs(), console)
+    table = stack.resource("dynamodb").Table(stack.outputs["GenerationsTableName"])
+    rows = table.scan()["Items"]
+    console.print(f"\n[bold]generations[/] (DynamoDB {stack.outputs['GenerationsTableName']}): {len(rows)} rows")
+    for row in sorted(rows, key=lambda r: (r["created_at"], int(r["image_index"])))[:2]:
+        fields = ("job_id", "image_index", "seed", "sampler", "steps", "model_name", "model_hash", "image_s3_uri")
+        console.print(json.dumps({k: from_dynamo(row.get(k)) for k in fields}))
+    return len(runs[0]) == 2 and all(identical) and len(rows) == 4
+
+
+def _pixels(path: Path) -> bytes:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.tobytes()
+
+
+def _quoted(arg: str) -> str:
+    return f'"{arg}"' if " " in arg else arg
+
+
+def run() -> int:
     console = Console(width=None if sys.stdout.isatty() else 140)
     with (
         tempfile.TemporaryDirectory(prefix="sdpipe-demo-") as workdir,
         LocalStack("template.yaml", state_dir=Path(workdir) / "state") as stack,
     ):
         console.print(f"[bold]local stack[/] up on {stack.endpoint_url}")
-        bucket = stack.outputs["AssetsBucketName"]
-        listener = EventsListener(stack, stack.outputs["EventsTopicArn"])
-        s3 = stack.client("s3")
-        keys = []
-        for family in ("sd1", "sdxl"):
-            path = Path(workdir) / f"tiny-{family}.safetensors"
-            started = time.monotonic()
-            create_tiny_checkpoint(family, path, seed=42)
-            key = f"models/Stable-diffusion/{path.name}"
-            s3.upload_file(str(path), bucket, key)  # multipart above 8 MiB, as large files are
-            keys.append(key)
-            took = time.monotonic() - started
-            console.print(
-                f"created {path.name} ({path.stat().st_size:,} bytes) in {took:.1f}s, dropped at s3://{bucket}/{key}"
-            )
-        started = time.monotonic()
-        models = wait_for_models(stack, keys)
-        took = time.monotonic() - started
-        table_name = stack.outputs["ModelsTableName"]
-        console.print(f"\n[bold]registered models[/] (DynamoDB {table_name}, {took:.1f}s after the last drop):")
-        print_models(models, console)
-        events = listener.wait_for(
-            lambda got: sum(e.get("type") == "model.registered" for e in got) >= len(keys), timeout_s=10
-        )
-        console.print(f"\n[bold]events[/] on {stack.outputs['EventsTopicArn']}:")
-        for event in events:
-            model = event.get("model") or {}
-            console.print(
-                json.dumps(
-                    {k: event.get(k) for k in ("type", "status", "occurred_at")}
-                    | {"model": {k: model.get(k) for k in ("name", "type", "family", "short_hash", "size")}}
-                )
-            )
-        ok = len(models) == len(keys) and all(m["status"] == "ACTIVE" for m in models)
-        console.print(
-            "\n[bold green]demo finished[/]" if ok else "\n[bold red]demo failed: not every model was registered[/]"
-        )
+        ok = _register_models(stack, Path(workdir), console)
+        ok = ok and _generate(stack, console)
+        console.print("\n[bold green]demo finished[/]" if ok else "\n[bold red]demo failed[/]")
         console.print("stopping the local stack")
         return 0 if ok else 1

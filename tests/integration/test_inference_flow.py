@@ -9,7 +9,6 @@ import json
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,20 +18,11 @@ from sdpipe.adapters.clients import clients
 from sdpipe_client.client import JobFailed, Sdpipe
 from sdpipe_client.stack import StackOutputs
 from sdpipe_inference.infotext import read_parameters
+from sdpipe_local.assets import drop_checkpoint
 from sdpipe_local.events_listener import EventsListener
-from sdpipe_local.tiny_models import config_folder_for, create_tiny_lora
+from sdpipe_local.tiny_models import create_tiny_lora
 
 ROLE = "arn:aws:iam::123456789012:role/sdpipe-inference"
-
-
-def upload_checkpoint(stack, path: Path, key: str) -> None:
-    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
-    config = config_folder_for(path)
-    stem = key.rsplit(".", 1)[0]
-    for item in config.rglob("*"):
-        if item.is_file():
-            s3.upload_file(str(item), bucket, f"{stem}.config/{item.relative_to(config).as_posix()}")
-    s3.upload_file(str(path), bucket, key)
 
 
 def wait_active(stack, key: str, timeout: float = 60) -> dict:
@@ -53,8 +43,9 @@ def pipeline(sdpipe_stack, tiny_checkpoints, tmp_path_factory):
     for name, value in stack.environment().items():
         patch.setenv(name, value)
     clients.reset()
-    upload_checkpoint(stack, tiny_checkpoints["sd1"], "models/Stable-diffusion/flow/fox-sd1.safetensors")
-    upload_checkpoint(stack, tiny_checkpoints["sdxl"], "models/Stable-diffusion/flow/fox-sdxl.safetensors")
+    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
+    drop_checkpoint(s3, bucket, tiny_checkpoints["sd1"], "models/Stable-diffusion/flow/fox-sd1.safetensors")
+    drop_checkpoint(s3, bucket, tiny_checkpoints["sdxl"], "models/Stable-diffusion/flow/fox-sdxl.safetensors")
     lora_dir = tmp_path_factory.mktemp("loras")
     for family in ("sd1", "sdxl"):
         path = create_tiny_lora(family, lora_dir / f"flow-style-{family}.safetensors", seed=3)
