@@ -18,12 +18,23 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from sdpipe.adapters.clients import AwsClients, clients
-from sdpipe.adapters.dynamo import UpdateBuilder, deserialize_item, from_dynamo, is_condition_failure, to_dynamo
+from sdpipe.adapters.dynamo import (
+    UpdateBuilder,
+    deserialize_item,
+    from_dynamo,
+    is_condition_failure,
+    serialize_item,
+    to_dynamo,
+)
 from sdpipe.contracts.jobs import JobStatus
 from sdpipe.errors import EndpointNotFound
 
 # Only open jobs carry this attribute, so the sparse index lists nothing else.
 OPEN_SHARD = "open"
+
+
+class _EndpointGone(Exception):
+    pass
 
 
 class JobsTable:
@@ -40,15 +51,25 @@ class JobsTable:
         item = self._table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
         return from_dynamo(item) if item else None
 
-    def create(self, item: dict[str, Any]) -> bool:
-        """Put a new job; False when one with this id exists already (a duplicate request)."""
-        try:
-            self._table.put_item(Item=to_dynamo(item), ConditionExpression="attribute_not_exists(job_id)")
-        except ClientError as exc:
-            if is_condition_failure(exc):
-                return False
-            raise
-        return True
+    def create(self, item: dict[str, Any], endpoint: str | None = None) -> bool:
+        """Put a new job; False when one with this id exists already (a duplicate request).
+
+        With ``endpoint``, the job takes a slot on it in the same transaction.
+        """
+        if endpoint is None:
+            try:
+                self._table.put_item(Item=to_dynamo(item), ConditionExpression="attribute_not_exists(job_id)")
+            except ClientError as exc:
+                if is_condition_failure(exc):
+                    return False
+                raise
+            return True
+        put = {
+            "TableName": self.table_name,
+            "Item": serialize_item(item),
+            "ConditionExpression": "attribute_not_exists(job_id)",
+        }
+        return self._transact_with_endpoint({"Put": put}, endpoint, 1)
 
     def update(
         self,
@@ -76,17 +97,23 @@ class JobsTable:
     def _update_with_endpoint(
         self, job_id: str, update: UpdateBuilder, condition: str, endpoint: str, delta: int
     ) -> bool:
+        job_write = {"TableName": self.table_name, "Key": {"job_id": {"S": job_id}}} | update.low_level(condition)
+        try:
+            return self._transact_with_endpoint({"Update": job_write}, endpoint, delta)
+        except _EndpointGone:
+            # Giving back a slot of an endpoint that is gone: just move the job.
+            return self.conditional_update(job_id, update, condition)
+
+    def _transact_with_endpoint(self, job_write: dict[str, Any], endpoint: str, delta: int) -> bool:
+        """The job write and the endpoint's counter change, all or nothing."""
         counter = UpdateBuilder().add("in_flight", delta)
         counter.names["#name"] = "name"
-        job_write = {"TableName": self.table_name, "Key": {"job_id": {"S": job_id}}} | update.low_level(condition)
         endpoint_write = {
             "TableName": self.endpoints_table_name,
             "Key": {"name": {"S": endpoint}},
         } | counter.low_level("attribute_exists(#name)")
         try:
-            self._aws.get("dynamodb").transact_write_items(
-                TransactItems=[{"Update": job_write}, {"Update": endpoint_write}]
-            )
+            self._aws.get("dynamodb").transact_write_items(TransactItems=[job_write, {"Update": endpoint_write}])
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
                 raise
@@ -98,8 +125,7 @@ class JobsTable:
                     raise EndpointNotFound(
                         f"endpoint {endpoint!r} is not registered (it may have been deleted)"
                     ) from exc
-                # Giving back a slot of an endpoint that is gone: just move the job.
-                return self.conditional_update(job_id, update, condition)
+                raise _EndpointGone from exc
             raise
         return True
 

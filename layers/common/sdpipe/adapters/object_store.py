@@ -77,13 +77,22 @@ class ObjectStore:
             body.close()
 
     def get_bytes(self, key: str, max_bytes: int) -> bytes:
-        """A small object whole (request files, job results); ``ValueError`` when over ``max_bytes``."""
-        info = self.head(key)
-        if info is None:
-            raise FileNotFoundError(f"s3://{self.bucket}/{key} does not exist")
-        if info.size > max_bytes:
-            raise ValueError(f"s3://{self.bucket}/{key} is {info.size} bytes, over the {max_bytes}-byte limit")
-        return self.read_range(info, 0, info.size) if info.size else b""
+        """A small object whole (request files, job results), in one request.
+
+        ``FileNotFoundError`` when it does not exist, ``ValueError`` when over ``max_bytes``.
+        """
+        try:
+            response = self._s3.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                raise FileNotFoundError(f"s3://{self.bucket}/{key} does not exist") from None
+            raise
+        body = response["Body"]
+        size = int(response["ContentLength"])
+        if size > max_bytes:
+            body.close()
+            raise ValueError(f"s3://{self.bucket}/{key} is {size} bytes, over the {max_bytes}-byte limit")
+        return bytes(body.read())
 
     def put_bytes(self, key: str, body: bytes, content_type: str) -> str:
         self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)

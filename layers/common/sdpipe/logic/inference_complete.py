@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,6 +29,7 @@ from sdpipe.contracts.jobs import JobStatus
 from sdpipe.contracts.sagemaker_events import AsyncInferenceNotification
 from sdpipe.errors import EndpointFailed
 from sdpipe.logic.jobs import JobLedger
+from sdpipe.logic.parallel import io_pool
 from sdpipe.settings import job_settings
 
 logger = Logger(child=True)
@@ -133,10 +135,8 @@ class InferenceCompletion:
         if not pngs:
             self._fail(job, EndpointFailed("the endpoint returned no images").to_error())
             return
-        image_uris = [
-            self.store.put_bytes(f"jobs/{job_id}/images/{index}.png", png, "image/png")
-            for index, png in enumerate(pngs)
-        ]
+        # Images, result and generation rows are independent writes: make them side by side.
+        image_uris = [self.store.uri(f"jobs/{job_id}/images/{index}.png") for index in range(len(pngs))]
         seeds = [int(s) for s in info.get("all_seeds", [])]
         result = {
             "job_id": job_id,
@@ -145,21 +145,28 @@ class InferenceCompletion:
             "info": info,
             "parameters": response.parameters,
         }
-        result_uri = self.store.put_bytes(
-            f"jobs/{job_id}/result.json", json.dumps(result, indent=2).encode(), "application/json"
-        )
+        result_key = f"jobs/{job_id}/result.json"
         finished = _parse_time(notification.event_time)
-        self.generations.put_all(
-            [
-                _generation(job, info, index=i, uri=uri, seeds=seeds, created=finished)
-                for i, uri in enumerate(image_uris)
-            ]
+        rows = [
+            _generation(job, info, index=i, uri=uri, seeds=seeds, created=finished) for i, uri in enumerate(image_uris)
+        ]
+        writes: list[Future[Any]] = [
+            io_pool.submit(self.store.put_bytes, f"jobs/{job_id}/images/{index}.png", png, "image/png")
+            for index, png in enumerate(pngs)
+        ]
+        writes.append(
+            io_pool.submit(self.store.put_bytes, result_key, json.dumps(result, indent=2).encode(), "application/json")
         )
+        writes.append(io_pool.submit(self.generations.put_all, rows))
+        for write in writes:
+            write.result()
+        result_uri = self.store.uri(result_key)
         outputs = {
             "images": image_uris,
             "result": result_uri,
             "all_seeds": seeds,
             "warnings": info.get("warnings") or job.get("warnings") or [],
+            "invocation_ms": info.get("invocation_ms"),
         }
         moved = self.ledger.move(
             job,

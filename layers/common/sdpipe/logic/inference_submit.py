@@ -18,6 +18,8 @@ import binascii
 import re
 import time
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +53,7 @@ from sdpipe.errors import (
 from sdpipe.inspect.images import SNIFF_BYTES, image_format
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.model_refs import resolve_model
+from sdpipe.logic.parallel import io_pool
 from sdpipe.logic.requests import ParsedRequest, parse_request, record_failure, validation_message
 from sdpipe.settings import job_settings
 
@@ -60,6 +63,28 @@ logger = Logger(child=True)
 _SERVING = {IN_SERVICE, "UPDATING"}
 _NO_VAE = {"", "Automatic", "None", "auto"}
 _MAX_IMAGE_BYTES = 32 * 1024 * 1024
+
+
+def _listed(models: ModelsTable, model_type: ModelType) -> list[dict[str, Any]]:
+    return list(models.list(model_type))
+
+
+class _PrefetchedCatalog:
+    """The model lists one request needs, fetched at once; other lookups go to the table."""
+
+    def __init__(self, models: ModelsTable, types: list[ModelType]) -> None:
+        self._models = models
+        self._lists: dict[ModelType, Future[list[dict[str, Any]]]] = {
+            model_type: io_pool.submit(_listed, models, model_type) for model_type in types
+        }
+
+    def list(self, model_type: ModelType | None = None) -> Sequence[dict[str, Any]]:
+        if model_type is not None and model_type in self._lists:
+            return self._lists[model_type].result()
+        return list(self._models.list(model_type))
+
+    def find_by_hash_prefix(self, prefix: str) -> Sequence[dict[str, Any]]:
+        return self._models.find_by_hash_prefix(prefix)
 
 
 @dataclass(frozen=True)
@@ -118,52 +143,71 @@ class InferenceIntake:
     def handle_message(self, body: str, attribute_action: str | None, message_id: str) -> str:
         """Take one request message; returns its job id."""
         parsed = parse_request(body, attribute_action, message_id)
-        existing = self.ledger.get(parsed.job_id)
+        # The reads are round trips: look for the job while the request is being planned.
+        existing_job = io_pool.submit(self.ledger.get, parsed.job_id)
+        plan: Plan | None = None
+        error = parsed.error
+        if error is None and parsed.envelope is not None:
+            try:
+                plan = self.plan(parsed.envelope)
+            except SdpipeError as exc:
+                error = exc
+        existing = existing_job.result()
         if existing is not None:
             self.resume(existing)
             return parsed.job_id
-        if parsed.error is not None or parsed.envelope is None:
-            assert parsed.error is not None
-            record_failure(self.ledger, parsed, parsed.error, {})
-            return parsed.job_id
-        try:
-            plan = self.plan(parsed.envelope)
-        except SdpipeError as exc:
-            logger.info("request refused", extra={"job_id": parsed.job_id, "code": exc.code, "reason": exc.message})
-            record_failure(self.ledger, parsed, exc, {"params": _sanitised(parsed.envelope.params)})
+        if plan is None or parsed.envelope is None:
+            assert error is not None
+            logger.info("request refused", extra={"job_id": parsed.job_id, "code": error.code, "reason": error.message})
+            params = _sanitised(parsed.envelope.params) if parsed.envelope else {}
+            record_failure(self.ledger, parsed, error, {"params": params} if params else {})
             return parsed.job_id
         self._accept(parsed, parsed.envelope, plan)
         return parsed.job_id
 
     def _accept(self, parsed: ParsedRequest, envelope: RequestEnvelope, plan: Plan) -> None:
+        """Create the job QUEUED on its endpoint (one transaction with the slot) and dispatch it."""
         input_key = f"jobs/{parsed.job_id}/input.json"
-        self.store.put_bytes(input_key, plan.invocation.model_dump_json().encode(), "application/json")
-        model = plan.invocation.model
-        job = self.ledger.create(
-            job_id=parsed.job_id,
-            request_id=parsed.request_id,
-            action=parsed.action,
-            status=JobStatus.ACCEPTED,
-            deadline_seconds=self.deadline_seconds,
-            fields={
-                "context": envelope.context,
-                "params": _sanitised(envelope.params),
-                "warnings": plan.warnings,
-                "endpoint": plan.endpoint,
-                "sagemaker_endpoint": plan.sagemaker_endpoint,
-                "input_uri": self.store.uri(input_key),
-                "model": {"name": model.name, "short_hash": model.short_hash, "sha256": model.sha256},
-                "loras": [{"name": lora.name, "weight": lora.weight} for lora in plan.invocation.loras],
-                "claim_token": uuid.uuid4().hex,
-                "claim_expires_at": int(time.time()) + self.claim_seconds,
-            },
+        written = io_pool.submit(
+            self.store.put_bytes, input_key, plan.invocation.model_dump_json().encode(), "application/json"
         )
+        model = plan.invocation.model
+        fields = {
+            "context": envelope.context,
+            "params": _sanitised(envelope.params),
+            "warnings": plan.warnings,
+            "endpoint": plan.endpoint,
+            "sagemaker_endpoint": plan.sagemaker_endpoint,
+            "input_uri": self.store.uri(input_key),
+            "model": {"name": model.name, "short_hash": model.short_hash, "sha256": model.sha256},
+            "loras": [{"name": lora.name, "weight": lora.weight} for lora in plan.invocation.loras],
+            "claim_token": uuid.uuid4().hex,
+            "claim_expires_at": int(time.time()) + self.claim_seconds,
+        }
+        try:
+            job = self.ledger.create(
+                job_id=parsed.job_id,
+                request_id=parsed.request_id,
+                action=parsed.action,
+                status=JobStatus.QUEUED,
+                deadline_seconds=self.deadline_seconds,
+                fields=fields,
+                endpoint=plan.endpoint,
+                publish_in_background=True,
+            )
+        except EndpointNotFound as exc:  # deleted between the choice and the write
+            record_failure(self.ledger, parsed, exc, {"params": fields["params"]})
+            return
+        written.result()  # the input must exist before anything invokes the endpoint with it
         if job is None:  # a duplicate delivery created it first
             existing = self.ledger.get(parsed.job_id)
             if existing is not None:
                 self.resume(existing)
             return
-        self.dispatch(job)
+        try:
+            self.dispatch(job)
+        finally:
+            self.ledger.drain()
 
     def resume(self, job: dict[str, Any]) -> None:
         """A duplicate delivery: publish what a dead worker left, continue work it did not finish."""
@@ -233,15 +277,21 @@ class InferenceIntake:
         except ValidationError as exc:
             raise ValidationFailed(validation_message(exc, "params")) from None
         warnings = params.warnings()
-        checkpoint = self._checkpoint(params.checkpoint)
+        wants_vae = (params.override_settings.sd_vae or "") not in _NO_VAE
+        types = [ModelType.CHECKPOINT, ModelType.EMBEDDING]
+        types += [ModelType.LORA] if "<" in params.prompt + params.negative_prompt else []
+        types += [ModelType.VAE] if wants_vae else []
+        catalog = _PrefetchedCatalog(self.models, types)
+        endpoint_future = io_pool.submit(self._choose_endpoint, params.endpoint)
+        checkpoint = self._checkpoint(params.checkpoint, catalog)
         family = ModelFamily(checkpoint.get("family") or ModelFamily.UNKNOWN.value)
-        loras = self._loras(params, family)
-        embeddings, skipped = self._embeddings(params, family)
+        loras = self._loras(params, family, catalog)
+        embeddings, skipped = self._embeddings(params, family, catalog)
         warnings += skipped
         vae = None
-        if (params.override_settings.sd_vae or "") not in _NO_VAE:
+        if wants_vae:
             vae = resolve_model(
-                str(params.override_settings.sd_vae), ModelType.VAE, self.models, family,
+                str(params.override_settings.sd_vae), ModelType.VAE, catalog, family,
                 field="params.override_settings.sd_vae",
             )  # fmt: skip
         if isinstance(params, Img2ImgParams):
@@ -250,22 +300,26 @@ class InferenceIntake:
                 self._check_image(params.mask, "params.mask")
         if params.alwayson_scripts.get("controlnet"):
             raise ValidationFailed("params.alwayson_scripts.controlnet: ControlNet units are not supported yet")
-        endpoint = self._choose_endpoint(params.endpoint)
+        endpoint = endpoint_future.result()
+        files = list(
+            io_pool.map(self._file, [checkpoint, *(m for m, _ in loras), *embeddings, *([vae] if vae else [])])
+        )
+        lora_files = files[1 : 1 + len(loras)]
         invocation = InvocationInput(
             job_id=envelope.job_id,
             kind=params.kind,
             params=envelope.params,
-            model=self._file(checkpoint),
-            loras=[WeightedModelFile(**self._file(m).model_dump(), weight=w) for m, w in loras],
-            embeddings=[self._file(m) for m in embeddings],
-            vae=self._file(vae) if vae else None,
+            model=files[0],
+            loras=[WeightedModelFile(**f.model_dump(), weight=w) for f, (_, w) in zip(lora_files, loras, strict=True)],
+            embeddings=files[1 + len(loras) : 1 + len(loras) + len(embeddings)],
+            vae=files[-1] if vae else None,
         )
         return Plan(invocation, endpoint["name"], str(endpoint.get("sagemaker_name") or endpoint["name"]), warnings)
 
-    def _checkpoint(self, reference: str | None) -> dict[str, Any]:
+    def _checkpoint(self, reference: str | None, catalog: _PrefetchedCatalog) -> dict[str, Any]:
         if reference:
-            return resolve_model(reference, ModelType.CHECKPOINT, self.models, field="params.model")
-        active = [m for m in self.models.list(ModelType.CHECKPOINT) if m.get("status") == ModelStatus.ACTIVE.value]
+            return resolve_model(reference, ModelType.CHECKPOINT, catalog, field="params.model")
+        active = [m for m in catalog.list(ModelType.CHECKPOINT) if m.get("status") == ModelStatus.ACTIVE.value]
         if len(active) == 1:
             return active[0]
         names = ", ".join(sorted(f"{m['name']} [{m.get('short_hash')}]" for m in active)) or "none registered"
@@ -273,7 +327,9 @@ class InferenceIntake:
             f"params.model is required when more or less than one checkpoint is registered (checkpoints: {names})"
         )
 
-    def _loras(self, params: Txt2ImgParams | Img2ImgParams, family: ModelFamily) -> list[tuple[dict[str, Any], float]]:
+    def _loras(
+        self, params: Txt2ImgParams | Img2ImgParams, family: ModelFamily, catalog: _PrefetchedCatalog
+    ) -> list[tuple[dict[str, Any], float]]:
         found: list[tuple[dict[str, Any], float]] = []
         for field, text in (("params.prompt", params.prompt), ("params.negative_prompt", params.negative_prompt)):
             try:
@@ -283,17 +339,17 @@ class InferenceIntake:
             for use in uses:
                 if use.kind != "lora":
                     raise ValidationFailed(f"{field}: {use.text} - {use.kind} networks are not supported")
-                model = resolve_model(use.name, ModelType.LORA, self.models, family, field=f"{field} {use.text}")
+                model = resolve_model(use.name, ModelType.LORA, catalog, family, field=f"{field} {use.text}")
                 found.append((model, use.weight))
         return found
 
     def _embeddings(
-        self, params: Txt2ImgParams | Img2ImgParams, family: ModelFamily
+        self, params: Txt2ImgParams | Img2ImgParams, family: ModelFamily, catalog: _PrefetchedCatalog
     ) -> tuple[list[dict[str, Any]], list[str]]:
         """Embeddings named in the prompts (by file name, as the WebUI matches them)."""
         text = f"{params.prompt}\n{params.negative_prompt}"
         used, skipped = [], []
-        for model in self.models.list(ModelType.EMBEDDING):
+        for model in catalog.list(ModelType.EMBEDDING):
             if model.get("status") != ModelStatus.ACTIVE.value:
                 continue
             word = str(model["name"]).rsplit("/", 1)[-1]

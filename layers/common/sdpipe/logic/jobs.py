@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.jobs_table import OPEN_SHARD, JobsTable
 from sdpipe.contracts.events import Event, EventType, utc_now
 from sdpipe.contracts.jobs import OPEN_STATUSES, JobStatus
+from sdpipe.logic.parallel import io_pool
 
 logger = Logger(child=True)
 
@@ -58,6 +60,7 @@ class JobLedger:
     publisher: EventPublisher
     # How long the writer of an event has to publish it before another delivery may.
     lease_seconds: int = 60
+    _background: list[Future[None]] = field(default_factory=list)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         return self.table.get(job_id)
@@ -71,9 +74,19 @@ class JobLedger:
         status: JobStatus,
         deadline_seconds: int,
         fields: dict[str, Any],
+        endpoint: str | None = None,
+        publish_in_background: bool = False,
     ) -> dict[str, Any] | None:
-        """Create the job in ``status`` and announce it; None when the job exists already."""
+        """Create the job in ``status`` and announce it; None when the job exists already.
+
+        A job created QUEUED (taking a slot on ``endpoint`` in the same write) was accepted on
+        the way: it is announced with ``job.accepted``. ``publish_in_background`` lets the caller
+        go on while the event is published; ``drain`` waits for it.
+        """
         now = utc_now()
+        history = [{"status": status.value, "at": now.isoformat()}]
+        if status is JobStatus.QUEUED:
+            history.insert(0, {"status": JobStatus.ACCEPTED.value, "at": now.isoformat()})
         item: dict[str, Any] = {
             "job_id": job_id,
             "request_id": request_id,
@@ -81,7 +94,7 @@ class JobLedger:
             "status": status.value,
             "created_at": now.isoformat(),
             "updated_at": now.isoformat(),
-            "history": [{"status": status.value, "at": now.isoformat()}],
+            "history": history,
             "attempts": 1,
         } | fields
         if status.is_terminal:
@@ -89,15 +102,24 @@ class JobLedger:
         else:
             item["open_shard"] = OPEN_SHARD
             item["deadline"] = (now + timedelta(seconds=deadline_seconds)).isoformat()
-        event = job_event(item, status, now)
+        announced = JobStatus.ACCEPTED if status is JobStatus.QUEUED else status
+        event = job_event(item | {"status": announced.value}, announced, now)
         event_id = uuid.uuid4().hex
         if event is not None:
             item["pending_events"] = {event_id: self._stored(event)}
-        if not self.table.create(item):
+        if not self.table.create(item, endpoint=endpoint):
             return None
         if event is not None:
-            self._publish(job_id, event_id, event)
+            if publish_in_background:
+                self._background.append(io_pool.submit(self._publish, job_id, event_id, event))
+            else:
+                self._publish(job_id, event_id, event)
         return item
+
+    def drain(self) -> None:
+        """Wait for events being published in the background (before the invocation ends)."""
+        while self._background:
+            self._background.pop(0).result()
 
     def move(
         self,
@@ -153,6 +175,7 @@ class JobLedger:
         ):
             return None
         if event is not None:
+            self.drain()  # events of one job go out in the order of its transitions
             self._publish(job["job_id"], event_id, event)
         return moved
 
