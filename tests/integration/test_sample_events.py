@@ -32,3 +32,49 @@ def test_removed_sample_marks_the_model_deleted(stack, models):
     models.s3.delete_object(Bucket=models.bucket, Key=key)
     invoke(stack, json.loads((EVENTS / "object_removed.json").read_text()))
     assert models.wait(key, "DELETED")["status"] == "DELETED"
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "events"
+SQS_FUNCTIONS = {
+    "submit_inference": "SubmitInferenceFunction",
+    "complete_inference": "CompleteInferenceFunction",
+    "reject_request": "RejectRequestFunction",
+    "cancel_job": "CancelJobFunction",
+    "request_files": "RequestFilesFunction",
+}
+
+
+def invoke_function(stack, function: str, event: dict) -> dict:
+    response = stack.client("lambda").invoke(FunctionName=function, Payload=json.dumps(event))
+    assert "FunctionError" not in response, response["Payload"].read()
+    return json.loads(response["Payload"].read())
+
+
+def test_every_inference_sample_event_is_handled(stack):
+    from sdpipe.contracts.jobs import job_id_for
+
+    for folder, function in SQS_FUNCTIONS.items():
+        for sample in sorted((SAMPLES / folder).glob("*.json")):
+            result = invoke_function(stack, function, json.loads(sample.read_text()))
+            assert result == {"batchItemFailures": []}, sample
+    jobs = stack.resource("dynamodb").Table(stack.outputs["JobsTableName"])
+
+    def job(request_id: str) -> dict:
+        return jobs.get_item(Key={"job_id": job_id_for(request_id)})["Item"]
+
+    assert job("sample-event-bad-width")["error"]["code"] == "VALIDATION_ERROR"
+    assert job("sample-event-unknown")["error"]["code"] == "UNKNOWN_ACTION"
+    assert job("sample-event-no-action")["error"]["code"] == "UNKNOWN_ACTION"
+    assert job("sample-event-cancel")["error"]["code"] == "JOB_NOT_FOUND"
+    scheduled = json.loads((SAMPLES / "sweep_jobs" / "scheduled.json").read_text())
+    assert "timed_out" in invoke_function(stack, "SweepJobsFunction", scheduled)
+    for sample in sorted((SAMPLES / "jobs_api").glob("*.json")):
+        result = invoke_function(stack, "JobsApiFunction", json.loads(sample.read_text()))
+        assert "jobs" in result or result["error"]["code"] == "JOB_NOT_FOUND", sample
+
+
+def test_request_envelope_samples_are_valid_envelopes():
+    from sdpipe.contracts.jobs import RequestEnvelope
+
+    for sample in sorted((SAMPLES / "requests").glob("*.json")):
+        RequestEnvelope.model_validate_json(sample.read_text())
