@@ -331,3 +331,46 @@ def test_sweeper_times_out_jobs_past_their_deadline(pipeline):
     assert job["status"] == "TIMED_OUT" and job["error"]["code"] == "TIMED_OUT"
     events = job_events(listener, job_id, "job.timed_out")
     assert [e["type"] for e in events][-1] == "job.timed_out"
+
+
+def test_an_endpoint_error_fails_the_job_with_the_containers_reason(pipeline):
+    """A LoRA registered for SD1.x whose tensors do not fit the checkpoint: the endpoint refuses it."""
+    from tests.helpers import kohya_lora, safetensors_bytes
+
+    stack, client = pipeline
+    key = "models/Lora/misfit-sd1.safetensors"
+    stack.client("s3").put_object(
+        Bucket=stack.outputs["AssetsBucketName"],
+        Key=key,
+        Body=safetensors_bytes(kohya_lora("sd1"), metadata={"ss_base_model_version": "sd_v1"}),
+    )
+    wait_active(stack, key)
+    job_id = client.submit("txt2img", FOX | {"batch_size": 1, "prompt": "a fox <lora:misfit-sd1:1>"})
+    with pytest.raises(JobFailed):
+        client.wait(job_id, timeout_s=120)
+    error = client.get_job(job_id)["error"]
+    assert error["code"] == "VALIDATION_ERROR" and "misfit-sd1" in error["message"], error
+
+
+def test_an_endpoint_that_dies_mid_job_fails_the_job(pipeline):
+    stack, client = pipeline
+    job_id = client.submit("txt2img", FOX | {"batch_size": 1, "steps": 40, "width": 256, "height": 256})
+    deadline = time.monotonic() + 60
+    while (client.find_job(job_id) or {}).get("status") != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process = stack.sagemaker._endpoints["sdpipe-flow"].process
+    process.kill()
+    try:
+        with pytest.raises(JobFailed) as failure:
+            client.wait(job_id, timeout_s=120)
+        assert failure.value.code == "ENDPOINT_ERROR"
+        endpoint = stack.resource("dynamodb").Table(stack.outputs["EndpointsTableName"]).get_item(Key={"name": "flow"})
+        assert int(endpoint["Item"]["in_flight"]) == 0
+    finally:
+        # Later tests need the endpoint: start a new container, as SageMaker replaces a dead instance.
+        endpoint = stack.sagemaker._endpoints["sdpipe-flow"]
+        endpoint.status = "Creating"
+        stack.sagemaker._start_container(endpoint, stack.sagemaker._models["sdpipe-flow"])
+        assert endpoint.status == "InService"
