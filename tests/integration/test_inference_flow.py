@@ -374,3 +374,28 @@ def test_an_endpoint_that_dies_mid_job_fails_the_job(pipeline):
         endpoint.status = "Creating"
         stack.sagemaker._start_container(endpoint, stack.sagemaker._models["sdpipe-flow"])
         assert endpoint.status == "InService"
+
+
+def test_the_cli_generates_waits_and_saves(pipeline, tmp_path):
+    from click.testing import CliRunner
+
+    from sdpipe_client.cli import main
+
+    runner = CliRunner()
+    args = ["txt2img", "a red fox in snow", "--model", "fox-sd1", "--steps", "4", "--width", "64", "--height", "64"]
+    result = runner.invoke(main, [*args, "--seed", "42", "--batch-size", "2", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout[result.stdout.index("{") :])
+    saved = sorted(tmp_path.glob("*.png"))
+    assert [p.name for p in saved] == [f"{job['job_id']}-0.png", f"{job['job_id']}-1.png"]
+    assert "Seed: 43" in read_parameters(saved[1].read_bytes())
+
+    listed = runner.invoke(main, ["jobs", "list", "--action", "txt2img", "--limit", "5", "--json"])
+    assert job["job_id"] in [j["job_id"] for j in json.loads(listed.stdout)]
+    got = runner.invoke(main, ["jobs", "get", job["job_id"]])
+    assert json.loads(got.stdout)["status"] == "SUCCEEDED"
+
+    bad = runner.invoke(main, [*args[:4], "--width", "60", "--wait"])
+    assert bad.exit_code == 1 and "VALIDATION_ERROR" in bad.output and "width" in bad.output
+    missing = runner.invoke(main, ["jobs", "cancel", "j-nope"])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
