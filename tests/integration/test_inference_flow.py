@@ -85,6 +85,14 @@ def read_s3(stack, uri: str) -> bytes:
     return stack.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
+def wait_in_flight(client: Sdpipe, job_id: str, statuses: tuple[str, ...], timeout: float = 60) -> None:
+    """Wait until the job is handed to the endpoint (one of ``statuses``)."""
+    deadline = time.monotonic() + timeout
+    while (client.find_job(job_id) or {}).get("status") not in statuses:
+        assert time.monotonic() < deadline, f"{job_id} never reached {statuses}"
+        time.sleep(0.05)
+
+
 def job_events(listener: EventsListener, job_id: str, until: str, timeout: float = 60) -> list[dict]:
     events = listener.wait_for(
         lambda got: any(e.get("job_id") == job_id and e["type"] == until for e in got), timeout_s=timeout
@@ -276,10 +284,7 @@ def test_cancel_a_job_and_a_late_result_changes_nothing(pipeline):
     stack, client = pipeline
     listener = EventsListener(stack, stack.outputs["EventsTopicArn"])
     job_id = client.submit("txt2img", FOX | {"batch_size": 1, "steps": 30, "width": 256, "height": 256})
-    deadline = time.monotonic() + 60
-    while (client.find_job(job_id) or {}).get("status") not in ("QUEUED", "RUNNING"):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_in_flight(client, job_id, ("QUEUED", "RUNNING"))
     cancelled = client.cancel_job(job_id, "changed my mind")
     assert cancelled["status"] == "CANCELLED" and cancelled["error"]["message"] == "changed my mind"
     with pytest.raises(Exception, match="already finished as CANCELLED"):
@@ -315,10 +320,7 @@ def test_sweeper_times_out_jobs_past_their_deadline(pipeline):
     stack, client = pipeline
     listener = EventsListener(stack, stack.outputs["EventsTopicArn"])
     job_id = client.submit("txt2img", FOX | {"batch_size": 1, "steps": 30, "width": 256, "height": 256})
-    deadline = time.monotonic() + 60
-    while (client.find_job(job_id) or {}).get("status") not in ("QUEUED", "RUNNING"):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_in_flight(client, job_id, ("QUEUED", "RUNNING"))
     jobs = stack.resource("dynamodb").Table(stack.outputs["JobsTableName"])
     jobs.update_item(
         Key={"job_id": job_id}, UpdateExpression="SET deadline = :d", ExpressionAttributeValues={":d": "2000-01-01"}
@@ -355,10 +357,7 @@ def test_an_endpoint_error_fails_the_job_with_the_containers_reason(pipeline):
 def test_an_endpoint_that_dies_mid_job_fails_the_job(pipeline):
     stack, client = pipeline
     job_id = client.submit("txt2img", FOX | {"batch_size": 1, "steps": 40, "width": 256, "height": 256})
-    deadline = time.monotonic() + 60
-    while (client.find_job(job_id) or {}).get("status") != "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_in_flight(client, job_id, ("RUNNING",))
     time.sleep(0.5)
     process = stack.sagemaker._endpoints["sdpipe-flow"].process
     process.kill()

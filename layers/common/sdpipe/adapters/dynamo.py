@@ -8,8 +8,22 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from sdpipe.adapters.clients import AwsClients, clients
+
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
+
+
+class DynamoTable:
+    """Base of the table adapters: the table's name and its lazily created boto3 Table."""
+
+    def __init__(self, table_name: str, aws: AwsClients = clients) -> None:
+        self.table_name = table_name
+        self._aws = aws
+
+    @property
+    def _table(self) -> Any:
+        return self._aws.get_resource("dynamodb").Table(self.table_name)
 
 
 def is_condition_failure(exc: ClientError) -> bool:

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdpipe.adapters.clients import AwsClients, clients
-from sdpipe.adapters.dynamo import from_dynamo, to_dynamo
+from sdpipe.adapters.dynamo import DynamoTable, from_dynamo, to_dynamo
 
 IN_SERVICE = "IN_SERVICE"
 
 
-class EndpointsTable:
-    def __init__(self, table_name: str, aws: AwsClients = clients) -> None:
-        self.table_name = table_name
-        self._aws = aws
-
-    @property
-    def _table(self) -> Any:
-        return self._aws.get_resource("dynamodb").Table(self.table_name)
-
+class EndpointsTable(DynamoTable):
     def get(self, name: str) -> dict[str, Any] | None:
         item = self._table.get_item(Key={"name": name}, ConsistentRead=True).get("Item")
         return from_dynamo(item) if item else None

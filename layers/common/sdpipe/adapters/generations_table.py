@@ -4,19 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdpipe.adapters.clients import AwsClients, clients
-from sdpipe.adapters.dynamo import from_dynamo, to_dynamo
+from sdpipe.adapters.dynamo import DynamoTable, from_dynamo, to_dynamo
 
 
-class GenerationsTable:
-    def __init__(self, table_name: str, aws: AwsClients = clients) -> None:
-        self.table_name = table_name
-        self._aws = aws
-
-    @property
-    def _table(self) -> Any:
-        return self._aws.get_resource("dynamodb").Table(self.table_name)
-
+class GenerationsTable(DynamoTable):
     def put_all(self, items: list[dict[str, Any]]) -> None:
         """Write (or rewrite, identically) the items: keyed by job and index, so replays are harmless."""
         with self._table.batch_writer() as batch:

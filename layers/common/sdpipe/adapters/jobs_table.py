@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from sdpipe.adapters.clients import AwsClients, clients
 from sdpipe.adapters.dynamo import (
+    DynamoTable,
     UpdateBuilder,
     deserialize_item,
     from_dynamo,
@@ -37,15 +38,10 @@ class _EndpointGone(Exception):
     pass
 
 
-class JobsTable:
+class JobsTable(DynamoTable):
     def __init__(self, table_name: str, endpoints_table_name: str | None = None, aws: AwsClients = clients) -> None:
-        self.table_name = table_name
+        super().__init__(table_name, aws)
         self.endpoints_table_name = endpoints_table_name
-        self._aws = aws
-
-    @property
-    def _table(self) -> Any:
-        return self._aws.get_resource("dynamodb").Table(self.table_name)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         item = self._table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")

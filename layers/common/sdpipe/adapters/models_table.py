@@ -17,8 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from sdpipe.adapters.clients import AwsClients, clients
-from sdpipe.adapters.dynamo import from_dynamo, is_condition_failure, to_dynamo
+from sdpipe.adapters.dynamo import DynamoTable, from_dynamo, is_condition_failure, to_dynamo
 from sdpipe.contracts.models import ModelRecord, ModelStatus, ModelType
 
 # Fields that describe one outcome; re-registering a key removes those the new outcome lacks.
@@ -28,15 +27,7 @@ _OUTCOME_FIELDS = (
 )  # fmt: skip
 
 
-class ModelsTable:
-    def __init__(self, table_name: str, aws: AwsClients = clients) -> None:
-        self.table_name = table_name
-        self._aws = aws
-
-    @property
-    def _table(self) -> Any:
-        return self._aws.get_resource("dynamodb").Table(self.table_name)
-
+class ModelsTable(DynamoTable):
     def _update_if(self, **request: Any) -> bool:
         """UpdateItem; False (not an error) when its ConditionExpression does not hold."""
         try:
