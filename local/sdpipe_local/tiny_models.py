@@ -409,3 +409,81 @@ def create_tiny_lora(family: Family, out: Path, seed: int = 0, rank: int = 4) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(_deterministic_safetensors(tensors, metadata))
     return out
+
+
+def _controlnet_to_ldm(state: dict[str, Any], unet_config: Any) -> dict[str, Any]:
+    """Rename a diffusers ControlNet state dict to the original layout (``control_model.*``)."""
+    own: dict[str, Any] = {}
+    shared: dict[str, Any] = {}
+    for key, tensor in state.items():
+        parts = key.split(".")
+        if parts[0] == "controlnet_down_blocks":
+            own[f"zero_convs.{parts[1]}.0.{parts[2]}"] = tensor
+        elif parts[0] == "controlnet_mid_block":
+            own[f"middle_block_out.0.{parts[1]}"] = tensor
+        elif parts[0] == "controlnet_cond_embedding":
+            if parts[1] == "conv_in":
+                index = 0
+            elif parts[1] == "blocks":
+                index = 2 * (int(parts[2]) + 1)
+            else:  # conv_out comes after the last block
+                index = 2 * (len({k.split(".")[2] for k in state if ".blocks." in k}) + 1)
+            own[f"input_hint_block.{index}.{parts[-1]}"] = tensor
+        else:
+            shared[key] = tensor
+    renamed = {k.removeprefix("model.diffusion_model."): v for k, v in unet_to_ldm(shared, unet_config).items()}
+    return {"control_model." + k: v.detach().contiguous() for k, v in (renamed | own).items()}
+
+
+def create_tiny_controlnet(
+    family: Family, out: Path, seed: int = 0, layout: Literal["ldm", "diffusers"] = "ldm"
+) -> Path:
+    """A ControlNet for the tiny ``family`` checkpoints whose control visibly changes the picture.
+
+    ``ldm`` is the layout the WebUI's ControlNet files use (``control_v11p_sd15_canny``); the
+    diffusers layout is what ``ControlNetModel.save_pretrained`` writes. Both carry the
+    ``modelspec.architecture`` metadata that says which base it is for.
+    """
+    import tempfile
+
+    import torch
+    from diffusers import ControlNetModel
+
+    with tempfile.TemporaryDirectory() as folder:
+        pipeline = build_pipeline(family, Path(folder) / "tokenizer", seed)
+    torch.manual_seed(seed + 2)
+    controlnet = ControlNetModel.from_unet(pipeline.unet)
+    with torch.no_grad():  # the zero convolutions start at zero (a no-op); make them matter
+        for name, tensor in controlnet.state_dict().items():
+            zero_initialised = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
+            if name.startswith(zero_initialised):
+                tensor.copy_(torch.randn_like(tensor) * 0.5)
+    state = {k: v.detach().contiguous() for k, v in controlnet.state_dict().items()}
+    if layout == "ldm":
+        state = _controlnet_to_ldm(state, pipeline.unet.config)
+    architecture = "stable-diffusion-v1/controlnet" if family == "sd1" else "stable-diffusion-xl-v1-base/controlnet"
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(_deterministic_safetensors(state, {"format": "pt", "modelspec.architecture": architecture}))
+    return out
+
+
+def create_tiny_embedding(family: Family, out: Path, seed: int = 0, vectors: int = 2) -> Path:
+    """A textual-inversion embedding for the tiny ``family`` checkpoints, in the WebUI's safetensors form.
+
+    SD1.x: ``emb_params`` (vectors x text width); SDXL: ``clip_l`` and ``clip_g``, one set per encoder.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    if family == "sd1":
+        tensors = {"emb_params": torch.randn(vectors, TEXT_HIDDEN, generator=generator)}
+    else:
+        tensors = {
+            "clip_l": torch.randn(vectors, TEXT_HIDDEN, generator=generator),
+            "clip_g": torch.randn(vectors, TEXT_HIDDEN_2, generator=generator),
+        }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(_deterministic_safetensors(tensors, {"format": "pt"}))
+    return out

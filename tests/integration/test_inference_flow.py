@@ -20,7 +20,7 @@ from sdpipe_client.stack import StackOutputs
 from sdpipe_inference.infotext import read_parameters
 from sdpipe_local.assets import drop_checkpoint
 from sdpipe_local.events_listener import EventsListener
-from sdpipe_local.tiny_models import create_tiny_lora
+from sdpipe_local.tiny_models import create_tiny_controlnet, create_tiny_lora
 
 ROLE = "arn:aws:iam::123456789012:role/sdpipe-inference"
 
@@ -50,11 +50,16 @@ def pipeline(sdpipe_stack, tiny_checkpoints, tmp_path_factory):
     for family in ("sd1", "sdxl"):
         path = create_tiny_lora(family, lora_dir / f"flow-style-{family}.safetensors", seed=3)
         stack.client("s3").upload_file(str(path), stack.outputs["AssetsBucketName"], f"models/Lora/{path.name}")
+    for family in ("sd1", "sdxl"):
+        path = create_tiny_controlnet(family, lora_dir / f"flow-canny-{family}.safetensors", seed=4)
+        stack.client("s3").upload_file(str(path), stack.outputs["AssetsBucketName"], f"models/ControlNet/{path.name}")
     for key in (
         "models/Stable-diffusion/flow/fox-sd1.safetensors",
         "models/Stable-diffusion/flow/fox-sdxl.safetensors",
         "models/Lora/flow-style-sd1.safetensors",
         "models/Lora/flow-style-sdxl.safetensors",
+        "models/ControlNet/flow-canny-sd1.safetensors",
+        "models/ControlNet/flow-canny-sdxl.safetensors",
     ):
         wait_active(stack, key)
     client = Sdpipe(StackOutputs(stack.outputs))
@@ -167,6 +172,22 @@ def test_img2img_from_an_s3_image(pipeline, tmp_path):
     assert "Denoising strength: 0.5" in text
 
 
+def canny_unit(image: str, model: str = "flow-canny-sd1", **fields) -> dict:
+    unit = {"module": "canny", "model": model, "image": image} | fields
+    return {"alwayson_scripts": {"controlnet": {"args": [unit]}}}
+
+
+def test_a_controlnet_unit_steers_the_picture(pipeline):
+    stack, client = pipeline
+    source = client.wait(client.submit("txt2img", FOX | {"batch_size": 1}), timeout_s=120)
+    control = source["outputs"]["images"][0]  # an s3:// image from the bucket as the control image
+    plain = pixels(read_s3(stack, control))
+    steered = client.wait(client.submit("txt2img", FOX | {"batch_size": 1} | canny_unit(control)), timeout_s=120)
+    image = read_s3(stack, steered["outputs"]["images"][0])
+    assert not np.array_equal(pixels(image), plain)
+    assert 'ControlNet 0: "Module: canny, Model: flow-canny-sd1 [' in read_parameters(image)
+
+
 @pytest.mark.parametrize(
     ("action", "params", "code", "names"),
     [
@@ -182,6 +203,10 @@ def test_img2img_from_an_s3_image(pipeline, tmp_path):
         ("img2img", FOX | {"init_images": [base64.b64encode(b"no image").decode()]}, "VALIDATION_ERROR", "init_images"),
         ("img2img", FOX | {"init_images": ["s3://someone-elses-bucket/a.png"]}, "VALIDATION_ERROR", "outside"),
         ("img2img", FOX | {"init_images": []}, "VALIDATION_ERROR", "init_images"),
+        ("txt2img", FOX | canny_unit("aGk=", model="no-such-cn"), "MODEL_NOT_FOUND", "args[0].model"),
+        ("txt2img", FOX | canny_unit("aGk=", model="flow-canny-sdxl"), "MODEL_NOT_USABLE", "args[0].model"),
+        ("txt2img", FOX | canny_unit("s3://elsewhere/a.png"), "VALIDATION_ERROR", "args[0].image"),
+        ("txt2img", FOX | canny_unit("aGk=", module="openpose"), "VALIDATION_ERROR", "openpose"),
     ],
 )
 def test_bad_requests_fail_with_a_named_cause(pipeline, action, params, code, names):

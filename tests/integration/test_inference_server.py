@@ -180,3 +180,116 @@ def test_two_cached_checkpoints_switch_without_reloading(server, tiny_checkpoint
             },
         )
     assert service.engine.cache.loads == loads
+
+
+def _png_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def controlnets(tmp_path_factory):
+    from sdpipe_local.tiny_models import create_tiny_controlnet
+
+    folder = tmp_path_factory.mktemp("controlnets")
+    return {
+        (family, layout): create_tiny_controlnet(family, folder / f"cn-{family}-{layout}.safetensors", layout=layout)
+        for family in ("sd1", "sdxl")
+        for layout in ("ldm", "diffusers")
+    }
+
+
+def _shape_image() -> str:
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (96, 64), "white")
+    ImageDraw.Draw(image).ellipse((20, 10, 70, 50), fill="black")
+    return _png_b64(image)
+
+
+def _unit(**fields):
+    return {"enabled": True, "module": "canny", "model": "cn", "image": _shape_image()} | fields
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("layout", ["ldm", "diffusers"])
+def test_controlnet_units_steer_the_picture_and_are_recorded(server, tiny_checkpoints, controlnets, family, layout):
+    base, _ = server
+    model = model_ref(tiny_checkpoints[family], family)
+    controlnet = model_ref(controlnets[(family, layout)], family)
+    params = FOX | {"batch_size": 1}
+    plain = invoke(base, {"kind": "txt2img", "params": params, "model": model})[1]
+
+    def with_units(*units):
+        body = {
+            "kind": "txt2img",
+            "params": params | {"alwayson_scripts": {"controlnet": {"args": list(units)}}},
+            "model": model,
+            "controlnets": [controlnet] * len(units),
+        }
+        status, answer = invoke(base, body)
+        assert status == 200, answer
+        return answer
+
+    steered = with_units(_unit())
+    assert np.abs(pixels(steered["images"][0]).astype(int) - pixels(plain["images"][0]).astype(int)).mean() > 1
+    text = read_parameters(base64.b64decode(steered["images"][0]))
+    assert f'ControlNet 0: "Module: canny, Model: {controlnet["name"]} [0123456789], Weight: 1,' in text
+    # Weight 0 is exactly the plain picture: the unit's residuals are scaled, nothing else changes.
+    assert np.array_equal(pixels(with_units(_unit(weight=0))["images"][0]), pixels(plain["images"][0]))
+    # Two units at once (a MultiControlNet), in guess mode.
+    both = with_units(_unit(control_mode=2), _unit(module="invert", control_mode=2, weight=0.5))
+    assert "ControlNet 1: " in read_parameters(base64.b64decode(both["images"][0]))
+
+
+def test_img2img_controlnet_uses_the_init_image_without_its_own(server, tiny_checkpoints, controlnets):
+    base, _ = server
+    params = {
+        "prompt": "a fox", "init_images": [_shape_image()], "denoising_strength": 0.7, "steps": 4,
+        "width": 64, "height": 64, "seed": 3,
+        "alwayson_scripts": {"controlnet": {"args": [{"module": "canny", "model": "cn"}]}},
+    }  # fmt: skip
+    status, body = invoke(
+        base,
+        {
+            "kind": "img2img",
+            "params": params,
+            "model": model_ref(tiny_checkpoints["sd1"], "sd1"),
+            "controlnets": [model_ref(controlnets[("sd1", "ldm")], "sd1")],
+        },
+    )
+    assert status == 200, body
+    assert json.loads(body["info"])["controlnet_units"][0]["module"] == "canny"
+
+
+def test_a_controlnet_for_another_family_is_refused(server, tiny_checkpoints, controlnets):
+    base, _ = server
+    status, body = invoke(
+        base,
+        {
+            "kind": "txt2img",
+            "params": FOX | {"alwayson_scripts": {"controlnet": {"args": [_unit()]}}},
+            "model": model_ref(tiny_checkpoints["sd1"], "sd1"),
+            "controlnets": [model_ref(controlnets[("sdxl", "ldm")], "sdxl")],
+        },
+    )
+    assert status == 400
+    assert body["error"]["code"] == "VALIDATION_ERROR" and "does not fit model" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_an_embedding_named_in_the_prompt_changes_the_picture(server, tiny_checkpoints, tmp_path, family):
+    from sdpipe_local.tiny_models import create_tiny_embedding
+
+    base, _ = server
+    embedding = create_tiny_embedding(family, tmp_path / f"foxtoken-{family}.safetensors", seed=5)
+    model = model_ref(tiny_checkpoints[family], family)
+    params = FOX | {"batch_size": 1, "prompt": f"a red fox in snow, foxtoken-{family}"}
+    plain = invoke(base, {"kind": "txt2img", "params": params, "model": model})[1]
+    status, body = invoke(
+        base, {"kind": "txt2img", "params": params, "model": model, "embeddings": [model_ref(embedding, family)]}
+    )
+    assert status == 200, body
+    assert not np.array_equal(pixels(body["images"][0]), pixels(plain["images"][0]))
+    assert f'TI hashes: "foxtoken-{family}: 0123456789"' in read_parameters(base64.b64decode(body["images"][0]))

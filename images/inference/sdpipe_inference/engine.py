@@ -23,10 +23,19 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from sdpipe.contracts.inference import MAX_SEED, Img2ImgParams, Txt2ImgParams, strip_extra_networks
+from sdpipe.contracts.inference import (
+    CONTROL_MODES,
+    MAX_SEED,
+    ControlNetUnit,
+    Img2ImgParams,
+    Txt2ImgParams,
+    strip_extra_networks,
+)
 from sdpipe.errors import SdpipeError
+from sdpipe_inference.controlnet import ControlNetMismatch, control_map, load_controlnet
 from sdpipe_inference.infotext import Infotext, png_with_parameters
 from sdpipe_inference.samplers import make_scheduler
+from sdpipe_inference.weights import read_state_dict
 
 VERSION = "sdpipe 0.1.0"
 
@@ -67,6 +76,7 @@ class AddOns:
     loras: tuple[AddOn, ...] = ()
     embeddings: tuple[AddOn, ...] = ()
     vae: AddOn | None = None
+    controlnets: tuple[AddOn, ...] = ()  # one per enabled ControlNet unit, in order
 
 
 @dataclass
@@ -90,6 +100,7 @@ class PipelineCache:
         self._pipelines: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self._applied: dict[int, set[str]] = {}  # id(pipeline) -> LoRAs and embeddings loaded into it
         self._vaes: OrderedDict[str, Any] = OrderedDict()
+        self._controlnets: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self.loads = 0
         self.lora_loads = 0
 
@@ -129,10 +140,12 @@ class PipelineCache:
             key = "embedding_" + embedding.sha256
             if key in loaded:
                 continue
-            if spec.family.startswith("sdxl"):
-                raise InvalidInput(f"embedding {embedding.name!r}: SDXL embeddings are not supported yet")
+            token = embedding.name.rsplit("/", 1)[-1]
             try:
-                pipeline.load_textual_inversion(str(embedding.path), token=embedding.name.rsplit("/", 1)[-1])
+                if spec.family.startswith("sdxl"):
+                    _load_sdxl_embedding(pipeline, embedding.path, token)
+                else:
+                    pipeline.load_textual_inversion(str(embedding.path), token=token)
             except (ValueError, KeyError, RuntimeError) as exc:
                 raise InvalidInput(f"embedding {embedding.name!r} does not fit model {spec.name!r}: {exc}") from None
             loaded.add(key)
@@ -153,6 +166,22 @@ class PipelineCache:
                 self._vaes.popitem(last=False)
         return found
 
+    def controlnet(self, add_on: AddOn, spec: ModelSpec, unet: Any) -> Any:
+        """A ControlNet built for this checkpoint family's UNet, loaded once."""
+        key = (add_on.sha256, spec.family)
+        found = self._controlnets.get(key)
+        if found is not None:
+            self._controlnets.move_to_end(key)
+            return found
+        try:
+            found = load_controlnet(add_on.path, unet, self.dtype, self.device)
+        except (ControlNetMismatch, KeyError) as exc:
+            raise InvalidInput(f"ControlNet {add_on.name!r} does not fit model {spec.name!r}: {exc}") from None
+        self._controlnets[key] = found
+        while len(self._controlnets) > self.capacity:
+            self._controlnets.popitem(last=False)
+        return found
+
     def _load(self, spec: ModelSpec) -> Any:
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -165,6 +194,19 @@ class PipelineCache:
             pipeline.to(self.device)
         self.loads += 1
         return pipeline
+
+
+def _load_sdxl_embedding(pipeline: Any, path: Path, token: str) -> None:
+    """An SDXL embedding holds one set of vectors per text encoder (``clip_l``, ``clip_g``)."""
+    state = read_state_dict(path)
+    if "clip_l" not in state or "clip_g" not in state:
+        raise ValueError("an SDXL embedding needs both clip_l and clip_g vectors")
+    pipeline.load_textual_inversion(
+        state["clip_l"], token=token, text_encoder=pipeline.text_encoder, tokenizer=pipeline.tokenizer
+    )
+    pipeline.load_textual_inversion(
+        state["clip_g"], token=token, text_encoder=pipeline.text_encoder_2, tokenizer=pipeline.tokenizer_2
+    )
 
 
 def decode_image(data: str, field_name: str) -> Image.Image:
@@ -200,25 +242,40 @@ class Engine:
         prompt, negative_prompt = strip_extra_networks(params.prompt), strip_extra_networks(params.negative_prompt)
 
         init_image = mask = None
+        size = (params.width, params.height)
         if isinstance(params, Img2ImgParams):
-            size = (params.width, params.height)
             init_image = decode_image(params.init_images[0], "init_images[0]").resize(size)
             if params.mask:
                 mask = decode_image(params.mask, "mask").convert("L").resize(size)
+        units = params.controlnet_units
+        if len(units) != len(add_ons.controlnets):
+            raise InvalidInput(
+                f"{len(units)} enabled ControlNet units but {len(add_ons.controlnets)} ControlNet models were sent"
+            )
+        control_images = [self._control_image(index, unit, params, size) for index, unit in enumerate(units)]
         total = params.batch_size * params.n_iter
         first_seed = params.seed if params.seed != -1 else random.randint(0, MAX_SEED)  # noqa: S311 - not crypto
         seeds = [(first_seed + i) % (MAX_SEED + 1) for i in range(total)]
         with self._lock:
             pipeline, scheduler_config = self.cache.get(model)
             self.cache.apply(pipeline, model, add_ons)
+            controlnets = [self.cache.controlnet(add_on, model, pipeline.unet) for add_on in add_ons.controlnets]
+            # The task's pipeline shares the loaded weights; with ControlNets it is their variant.
+            variant: dict[str, Any] = {}
+            if controlnets:
+                variant["controlnet"] = controlnets[0] if len(controlnets) == 1 else controlnets
             if mask is not None:
                 from diffusers import AutoPipelineForInpainting
 
-                pipeline = AutoPipelineForInpainting.from_pipe(pipeline)  # shares the loaded weights
+                pipeline = AutoPipelineForInpainting.from_pipe(pipeline, **variant)
             elif init_image is not None:
                 from diffusers import AutoPipelineForImage2Image
 
-                pipeline = AutoPipelineForImage2Image.from_pipe(pipeline)
+                pipeline = AutoPipelineForImage2Image.from_pipe(pipeline, **variant)
+            elif controlnets:
+                from diffusers import AutoPipelineForText2Image
+
+                pipeline = AutoPipelineForText2Image.from_pipe(pipeline, **variant)
             pipeline.set_progress_bar_config(disable=True)
             pipeline.scheduler = make_scheduler(scheduler_config, params.sampler_name, params.scheduler)
             own_vae = pipeline.vae
@@ -243,10 +300,17 @@ class Engine:
                             kwargs |= {"mask_image": mask, "width": params.width, "height": params.height}
                     else:
                         kwargs |= {"width": params.width, "height": params.height}
+                    if units:
+                        image_key = "image" if init_image is None else "control_image"
+                        kwargs |= _control_kwargs(units, control_images, image_key)
                     images.extend(pipeline(**kwargs).images)
             finally:
                 pipeline.vae = own_vae
         infotexts = [self._infotext(params, model, seed, add_ons).text() for seed in seeds]
+        controlnet_info = [
+            {"model": f"{add_on.name} [{add_on.short_hash}]", "module": unit.module, "weight": unit.weight}
+            for unit, add_on in zip(units, add_ons.controlnets, strict=True)
+        ]
         info = {
             "prompt": params.prompt,
             "all_prompts": [params.prompt] * total,
@@ -270,14 +334,32 @@ class Engine:
             "sd_vae_hash": add_ons.vae.short_hash if add_ons.vae else None,
             "denoising_strength": params.denoising_strength if isinstance(params, Img2ImgParams) else None,
             "infotexts": infotexts,
+            "controlnet_units": controlnet_info,
             "version": VERSION,
         }
         return GenerationResult(images=images, seeds=seeds, infotexts=infotexts, info=info)
+
+    @staticmethod
+    def _control_image(
+        index: int, unit: ControlNetUnit, params: Txt2ImgParams | Img2ImgParams, size: tuple[int, int]
+    ) -> Image.Image:
+        """The unit's control map; without its own image a unit uses the init image, as in the WebUI."""
+        if unit.control_image is not None:
+            source = decode_image(unit.control_image, f"alwayson_scripts.controlnet.args[{index}].image")
+        elif isinstance(params, Img2ImgParams):
+            source = decode_image(params.init_images[0], "init_images[0]")
+        else:  # pragma: no cover - Txt2ImgParams requires the image
+            raise InvalidInput(f"alwayson_scripts.controlnet.args[{index}].image is required for txt2img")
+        return control_map(unit, source, size)
 
     def _infotext(
         self, params: Txt2ImgParams | Img2ImgParams, model: ModelSpec, seed: int, add_ons: AddOns
     ) -> Infotext:
         schedule = None if params.scheduler == "Automatic" else params.scheduler
+        controlnets = {
+            f"ControlNet {index}": _controlnet_infotext(unit, add_on)
+            for index, (unit, add_on) in enumerate(zip(params.controlnet_units, add_ons.controlnets, strict=True))
+        }
         return Infotext(
             prompt=params.prompt,
             negative_prompt=params.negative_prompt,
@@ -296,9 +378,45 @@ class Engine:
                 "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
                 "Lora hashes": ", ".join(f"{lora.name}: {lora.short_hash}" for lora in add_ons.loras) or None,
                 "TI hashes": ", ".join(f"{e.name}: {e.short_hash}" for e in add_ons.embeddings) or None,
+                **controlnets,
                 "Version": VERSION,
             },
         )
+
+
+def _control_kwargs(units: list[ControlNetUnit], images: list[Image.Image], image_key: str) -> dict[str, Any]:
+    """diffusers' ControlNet arguments: scalars for one unit, lists (a MultiControlNet) for several."""
+
+    def each(values: list[Any]) -> Any:
+        return values[0] if len(values) == 1 else values
+
+    return {
+        image_key: each(images),
+        "controlnet_conditioning_scale": each([unit.weight for unit in units]),
+        "control_guidance_start": each([unit.guidance_start for unit in units]),
+        "control_guidance_end": each([unit.guidance_end for unit in units]),
+        # The extension's "ControlNet is more important" is ControlNet's guess mode (units agree on it).
+        "guess_mode": units[0].control_mode == CONTROL_MODES[2],
+    }
+
+
+def _controlnet_infotext(unit: ControlNetUnit, add_on: AddOn) -> str:
+    """One unit as the extension writes it into the infotext (a quoted list of its settings)."""
+    low, high = unit.thresholds
+    settings = {
+        "Module": unit.module,
+        "Model": f"{add_on.name} [{add_on.short_hash}]",
+        "Weight": _number(unit.weight),
+        "Resize Mode": unit.resize_mode,
+        "Processor Res": unit.processor_res,
+        "Threshold A": _number(low) if unit.module == "canny" else None,
+        "Threshold B": _number(high) if unit.module == "canny" else None,
+        "Guidance Start": _number(unit.guidance_start),
+        "Guidance End": _number(unit.guidance_end),
+        "Pixel Perfect": unit.pixel_perfect,
+        "Control Mode": unit.control_mode,
+    }
+    return ", ".join(f"{key}: {value}" for key, value in settings.items() if value is not None)
 
 
 def _number(value: float) -> int | float:

@@ -61,6 +61,7 @@ class InferenceService:
                 loras=tuple(self._add_on(lora, lora.weight) for lora in request.loras),
                 embeddings=tuple(self._add_on(embedding) for embedding in request.embeddings),
                 vae=self._add_on(request.vae) if request.vae else None,
+                controlnets=tuple(self._add_on(controlnet) for controlnet in request.controlnets),
             )
             result = self.engine.generate(params, spec, add_ons)
         except SdpipeError as exc:
@@ -78,7 +79,25 @@ class InferenceService:
             resolved["init_images"] = [self._image(v) for v in params["init_images"]]
         if isinstance(params.get("mask"), str):
             resolved["mask"] = self._image(params["mask"])
+        scripts = params.get("alwayson_scripts")
+        controlnet = scripts.get("controlnet") if isinstance(scripts, dict) else None
+        if isinstance(scripts, dict) and isinstance(controlnet, dict) and isinstance(controlnet.get("args"), list):
+            units = [self._unit_images(unit) for unit in controlnet["args"]]
+            resolved["alwayson_scripts"] = scripts | {"controlnet": controlnet | {"args": units}}
         return resolved
+
+    def _unit_images(self, unit: Any) -> Any:
+        """A ControlNet unit with its ``s3://`` image (plain, or the extension's image/mask pair) fetched."""
+        if not isinstance(unit, dict):
+            return unit  # the contract names the bad unit
+        fetched = dict(unit)
+        for field in ("image", "input_image"):
+            value = fetched.get(field)
+            if isinstance(value, dict):
+                fetched[field] = value | {"image": self._image(value.get("image"))}
+            elif value is not None:
+                fetched[field] = self._image(value)
+        return fetched
 
     def _image(self, value: Any) -> Any:
         if isinstance(value, str) and value.startswith("s3://"):

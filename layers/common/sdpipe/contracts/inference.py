@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 # A1111 sampler names (1.9+ splits the schedule into ``scheduler``; the old combined names such
 # as "DPM++ 2M Karras" are still accepted, as the WebUI accepts them).
@@ -58,6 +58,124 @@ _IGNORED_KNOWN = frozenset(
 )  # fmt: skip
 
 
+# The ControlNet extension's (sd-webui-controlnet) unit fields, and the preprocessors sdpipe runs
+# itself. Preprocessors that need their own annotator models (depth, openpose, ...) are refused:
+# send the preprocessed image with module "none" instead.
+CONTROLNET_MODULES: frozenset[str] = frozenset(["none", "canny", "invert"])
+_MODULE_ALIASES = {"None": "none", "": "none", "invert (from white bg & black line)": "invert"}
+RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
+CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+MAX_CONTROLNET_UNITS = 3
+# The extension's defaults for canny's low/high thresholds (its threshold_a/threshold_b sliders).
+CANNY_THRESHOLDS = (100.0, 200.0)
+
+
+def _named_choice(value: Any, names: tuple[str, ...]) -> str:
+    """The extension accepts both the name and its index (older API clients send the index)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(names):
+        return names[value]
+    if isinstance(value, str) and value in names:
+        return value
+    raise ValueError(f"{value!r} is not one of {list(names)}")
+
+
+class ControlNetUnit(BaseModel):
+    """One unit of ``alwayson_scripts.controlnet.args`` (the sd-webui-controlnet API)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    enabled: bool = True
+    module: str = "none"
+    model: str = ""
+    weight: float = Field(default=1.0, ge=0.0, le=2.0)
+    image: str | dict[str, Any] | None = None
+    input_image: str | None = None  # the extension's older name for ``image``
+    resize_mode: str = "Crop and Resize"
+    processor_res: int = Field(default=512, ge=-1, le=MAX_SIDE)
+    threshold_a: float = -1
+    threshold_b: float = -1
+    guidance_start: float = Field(default=0.0, ge=0.0, le=1.0)
+    guidance_end: float = Field(default=1.0, ge=0.0, le=1.0)
+    control_mode: str = "Balanced"
+    pixel_perfect: bool = False
+
+    @field_validator("module", mode="before")
+    @classmethod
+    def _known_module(cls, value: Any) -> str:
+        module = _MODULE_ALIASES.get(str(value), str(value))
+        if module not in CONTROLNET_MODULES:
+            raise ValueError(
+                f"{value!r} is not a preprocessor sdpipe runs ({sorted(CONTROLNET_MODULES)}); "
+                "preprocess the image yourself and send it with module 'none'"
+            )
+        return module
+
+    @field_validator("resize_mode", mode="before")
+    @classmethod
+    def _known_resize_mode(cls, value: Any) -> str:
+        return _named_choice(value, RESIZE_MODES)
+
+    @field_validator("control_mode", mode="before")
+    @classmethod
+    def _known_control_mode(cls, value: Any) -> str:
+        mode = _named_choice(value, CONTROL_MODES)
+        if mode == "My prompt is more important":
+            raise ValueError(f"{mode!r} is not supported by sdpipe; use 'Balanced' or {CONTROL_MODES[2]!r}")
+        return mode
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ControlNetUnit:
+        if self.enabled and self.model in ("", "None", "none"):
+            raise ValueError("model is required (a registered ControlNet: name, 'name [hash]' or hash prefix)")
+        if self.guidance_start > self.guidance_end:
+            raise ValueError(f"guidance_start {self.guidance_start} is after guidance_end {self.guidance_end}")
+        return self
+
+    @property
+    def control_image(self) -> str | None:
+        """The unit's own image (base64 or ``s3://``), in whichever field the client used."""
+        if isinstance(self.image, dict):
+            found = self.image.get("image")
+            return found if isinstance(found, str) else None
+        return self.image or self.input_image
+
+    @property
+    def thresholds(self) -> tuple[float, float]:
+        low = self.threshold_a if self.threshold_a >= 0 else CANNY_THRESHOLDS[0]
+        high = self.threshold_b if self.threshold_b >= 0 else CANNY_THRESHOLDS[1]
+        return low, high
+
+
+def _controlnet_units(scripts: dict[str, Any]) -> list[ControlNetUnit]:
+    """The enabled units of ``alwayson_scripts.controlnet``, or a ValueError naming the field."""
+    script = scripts.get("controlnet")
+    if not script:
+        return []
+    where = "alwayson_scripts.controlnet.args"
+    args = script.get("args") if isinstance(script, dict) else None
+    if not isinstance(args, list):
+        raise ValueError(f"{where} must be a list of ControlNet units")
+    units = []
+    for index, arg in enumerate(args):
+        if not isinstance(arg, dict):
+            raise ValueError(f"{where}[{index}] must be an object (the extension's named-field unit)")
+        if arg.get("enabled") is False:  # UIs send their disabled units too, with whatever settings
+            continue
+        try:
+            unit = ControlNetUnit.model_validate(arg)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            location = ".".join(str(part) for part in error["loc"])
+            detail = error["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{where}[{index}]{'.' + location if location else ''}: {detail}") from None
+        units.append(unit)
+    if len(units) > MAX_CONTROLNET_UNITS:
+        raise ValueError(f"{where}: {len(units)} enabled units, at most {MAX_CONTROLNET_UNITS}")
+    if len({unit.control_mode for unit in units}) > 1:
+        raise ValueError(f"{where}: all enabled units must use the same control_mode")
+    return units
+
+
 class OverrideSettings(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -87,6 +205,8 @@ class ImageGenerationParams(BaseModel):
     # sdpipe's extras: shortcuts for override_settings.sd_model_checkpoint and the endpoint.
     model: str | None = None
     endpoint: str | None = None
+
+    _controlnet_units: list[ControlNetUnit] = PrivateAttr(default_factory=list)
 
     @field_validator("width", "height")
     @classmethod
@@ -121,6 +241,16 @@ class ImageGenerationParams(BaseModel):
                 raise ValueError(f"{field}={value!r} is not supported by sdpipe (it would change the picture)")
         return self
 
+    @model_validator(mode="after")
+    def _controlnet(self) -> ImageGenerationParams:
+        self._controlnet_units = _controlnet_units(self.alwayson_scripts)
+        return self
+
+    @property
+    def controlnet_units(self) -> list[ControlNetUnit]:
+        """The enabled ControlNet units, validated."""
+        return self._controlnet_units
+
     @property
     def checkpoint(self) -> str | None:
         """The checkpoint asked for: ``model`` or ``override_settings.sd_model_checkpoint``."""
@@ -133,7 +263,10 @@ class ImageGenerationParams(BaseModel):
     def warnings(self) -> list[str]:
         """Unknown fields, accepted and ignored; recorded on the job."""
         unknown = sorted(set(self.model_extra or {}) - _IGNORED_KNOWN - set(_UNSUPPORTED_WHEN_SET))
-        return [f"field {name!r} is not an AUTOMATIC1111 field sdpipe knows; it was ignored" for name in unknown]
+        found = [f"field {name!r} is not an AUTOMATIC1111 field sdpipe knows; it was ignored" for name in unknown]
+        scripts = sorted(name for name, value in self.alwayson_scripts.items() if name != "controlnet" and value)
+        found += [f"alwayson_scripts.{name} is not run by sdpipe; it was ignored" for name in scripts]
+        return found
 
 
 class Txt2ImgParams(ImageGenerationParams):
@@ -143,6 +276,9 @@ class Txt2ImgParams(ImageGenerationParams):
     def _needs_a_prompt(self) -> Txt2ImgParams:
         if not self.prompt.strip():
             raise ValueError("prompt is required for txt2img")
+        for index, unit in enumerate(self.controlnet_units):
+            if unit.control_image is None:  # img2img falls back to the init image, as the extension does
+                raise ValueError(f"alwayson_scripts.controlnet.args[{index}].image is required for txt2img")
         return self
 
 
@@ -216,3 +352,5 @@ class InvocationInput(BaseModel):
     loras: list[WeightedModelFile] = Field(default_factory=list)
     embeddings: list[ModelFile] = Field(default_factory=list)
     vae: ModelFile | None = None
+    # One per enabled unit of ``alwayson_scripts.controlnet.args``, in order.
+    controlnets: list[ModelFile] = Field(default_factory=list)

@@ -92,20 +92,24 @@ def _checkpoint(keys: set[str], shapes: Mapping[str, tuple[int, ...]], _m: Mappi
     return Detection(ModelType.CHECKPOINT, family, details)
 
 
-def _controlnet(keys: set[str], shapes: Mapping[str, tuple[int, ...]], _m: Mapping[str, str]) -> Detection | None:
+def _controlnet(keys: set[str], shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> Detection | None:
     if _any_prefix(keys, "control_model.", "input_hint_block."):
         if _any_prefix(keys, "control_model.label_emb.", "label_emb."):
             family = ModelFamily.SDXL
         else:
             family = _context_family(keys, shapes, r"attn2\.to_k\.weight$")
-        return Detection(ModelType.CONTROLNET, family, {"layout": "ldm"})
-    if _any_prefix(keys, "controlnet_cond_embedding."):
+        layout = "ldm"
+    elif _any_prefix(keys, "controlnet_cond_embedding."):
         if _any_prefix(keys, "add_embedding."):
             family = ModelFamily.SDXL
         else:
             family = _context_family(keys, shapes, r"attn2\.to_k\.weight$")
-        return Detection(ModelType.CONTROLNET, family, {"layout": "diffusers"})
-    return None
+        layout = "diffusers"
+    else:
+        return None
+    if family == ModelFamily.UNKNOWN:
+        family = _family_from_metadata(metadata)
+    return Detection(ModelType.CONTROLNET, family, {"layout": layout})
 
 
 def _lora(keys: set[str], shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> Detection | None:

@@ -281,6 +281,7 @@ class InferenceIntake:
         types = [ModelType.CHECKPOINT, ModelType.EMBEDDING]
         types += [ModelType.LORA] if "<" in params.prompt + params.negative_prompt else []
         types += [ModelType.VAE] if wants_vae else []
+        types += [ModelType.CONTROLNET] if params.controlnet_units else []
         catalog = _PrefetchedCatalog(self.models, types)
         endpoint_future = io_pool.submit(self._choose_endpoint, params.endpoint)
         checkpoint = self._checkpoint(params.checkpoint, catalog)
@@ -298,20 +299,25 @@ class InferenceIntake:
             self._check_image(params.init_images[0], "params.init_images[0]")
             if params.mask:
                 self._check_image(params.mask, "params.mask")
-        if params.alwayson_scripts.get("controlnet"):
-            raise ValidationFailed("params.alwayson_scripts.controlnet: ControlNet units are not supported yet")
+        controlnets = self._controlnets(params, family, catalog)
         endpoint = endpoint_future.result()
         files = list(
-            io_pool.map(self._file, [checkpoint, *(m for m, _ in loras), *embeddings, *([vae] if vae else [])])
+            io_pool.map(
+                self._file,
+                [checkpoint, *(m for m, _ in loras), *embeddings, *controlnets, *([vae] if vae else [])],
+            )
         )
         lora_files = files[1 : 1 + len(loras)]
+        after_loras = 1 + len(loras)
+        after_embeddings = after_loras + len(embeddings)
         invocation = InvocationInput(
             job_id=envelope.job_id,
             kind=params.kind,
             params=envelope.params,
             model=files[0],
             loras=[WeightedModelFile(**f.model_dump(), weight=w) for f, (_, w) in zip(lora_files, loras, strict=True)],
-            embeddings=files[1 + len(loras) : 1 + len(loras) + len(embeddings)],
+            embeddings=files[after_loras:after_embeddings],
+            controlnets=files[after_embeddings : after_embeddings + len(controlnets)],
             vae=files[-1] if vae else None,
         )
         return Plan(invocation, endpoint["name"], str(endpoint.get("sagemaker_name") or endpoint["name"]), warnings)
@@ -361,6 +367,18 @@ class InferenceIntake:
             used.append(model)
         return used, skipped
 
+    def _controlnets(
+        self, params: Txt2ImgParams | Img2ImgParams, family: ModelFamily, catalog: _PrefetchedCatalog
+    ) -> list[dict[str, Any]]:
+        """The ControlNet model of every enabled unit, and its control image checked like an init image."""
+        found = []
+        for index, unit in enumerate(params.controlnet_units):
+            field = f"params.alwayson_scripts.controlnet.args[{index}]"
+            found.append(resolve_model(unit.model, ModelType.CONTROLNET, catalog, family, field=f"{field}.model"))
+            if unit.control_image is not None:
+                self._check_image(unit.control_image, f"{field}.image")
+        return found
+
     def _check_image(self, value: str, field: str) -> None:
         if value.startswith("s3://"):
             key = self.store.key_of(value)
@@ -400,7 +418,9 @@ class InferenceIntake:
         key = str(model["s3_key"])
         stem = key.rsplit(".", 1)[0] if "." in key.rsplit("/", 1)[-1] else key
         config = f"{stem}.config"
-        has_config = self.store.head(f"{config}/model_index.json") is not None
+        # A checkpoint may carry its diffusers config folder; nothing else needs one (saves a HEAD).
+        is_checkpoint = model.get("type") == ModelType.CHECKPOINT.value
+        has_config = is_checkpoint and self.store.head(f"{config}/model_index.json") is not None
         return ModelFile(
             name=str(model["name"]),
             sha256=str(model["sha256"]),
