@@ -35,7 +35,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def pipeline_overhead(workdir: Path, requests: int) -> dict[str, Any]:
+def pipeline_overhead(workdir: Path, requests: int, endpoint_threads: int | None = None) -> dict[str, Any]:
     from sdpipe.adapters.clients import clients
     from sdpipe_client.client import Sdpipe
     from sdpipe_client.stack import StackOutputs
@@ -45,6 +45,7 @@ def pipeline_overhead(workdir: Path, requests: int) -> dict[str, Any]:
     from sdpipe_local.stack import LocalStack
     from sdpipe_local.tiny_models import create_tiny_checkpoint
 
+    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "bench-sd1.safetensors"
     create_tiny_checkpoint("sd1", path, seed=7)
     with LocalStack(ROOT / "template.yaml", state_dir=workdir / "state") as stack:
@@ -54,7 +55,12 @@ def pipeline_overhead(workdir: Path, requests: int) -> dict[str, Any]:
         drop_checkpoint(stack.client("s3"), stack.outputs["AssetsBucketName"], path, key)
         wait_for_models(stack, [key])
         client = Sdpipe(StackOutputs(stack.outputs))
-        client.create_endpoint("bench", image="local", role_arn="arn:aws:iam::123456789012:role/bench")
+        # On AWS the endpoint has its own machine; here it shares 2 vCPUs with moto and the
+        # functions. One torch thread leaves a core to the pipeline, as separate hardware would.
+        threads = {"OMP_NUM_THREADS": "1"} if endpoint_threads == 1 else {}
+        client.create_endpoint(
+            "bench", image="local", role_arn="arn:aws:iam::123456789012:role/bench", environment=threads
+        )
         listener = EventsListener(stack, stack.outputs["EventsTopicArn"], {"type": ["job.succeeded", "job.failed"]})
         client.wait(client.submit("txt2img", PARAMS | {"model": "bench-sd1"}))  # warm: model load, workers
         listener.drain()
@@ -191,7 +197,10 @@ def main() -> None:
         if args.only in (None, "c"):
             results["switching"] = switching(workdir, args.repeats)
         if args.only in (None, "a"):
-            results["pipeline_overhead"] = pipeline_overhead(workdir, args.requests)
+            results["pipeline_overhead"] = pipeline_overhead(workdir / "shared", args.requests)
+            results["pipeline_overhead_endpoint_1_thread"] = pipeline_overhead(
+                workdir / "one-thread", args.requests, endpoint_threads=1
+            )
     print(json.dumps(results, indent=2))
     for section, values in results.items():
         if isinstance(values, dict):

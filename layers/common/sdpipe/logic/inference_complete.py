@@ -66,6 +66,8 @@ class InferenceCompletion:
 
     def handle(self, notification: AsyncInferenceNotification) -> None:
         job_id = notification.inference_id
+        # The job and the endpoint's output are independent reads: fetch them side by side.
+        output = io_pool.submit(self._output, notification) if notification.succeeded else None
         job = self.ledger.get(job_id)
         if job is None:
             logger.warning("notification for an unknown job ignored", extra={"inference_id": job_id})
@@ -84,8 +86,8 @@ class InferenceCompletion:
             job = self.ledger.move(job, JobStatus.RUNNING, allowed_from=[JobStatus.QUEUED]) or self.ledger.get(job_id)
             if job is None or JobStatus(job["status"]).is_terminal:
                 return
-        if notification.succeeded:
-            self._succeed(job, notification)
+        if output is not None:
+            self._succeed(job, notification, output)
         else:
             self._fail(job, self._failure(notification))
 
@@ -114,10 +116,19 @@ class InferenceCompletion:
         reason = notification.failure_reason or "the endpoint reported a failure without a reason"
         return EndpointFailed(f"endpoint {notification.request.endpoint_name}: {reason}").to_error()
 
-    def _succeed(self, job: dict[str, Any], notification: AsyncInferenceNotification) -> None:
-        job_id = job["job_id"]
+    def _output(self, notification: AsyncInferenceNotification) -> bytes | None:
+        """The endpoint's output, or None when its location is outside the assets bucket."""
         key = self.store.key_of(notification.response.output_location or "")
-        if key is None:
+        return None if key is None else self.store.get_bytes(key, _MAX_RESULT_BYTES)
+
+    def _succeed(self, job: dict[str, Any], notification: AsyncInferenceNotification, output: Future[Any]) -> None:
+        job_id = job["job_id"]
+        try:
+            body = output.result()
+        except (FileNotFoundError, ValueError) as exc:  # gone, or over the size limit
+            self._fail(job, EndpointFailed(f"the endpoint's output could not be read: {exc}").to_error())
+            return
+        if body is None:
             self._fail(
                 job,
                 EndpointFailed(
@@ -126,10 +137,10 @@ class InferenceCompletion:
             )
             return
         try:
-            response = A1111Response.model_validate_json(self.store.get_bytes(key, _MAX_RESULT_BYTES))
+            response = A1111Response.model_validate_json(body)
             info = json.loads(response.info)
             pngs = [base64.b64decode(image, validate=True) for image in response.images]
-        except (ValidationError, json.JSONDecodeError, binascii.Error, ValueError, FileNotFoundError) as exc:
+        except (ValidationError, json.JSONDecodeError, binascii.Error, ValueError) as exc:
             self._fail(job, EndpointFailed(f"the endpoint's output is not a valid A1111 response: {exc}").to_error())
             return
         if not pngs:
