@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import threading
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote
@@ -71,9 +72,16 @@ def _respond(
     start_response: StartResponse, status: str, payload: Any, headers: list[tuple[str, str]] | None = None
 ) -> Iterable[bytes]:
     data = json.dumps(payload).encode()
+    # Every AWS response carries a request id; botocore (and moto's Step Functions interpreter,
+    # which turns errors into ``SageMaker.<Code>``) reads it from this header.
     start_response(
         status,
-        [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *(headers or [])],
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(data))),
+            ("x-amzn-RequestId", str(uuid.uuid4())),
+            *(headers or []),
+        ],
     )
     return [data]
 

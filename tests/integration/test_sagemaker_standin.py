@@ -173,8 +173,10 @@ def test_a_container_that_cannot_start_fails_the_endpoint(sdpipe_stack):
             EndpointName="broken-endpoint", InputLocation="s3://b/k"
         )
     sagemaker.delete_endpoint(EndpointName="broken-endpoint")
-    with pytest.raises(ClientError, match="Could not find endpoint"):
+    with pytest.raises(ClientError, match="Could not find endpoint") as missing:
         sagemaker.describe_endpoint(EndpointName="broken-endpoint")
+    # Errors carry a request id as AWS's do (Step Functions' aws-sdk tasks need it to report them).
+    assert missing.value.response["ResponseMetadata"]["RequestId"]
     changes = [
         json.loads(m["Body"])["detail"]
         for m in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=2).get("Messages", [])
