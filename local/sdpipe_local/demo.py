@@ -108,10 +108,11 @@ def _generate(stack: LocalStack, console: Console) -> bool:
         out = OUT_DIR if attempt == 1 else OUT_DIR / "again"
         command = ["sdpipe", *TXT2IMG, str(out)]
         console.print(f"\n[bold]$ {' '.join(_quoted(c) for c in command)}[/]")
+        earlier = set(out.glob("*.png"))  # images of previous demo runs stay; compare this run's
         result = subprocess.run([sys.executable, "-m", "sdpipe_client.cli", *command[1:]], env=env, check=False)
         if result.returncode != 0:
             return False
-        runs.append(sorted(out.glob("*.png")))
+        runs.append(sorted(set(out.glob("*.png")) - earlier))
     for path in runs[0]:
         console.print(f"\n[bold]PNG Info of {path}[/]\n{read_parameters(path.read_bytes())}")
     identical = [_pixels(a) == _pixels(b) for a, b in zip(runs[0], runs[1], strict=True)]
