@@ -130,3 +130,33 @@ class JobAlreadyFinished(SdpipeError):
     """A terminal job cannot be cancelled (or moved at all)."""
 
     code = "JOB_ALREADY_FINISHED"
+
+
+class EndpointExists(SdpipeError):
+    """A deploy_endpoint for a name that is already deployed (or being deployed)."""
+
+    code = "ENDPOINT_EXISTS"
+
+
+class EndpointBusy(SdpipeError):
+    """Another workflow is changing this endpoint, or it is not in a state this request applies to."""
+
+    code = "ENDPOINT_BUSY"
+
+
+class EndpointWorkflowFailed(SdpipeError):
+    """A deploy/update/delete workflow stopped on a SageMaker or autoscaling error."""
+
+    code = "ENDPOINT_WORKFLOW_FAILED"
+
+
+class EndpointDeleted(SdpipeError):
+    """The endpoint a job was queued on was deleted before the job finished."""
+
+    code = "ENDPOINT_DELETED"
+
+
+class Throttled(SdpipeError):
+    """An AWS API throttled us; workflows retry the step with jitter (ASL matches this name)."""
+
+    code = "THROTTLED"

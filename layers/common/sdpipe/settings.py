@@ -45,6 +45,19 @@ class JobSettings(BaseSettings):
     inference_deadline_seconds: int = Field(default=3600, ge=10)
 
 
+class EndpointSettings(JobSettings):
+    """The endpoint workflows: what requests start and what the workflow steps record."""
+
+    stack_name: str = Field(min_length=1, max_length=22)  # SageMaker names are <stack>-<name>
+    # Only EndpointRequests starts workflows; the workflow steps have no need of these.
+    deploy_endpoint_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
+    update_endpoint_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
+    delete_endpoint_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
+    inference_image_uri: str = Field(min_length=1)
+    # How often the workflows poll DescribeEndpoint (short on the local stack).
+    endpoint_poll_seconds: int = Field(default=30, ge=1, le=600)
+
+
 class RequestFilesSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
@@ -69,6 +82,11 @@ def registration_settings() -> RegistrationSettings:
 @lru_cache(maxsize=1)
 def job_settings() -> JobSettings:
     return _load(JobSettings)
+
+
+@lru_cache(maxsize=1)
+def endpoint_settings() -> EndpointSettings:
+    return _load(EndpointSettings)
 
 
 @lru_cache(maxsize=1)

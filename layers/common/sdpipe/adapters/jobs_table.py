@@ -194,3 +194,19 @@ class JobsTable(DynamoTable):
             Limit=limit,
         )
         return [deserialize_item(i) for i in response.get("Items", [])]
+
+    def open_jobs(self) -> list[dict[str, Any]]:
+        """Every job not finished yet (the sparse index holds only those), all pages."""
+        found: list[dict[str, Any]] = []
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": "open_by_deadline",
+            "KeyConditionExpression": "open_shard = :open",
+            "ExpressionAttributeValues": {":open": {"S": OPEN_SHARD}},
+        }
+        while True:
+            response = self._aws.get("dynamodb").query(**request)
+            found.extend(deserialize_item(i) for i in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                return found
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]

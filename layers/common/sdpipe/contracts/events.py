@@ -42,6 +42,7 @@ class Event(BaseModel):
     error: dict[str, str] | None = None
     context: dict[str, Any] = Field(default_factory=dict)
     model: dict[str, Any] | None = None
+    endpoint: dict[str, Any] | None = None  # endpoint.status: the Endpoints record as announced
 
     def attributes(self) -> dict[str, str]:
         """SNS message attributes for filtered subscriptions."""
@@ -50,4 +51,6 @@ class Event(BaseModel):
             attrs["action"] = self.action
         if self.model and self.model.get("type"):
             attrs["model_type"] = str(self.model["type"])
+        if self.endpoint and self.endpoint.get("name"):
+            attrs["endpoint"] = str(self.endpoint["name"])
         return attrs

@@ -40,7 +40,16 @@ class Action(StrEnum):
 
 
 # Actions this deployment has a consumer for; the catch-all subscription answers the others.
-SUPPORTED_ACTIONS = frozenset({Action.TXT2IMG, Action.IMG2IMG, Action.CANCEL_JOB})
+SUPPORTED_ACTIONS = frozenset(
+    {
+        Action.TXT2IMG,
+        Action.IMG2IMG,
+        Action.CANCEL_JOB,
+        Action.DEPLOY_ENDPOINT,
+        Action.UPDATE_ENDPOINT,
+        Action.DELETE_ENDPOINT,
+    }
+)
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$"
 

@@ -1,0 +1,21 @@
+"""EndpointSteps: the endpoint workflows' own steps, invoked by Step Functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from sdpipe.logic.endpoint_lifecycle import EndpointLifecycle
+
+logger = Logger()
+tracer = Tracer()
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    workflow = event.get("workflow") or {}
+    logger.append_keys(job_id=workflow.get("job_id"), endpoint=workflow.get("name"), step=event.get("step"))
+    return EndpointLifecycle.from_settings().step(event)

@@ -1,0 +1,409 @@
+"""deploy_endpoint / update_endpoint / delete_endpoint: one request, one job, one workflow.
+
+1. EndpointRequests validates the request (name rules, instance types, ``min <= max``), creates
+   the job keyed on the request id, marks the Endpoints record as held by that job
+   (CREATING / UPDATING / DELETING, conditionally: a second deploy of a name, or a change while
+   another workflow runs, fails the job with the reason) and starts the Step Functions execution
+   named after the job id, so a duplicate delivery starts nothing new.
+2. The workflows (``statemachines/*.asl.json``) call SageMaker and, through ``step``, this
+   module: autoscaling on and off, tearing an endpoint down, and recording where the workflow
+   left the endpoint (IN_SERVICE, DELETED, FAILED with SageMaker's reason). Each transition is
+   announced as ``endpoint.status``; the job ends SUCCEEDED or FAILED with it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ValidationError
+
+from sdpipe.adapters.autoscaling import EndpointScaling, ScalingPlan
+from sdpipe.adapters.endpoints_table import EndpointsTable
+from sdpipe.adapters.events import EventPublisher
+from sdpipe.adapters.jobs_table import JobsTable
+from sdpipe.adapters.sagemaker import SageMakerEndpoints
+from sdpipe.adapters.workflows import Workflows
+from sdpipe.contracts.endpoints import (
+    DeleteEndpointParams,
+    DeployEndpointParams,
+    EndpointStatus,
+    UpdateEndpointParams,
+)
+from sdpipe.contracts.events import Event, EventType, utc_now
+from sdpipe.contracts.jobs import Action, JobStatus, RequestEnvelope
+from sdpipe.errors import (
+    ConfigurationError,
+    EndpointBusy,
+    EndpointDeleted,
+    EndpointExists,
+    EndpointNotFound,
+    EndpointWorkflowFailed,
+    SdpipeError,
+    Throttled,
+    ValidationFailed,
+)
+from sdpipe.logic.jobs import JobLedger
+from sdpipe.logic.requests import ParsedRequest, parse_request, record_failure, validation_message
+from sdpipe.settings import EndpointSettings, endpoint_settings
+
+logger = Logger(child=True)
+
+_PARAMS: dict[str, type[BaseModel]] = {
+    Action.DEPLOY_ENDPOINT: DeployEndpointParams,
+    Action.UPDATE_ENDPOINT: UpdateEndpointParams,
+    Action.DELETE_ENDPOINT: DeleteEndpointParams,
+}
+# What each request does to the record: the status it sets, and the statuses it may start from.
+_HOLD: dict[str, tuple[EndpointStatus, tuple[EndpointStatus, ...]]] = {
+    Action.DEPLOY_ENDPOINT: (EndpointStatus.CREATING, (EndpointStatus.DELETED,)),
+    Action.UPDATE_ENDPOINT: (EndpointStatus.UPDATING, (EndpointStatus.IN_SERVICE,)),
+    Action.DELETE_ENDPOINT: (EndpointStatus.DELETING, (EndpointStatus.IN_SERVICE, EndpointStatus.FAILED)),
+}
+# The settings an Endpoints record carries (and an update starts from).
+_SETTINGS = (
+    "instance_type",
+    "min_instances",
+    "max_instances",
+    "max_concurrent_invocations",
+    "image_uri",
+    "environment",
+    "scaling",
+)
+_OPEN = [JobStatus.ACCEPTED, JobStatus.QUEUED, JobStatus.RUNNING]
+_THROTTLING = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
+
+
+def sagemaker_name(stack_name: str, name: str) -> str:
+    """The SageMaker endpoint behind sdpipe endpoint ``name`` (the functions may invoke only these)."""
+    return f"{stack_name}-{name}"
+
+
+def _resource_name(endpoint: str, job_id: str) -> str:
+    """A model or endpoint config made by one job: unique per job, within SageMaker's 63 characters."""
+    return f"{endpoint[:50]}-{job_id.removeprefix('j-')[:12]}"
+
+
+@dataclass
+class EndpointLifecycle:
+    ledger: JobLedger
+    jobs: JobsTable
+    endpoints: EndpointsTable
+    workflows: Workflows
+    sagemaker: SageMakerEndpoints
+    scaling: EndpointScaling
+    publisher: EventPublisher
+    settings: EndpointSettings
+
+    @classmethod
+    def from_settings(cls, claim_seconds: int = 60) -> EndpointLifecycle:
+        settings = endpoint_settings()
+        jobs = JobsTable(settings.jobs_table_name, settings.endpoints_table_name)
+        publisher = EventPublisher(settings.events_topic_arn)
+        return cls(
+            ledger=JobLedger(jobs, publisher, lease_seconds=claim_seconds),
+            jobs=jobs,
+            endpoints=EndpointsTable(settings.endpoints_table_name),
+            workflows=Workflows(),
+            sagemaker=SageMakerEndpoints(),
+            scaling=EndpointScaling(),
+            publisher=publisher,
+            settings=settings,
+        )
+
+    # ------------------------------------------------------------------ requests
+    def handle_message(self, body: str, attribute_action: str | None, message_id: str) -> str:
+        parsed = parse_request(body, attribute_action, message_id)
+        existing = self.ledger.get(parsed.job_id)
+        if existing is not None:  # a duplicate delivery: finish what a stopped worker left
+            self.ledger.flush(existing)
+            if existing.get("status") == JobStatus.ACCEPTED.value:
+                self._start(existing)
+            return parsed.job_id
+        if parsed.error is not None or parsed.envelope is None:
+            record_failure(self.ledger, parsed, parsed.error or ValidationFailed("unreadable request"), {})
+            return parsed.job_id
+        try:
+            workflow = self.plan(parsed.envelope)
+        except SdpipeError as exc:
+            record_failure(self.ledger, parsed, exc, {"params": parsed.envelope.params})
+            return parsed.job_id
+        job = self._create_job(parsed, parsed.envelope, workflow)
+        if job is None:
+            return parsed.job_id
+        self._start(job)
+        return parsed.job_id
+
+    def plan(self, envelope: RequestEnvelope) -> dict[str, Any]:
+        """The execution input: every name and setting the workflow needs, decided here."""
+        try:
+            params = _PARAMS[envelope.action].model_validate(envelope.params)
+        except ValidationError as exc:
+            raise ValidationFailed(validation_message(exc, "params")) from None
+        name = str(params.name)  # type: ignore[attr-defined]
+        endpoint = sagemaker_name(self.settings.stack_name, name)
+        job_id = envelope.job_id
+        base = {
+            "job_id": job_id,
+            "action": envelope.action,
+            "name": name,
+            "sagemaker_name": endpoint,
+            "poll_seconds": self.settings.endpoint_poll_seconds,
+        }
+        current = self.endpoints.get(name)
+        gone = current is None or current.get("status") == EndpointStatus.DELETED.value
+        if isinstance(params, DeleteEndpointParams):
+            if gone:
+                raise EndpointNotFound(f"params.name: endpoint {name!r} does not exist")
+            return base
+        if isinstance(params, UpdateEndpointParams):
+            if gone or current is None:
+                raise EndpointNotFound(f"params.name: endpoint {name!r} does not exist; deploy it first")
+            try:
+                settings = params.merged_with(current)
+            except ValidationError as exc:
+                raise ValidationFailed(validation_message(exc, "params")) from None
+            old = {"old_config_name": current.get("config_name"), "old_model_name": current.get("model_name")}
+            return base | self._deployment(settings, endpoint, job_id) | old
+        if not gone and current is not None:
+            raise EndpointExists(
+                f"params.name: endpoint {name!r} already exists ({current.get('status')}); "
+                "update it, or delete it first"
+            )
+        assert isinstance(params, DeployEndpointParams)
+        return base | self._deployment(params, endpoint, job_id)
+
+    def _deployment(self, params: DeployEndpointParams, endpoint: str, job_id: str) -> dict[str, Any]:
+        bucket = self.settings.assets_bucket_name
+        return {
+            "model_name": _resource_name(endpoint, job_id),
+            "config_name": _resource_name(endpoint, job_id),
+            "image_uri": params.image_uri or self.settings.inference_image_uri,
+            "environment": params.environment,
+            "instance_type": params.instance_type,
+            # An asynchronous endpoint starts with at least one instance; autoscaling may then
+            # take it to zero when min_instances is 0.
+            "initial_instances": max(1, params.min_instances),
+            "max_concurrent_invocations": params.max_concurrent_invocations,
+            "output_path": f"s3://{bucket}/jobs/async-output/{params.name}",
+            "failure_path": f"s3://{bucket}/jobs/async-failures/{params.name}",
+            "settings": params.model_dump(mode="json", exclude={"name"})
+            | {"image_uri": params.image_uri or self.settings.inference_image_uri},
+        }
+
+    def _create_job(
+        self, parsed: ParsedRequest, envelope: RequestEnvelope, workflow: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        job = self.ledger.create(
+            job_id=parsed.job_id,
+            request_id=parsed.request_id,
+            action=parsed.action,
+            status=JobStatus.ACCEPTED,
+            deadline_seconds=24 * 3600,  # SageMaker gives up on an endpoint long before this
+            fields={
+                "context": envelope.context,
+                "params": envelope.params,
+                "endpoint": workflow["name"],
+                "sagemaker_endpoint": workflow["sagemaker_name"],
+                "workflow_input": workflow,
+            },
+        )
+        return job  # None: a concurrent duplicate created it and goes on with it
+
+    def _start(self, job: dict[str, Any]) -> None:
+        """Hold the endpoint for this job, announce it, start the execution, job RUNNING."""
+        workflow: dict[str, Any] = job["workflow_input"]
+        action, name = job["action"], workflow["name"]
+        status, from_statuses = _HOLD[action]
+        fields = {"sagemaker_name": workflow["sagemaker_name"]}
+        if "settings" in workflow:
+            fields |= {key: workflow["settings"].get(key) for key in _SETTINGS}
+        held = self.endpoints.begin_workflow(
+            name,
+            job["job_id"],
+            status.value,
+            fields,
+            from_statuses=tuple(s.value for s in from_statuses),
+            may_create=action == Action.DEPLOY_ENDPOINT,
+        )
+        if not held:
+            error = self._refusal(action, name)
+            self.ledger.move(job, JobStatus.FAILED, allowed_from=[JobStatus.ACCEPTED], fields={"error": error})
+            return
+        self.announce(name, job)
+        arn = self.workflows.start(self._state_machine(action), job["job_id"], workflow)
+        self.ledger.move(job, JobStatus.RUNNING, allowed_from=[JobStatus.ACCEPTED], fields={"execution_arn": arn})
+
+    def _refusal(self, action: str, name: str) -> dict[str, str]:
+        current = self.endpoints.get(name)
+        if current is None or (current.get("status") == EndpointStatus.DELETED.value and action != "deploy_endpoint"):
+            return EndpointNotFound(f"params.name: endpoint {name!r} does not exist").to_error()
+        status, pending = current.get("status"), current.get("pending_job")
+        busy = f"; job {pending} is changing it" if pending else ""
+        if action == Action.DEPLOY_ENDPOINT:
+            return EndpointExists(f"params.name: endpoint {name!r} already exists ({status}{busy})").to_error()
+        return EndpointBusy(f"params.name: endpoint {name!r} is {status}{busy}; try again when it settles").to_error()
+
+    def _state_machine(self, action: str) -> str:
+        machines: dict[str, str | None] = {
+            Action.DEPLOY_ENDPOINT: self.settings.deploy_endpoint_state_machine_arn,
+            Action.UPDATE_ENDPOINT: self.settings.update_endpoint_state_machine_arn,
+            Action.DELETE_ENDPOINT: self.settings.delete_endpoint_state_machine_arn,
+        }
+        arn = machines[action]
+        if arn is None:
+            raise ConfigurationError(f"no state machine ARN for {action} ({action.upper()}_STATE_MACHINE_ARN)")
+        return arn
+
+    def announce(self, name: str, job: dict[str, Any] | None = None) -> None:
+        """``endpoint.status`` with the record as it is now."""
+        record = self.endpoints.get(name)
+        if record is None:
+            return
+        self.publisher.publish(
+            Event(
+                type=EventType.ENDPOINT_STATUS,
+                status=str(record.get("status")),
+                occurred_at=utc_now(),
+                job_id=job["job_id"] if job else None,
+                action=job.get("action") if job else None,
+                request_id=job.get("request_id") if job else None,
+                context=(job.get("context") or {}) if job else {},
+                endpoint=public_endpoint(record),
+            )
+        )
+
+    # ------------------------------------------------------------------ workflow steps
+    def step(self, event: dict[str, Any]) -> dict[str, Any]:
+        """One step of a workflow: ``{"step": ..., "workflow": <execution state>}``.
+
+        Throttling anywhere becomes ``Throttled``, which the workflows retry with jitter.
+        """
+        step, payload = event.get("step"), event.get("workflow") or {}
+        steps = {
+            "scale": self._scale,
+            "teardown": self._teardown,
+            "describe": self._describe,
+            "gone": lambda p: {"gone": self.sagemaker.is_gone(p["sagemaker_name"])},
+            "finish": self._finish,
+            "fail": self._fail,
+        }
+        if step not in steps:
+            raise ValueError(f"unknown workflow step {step!r}")
+        try:
+            return steps[str(step)](payload)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _THROTTLING:
+                raise Throttled(str(exc)) from exc
+            raise
+
+    def _describe(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """DescribeEndpoint reduced to what the wait loops decide on (every key always present)."""
+        described = self.sagemaker.describe(payload["sagemaker_name"])
+        if described is None:
+            return {"status": "Missing", "config_name": "", "failure_reason": "the endpoint no longer exists"}
+        return {
+            "status": str(described.get("EndpointStatus")),
+            "config_name": str(described.get("EndpointConfigName") or ""),
+            "failure_reason": str(described.get("FailureReason") or ""),
+        }
+
+    def _scale(self, payload: dict[str, Any]) -> dict[str, Any]:
+        settings = DeployEndpointParams.model_validate({"name": payload["name"], **payload["settings"]})
+        return self.scaling.configure(
+            ScalingPlan(
+                sagemaker_name=payload["sagemaker_name"],
+                min_instances=settings.min_instances,
+                max_instances=settings.max_instances,
+                target_backlog_per_instance=settings.scaling.target_backlog_per_instance,
+                scale_in_cooldown_seconds=settings.scaling.scale_in_cooldown_seconds,
+                scale_out_cooldown_seconds=settings.scaling.scale_out_cooldown_seconds,
+            )
+        )
+
+    def _teardown(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Scaling off, then the endpoint (its config and model go once it is gone). Safe to repeat."""
+        endpoint = payload["sagemaker_name"]
+        self.scaling.remove(endpoint)
+        self.sagemaker.delete_endpoint(endpoint)
+        return {"deleting": endpoint}
+
+    def _finish(self, payload: dict[str, Any]) -> dict[str, Any]:
+        name, job_id, action = payload["name"], payload["job_id"], payload["action"]
+        job = self.ledger.get(job_id)
+        if action == Action.DELETE_ENDPOINT:
+            record = self.endpoints.get(name) or {}
+            self.sagemaker.delete_leftovers(record.get("config_name"), record.get("model_name"))
+            recorded = self.endpoints.finish_workflow(name, job_id, EndpointStatus.DELETED.value, {"in_flight": 0})
+            if recorded:
+                self._fail_jobs_on(name)
+        else:
+            if action == Action.UPDATE_ENDPOINT:
+                self.sagemaker.delete_leftovers(payload.get("old_config_name"), payload.get("old_model_name"))
+            fields = {
+                "config_name": payload["config_name"],
+                "model_name": payload["model_name"],
+                "scaling_resources": (payload.get("scaling_resources") or {}).get("result") or {},
+            }
+            recorded = self.endpoints.finish_workflow(name, job_id, EndpointStatus.IN_SERVICE.value, fields)
+        if job is not None:
+            self.ledger.move(job, JobStatus.SUCCEEDED, allowed_from=_OPEN, fields={"outputs": {"endpoint": name}})
+        if recorded or self._recorded_by(name, job_id):  # a retried step announces again rather than never
+            self.announce(name, job)
+        return {"recorded": recorded}
+
+    def _fail(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Where a workflow stopped: the record says so (with SageMaker's reason), and the job fails."""
+        name, job_id, action = payload["name"], payload["job_id"], payload["action"]
+        failure = payload.get("failure") or {}
+        reason = _reason(failure)
+        status = EndpointStatus.FAILED
+        if action == Action.UPDATE_ENDPOINT:
+            # SageMaker keeps serving the old config when an update fails: say what it is doing.
+            described = self.sagemaker.describe(payload["sagemaker_name"])
+            if described is not None and described.get("EndpointStatus") == "InService":
+                status = EndpointStatus.IN_SERVICE
+        recorded = self.endpoints.finish_workflow(name, job_id, status.value, {"failure_reason": reason})
+        error = EndpointWorkflowFailed(f"{action} {name!r} failed: {reason}").to_error()
+        job = self.ledger.get(job_id)
+        if job is not None:
+            self.ledger.move(job, JobStatus.FAILED, allowed_from=_OPEN, fields={"error": error})
+        if recorded or self._recorded_by(name, job_id):
+            self.announce(name, job)
+        return {"recorded": recorded, "status": status.value}
+
+    def _recorded_by(self, name: str, job_id: str) -> bool:
+        record = self.endpoints.get(name)
+        return record is not None and record.get("last_job") == job_id
+
+    def _fail_jobs_on(self, name: str) -> None:
+        """Inference jobs still open on a deleted endpoint fail now instead of waiting for the sweeper."""
+        error = EndpointDeleted(f"endpoint {name!r} was deleted before the job finished").to_error()
+        for job in self.jobs.open_jobs():
+            if job.get("endpoint") == name and job.get("action") in (Action.TXT2IMG, Action.IMG2IMG):
+                self.ledger.move(job, JobStatus.FAILED, allowed_from=_OPEN, fields={"error": error})
+
+
+def _reason(failure: dict[str, Any]) -> str:
+    """A Step Functions error and cause as one readable reason (SageMaker's message when it gave one)."""
+    error, cause = str(failure.get("Error") or "Error"), failure.get("Cause") or ""
+    try:
+        parsed = json.loads(cause) if isinstance(cause, str) and cause.startswith("{") else None
+    except json.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        cause = parsed.get("errorMessage") or parsed.get("message") or parsed.get("Message") or cause
+    return f"{error}: {cause}" if cause else error
+
+
+def public_endpoint(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as users see it (CLI, events)."""
+    keep = (
+        "name", "sagemaker_name", "status", "instance_type", "min_instances", "max_instances",
+        "max_concurrent_invocations", "in_flight", "failure_reason", "pending_job", "last_job",
+        "created_at", "updated_at",
+    )  # fmt: skip
+    return {key: record[key] for key in keep if record.get(key) is not None}
