@@ -58,9 +58,7 @@ def pipeline_overhead(workdir: Path, requests: int, endpoint_threads: int | None
         # On AWS the endpoint has its own machine; here it shares 2 vCPUs with moto and the
         # functions. One torch thread leaves a core to the pipeline, as separate hardware would.
         threads = {"OMP_NUM_THREADS": "1"} if endpoint_threads == 1 else {}
-        client.create_endpoint(
-            "bench", image="local", role_arn="arn:aws:iam::123456789012:role/bench", environment=threads
-        )
+        client.wait(client.deploy_endpoint("bench", environment=threads, min_instances=1), timeout_s=300)
         listener = EventsListener(stack, stack.outputs["EventsTopicArn"], {"type": ["job.succeeded", "job.failed"]})
         client.wait(client.submit("txt2img", PARAMS | {"model": "bench-sd1"}))  # warm: model load, workers
         listener.drain()

@@ -14,7 +14,7 @@ from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.contracts.models import ModelType
 from sdpipe.errors import SdpipeError
 from sdpipe_client.client import JobFailed, Sdpipe, image_reference
-from sdpipe_client.formatting import print_jobs, print_models
+from sdpipe_client.formatting import print_endpoints, print_jobs, print_models
 from sdpipe_client.stack import LOCAL_STATE_FILE, read_local_state, stack_outputs
 
 
@@ -305,6 +305,140 @@ def jobs_cancel(settings: _Settings, job_id: str, reason: str) -> None:
     except SdpipeError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"{job['job_id']} {job['status']}")
+
+
+# ---------------------------------------------------------------------- endpoints
+@main.group()
+def endpoints() -> None:
+    """SageMaker asynchronous endpoints: deploy, update, delete (Step Functions workflows), list."""
+
+
+def _endpoint_settings(command: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--instance-type", help="A GPU inference instance type, e.g. ml.g5.xlarge."),
+            click.option("--min", "min_instances", type=int, help="Fewest instances (0: scale to zero when idle)."),
+            click.option("--max", "max_instances", type=int, help="Most instances."),
+            click.option("--max-concurrent", "max_concurrent_invocations", type=int,
+                         help="Invocations one instance runs at once."),
+            click.option("--image", "image_uri", help="Container image URI (default: the stack's InferenceImageUri)."),
+            click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Container environment (repeat)."),
+            click.option("--target-backlog", type=float, help="Autoscaling target: queued requests per instance."),
+            click.option("--scale-in-cooldown", type=int, help="Seconds between scale-in steps."),
+            click.option("--wait", is_flag=True, help="Follow the workflow until it ends."),
+            click.option("--timeout", default=1800.0, show_default=True, help="Seconds --wait waits."),
+        ]
+    ):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def _settings_from(options: dict[str, Any]) -> dict[str, Any]:
+    settings = {
+        key: options[key]
+        for key in ("instance_type", "min_instances", "max_instances", "max_concurrent_invocations", "image_uri")
+        if options.get(key) is not None
+    }
+    if options.get("env"):
+        pairs = [item.split("=", 1) for item in options["env"]]
+        if any(len(pair) != 2 for pair in pairs):
+            raise click.BadParameter("use KEY=VALUE", param_hint="--env")
+        settings["environment"] = dict(pairs)
+    scaling = {
+        key: options[option]
+        for key, option in (
+            ("target_backlog_per_instance", "target_backlog"),
+            ("scale_in_cooldown_seconds", "scale_in_cooldown"),
+        )
+        if options.get(option) is not None
+    }
+    if scaling:
+        settings["scaling"] = scaling
+    return settings
+
+
+def _follow_endpoint_job(client: Sdpipe, name: str, job_id: str, options: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not options.get("wait"):
+        click.echo(job_id)
+        console.print(f"follow it with: sdpipe jobs get {job_id}   or   sdpipe endpoints list")
+        return
+    started = time.monotonic()
+    last: list[str] = []
+
+    def show(job: dict[str, Any] | None) -> None:
+        record = next((e for e in client.list_endpoints() if e["name"] == name), {})
+        state = f"job {job['status'] if job else 'PUBLISHED'}, endpoint {record.get('status', '-')}"
+        if state not in last:
+            last.append(state)
+            console.print(f"{time.monotonic() - started:6.1f}s  {name}  {state}")
+
+    try:
+        with console.status(f"waiting for {job_id}", spinner="dots"):
+            client.wait(job_id, timeout_s=options["timeout"], poll_s=1.0, on_change=show)
+    except SdpipeError as exc:
+        raise click.ClickException(exc.message) from exc
+    print_endpoints([e for e in client.list_endpoints() if e["name"] == name])
+
+
+@endpoints.command("deploy")
+@click.argument("name")
+@_endpoint_settings
+@click.pass_obj
+def endpoints_deploy(settings: _Settings, /, name: str, **options: Any) -> None:
+    """Deploy endpoint NAME (publishes a deploy_endpoint request)."""
+    client = Sdpipe.for_stack(settings.stack)
+    _follow_endpoint_job(client, name, client.deploy_endpoint(name, **_settings_from(options)), options)
+
+
+@endpoints.command("update")
+@click.argument("name")
+@_endpoint_settings
+@click.pass_obj
+def endpoints_update(settings: _Settings, /, name: str, **options: Any) -> None:
+    """Change endpoint NAME; settings not given keep their values (publishes update_endpoint)."""
+    client = Sdpipe.for_stack(settings.stack)
+    _follow_endpoint_job(client, name, client.update_endpoint(name, **_settings_from(options)), options)
+
+
+@endpoints.command("delete")
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="Follow the workflow until it ends.")
+@click.option("--timeout", default=1800.0, show_default=True, help="Seconds --wait waits.")
+@click.pass_obj
+def endpoints_delete(settings: _Settings, /, name: str, **options: Any) -> None:
+    """Delete endpoint NAME with its autoscaling, config and model (publishes delete_endpoint)."""
+    client = Sdpipe.for_stack(settings.stack)
+    _follow_endpoint_job(client, name, client.delete_endpoint(name), options)
+
+
+@endpoints.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def endpoints_list(settings: _Settings, as_json: bool) -> None:
+    """Every endpoint with its status, instance type, scaling range and jobs in flight."""
+    try:
+        items = Sdpipe.for_stack(settings.stack).list_endpoints()
+    except SdpipeError as exc:
+        raise click.ClickException(exc.message) from exc
+    if as_json:
+        click.echo(json.dumps(items, indent=2, default=str))
+    else:
+        print_endpoints(items)
+
+
+@endpoints.command("describe")
+@click.argument("name")
+@click.pass_obj
+def endpoints_describe(settings: _Settings, name: str) -> None:
+    """One endpoint as JSON: its record, SageMaker's view and its autoscaling."""
+    try:
+        described = Sdpipe.for_stack(settings.stack).describe_endpoint(name)
+    except SdpipeError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(json.dumps(described, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The Python client: publish requests, follow jobs, fetch their images, create endpoints.
+"""The Python client: publish requests, follow jobs, fetch their images, manage endpoints.
 
 Everything goes through the stack's public surface (the requests topic, the JobsApi function,
 the bucket), so it works the same against AWS and against the local stack.
@@ -140,74 +140,49 @@ class Sdpipe:
         return paths
 
     # ------------------------------------------------------------------ endpoints
-    def create_endpoint(
-        self,
-        name: str,
-        *,
-        image: str,
-        role_arn: str,
-        instance_type: str = "ml.g5.xlarge",
-        max_concurrent_invocations: int = 1,
-        environment: dict[str, str] | None = None,
-        timeout_s: float = 900,
-    ) -> dict[str, Any]:
-        """Create an asynchronous endpoint with the SageMaker API and record it in the Endpoints table.
+    # ------------------------------------------------------------------ endpoints
+    def deploy_endpoint(self, name: str, **settings: Any) -> str:
+        """Publish ``deploy_endpoint`` (instance_type, min_instances, max_instances, ...); its job id."""
+        return self.submit("deploy_endpoint", {"name": name, **settings})
 
-        The SageMaker name is ``<stack>-<name>`` (the functions may invoke only the stack's
-        endpoints); results are written under ``async-results/<name>/`` and announced on the
-        stack's inference topics, which is where CompleteInference listens.
-        """
-        from sdpipe.adapters.endpoints_table import IN_SERVICE, EndpointsTable
-        from sdpipe.contracts.events import utc_now
+    def update_endpoint(self, name: str, **changes: Any) -> str:
+        return self.submit("update_endpoint", {"name": name, **changes})
 
-        stack = self.outputs["AssetsBucketName"].split("-assets-", 1)[0]
-        sagemaker_name = f"{stack}-{name}"
-        sagemaker = self.aws.get("sagemaker")
-        bucket = self.outputs["AssetsBucketName"]
-        container: dict[str, Any] = {"Image": image, "Environment": environment or {}}
-        sagemaker.create_model(ModelName=sagemaker_name, PrimaryContainer=container, ExecutionRoleArn=role_arn)
-        sagemaker.create_endpoint_config(
-            EndpointConfigName=sagemaker_name,
-            ProductionVariants=[
-                {
-                    "VariantName": "AllTraffic",
-                    "ModelName": sagemaker_name,
-                    "InstanceType": instance_type,
-                    "InitialInstanceCount": 1,
-                }
-            ],
-            AsyncInferenceConfig={
-                "ClientConfig": {"MaxConcurrentInvocationsPerInstance": max_concurrent_invocations},
-                "OutputConfig": {
-                    "S3OutputPath": f"s3://{bucket}/async-results/{name}/output",
-                    "S3FailurePath": f"s3://{bucket}/async-results/{name}/failure",
-                    "NotificationConfig": {
-                        "SuccessTopic": self.outputs["InferenceSuccessTopicArn"],
-                        "ErrorTopic": self.outputs["InferenceErrorTopicArn"],
-                    },
-                },
-            },
+    def delete_endpoint(self, name: str) -> str:
+        return self.submit("delete_endpoint", {"name": name})
+
+    def list_endpoints(self) -> list[dict[str, Any]]:
+        from sdpipe.adapters.endpoints_table import EndpointsTable
+        from sdpipe.logic.endpoint_lifecycle import public_endpoint
+
+        records = EndpointsTable(self.outputs["EndpointsTableName"], self.aws).all()
+        return sorted((public_endpoint(r) for r in records), key=lambda r: str(r["name"]))
+
+    def describe_endpoint(self, name: str) -> dict[str, Any]:
+        """The record, what SageMaker says of the endpoint, and its autoscaling as the APIs report it."""
+        from sdpipe.adapters.autoscaling import EndpointScaling
+        from sdpipe.adapters.endpoints_table import EndpointsTable
+        from sdpipe.adapters.sagemaker import SageMakerEndpoints
+        from sdpipe.logic.endpoint_lifecycle import public_endpoint
+
+        record = EndpointsTable(self.outputs["EndpointsTableName"], self.aws).get(name)
+        if record is None:
+            raise SdpipeError(f"endpoint {name!r} does not exist", code="ENDPOINT_NOT_FOUND")
+        described = public_endpoint(record)
+        sagemaker_name = str(record.get("sagemaker_name") or "")
+        found = SageMakerEndpoints(self.aws).describe(sagemaker_name) if sagemaker_name else None
+        described["sagemaker"] = (
+            {k: found.get(k) for k in ("EndpointStatus", "EndpointConfigName", "FailureReason") if found.get(k)}
+            if found
+            else None
         )
-        sagemaker.create_endpoint(EndpointName=sagemaker_name, EndpointConfigName=sagemaker_name)
-        deadline = time.monotonic() + timeout_s
-        while (status := sagemaker.describe_endpoint(EndpointName=sagemaker_name))["EndpointStatus"] != "InService":
-            if status["EndpointStatus"] == "Failed" or time.monotonic() > deadline:
-                raise SdpipeError(
-                    f"endpoint {sagemaker_name} is {status['EndpointStatus']}: {status.get('FailureReason', '')}"
-                )
-            time.sleep(0.5)
-        now = utc_now().isoformat()
-        item = {
-            "name": name,
-            "sagemaker_name": sagemaker_name,
-            "status": IN_SERVICE,
-            "instance_type": instance_type,
-            "in_flight": 0,
-            "created_at": now,
-            "updated_at": now,
+        scaling = EndpointScaling(self.aws).describe(sagemaker_name) if sagemaker_name else {}
+        described["autoscaling"] = {
+            "targets": [{"min": t.get("MinCapacity"), "max": t.get("MaxCapacity")} for t in scaling.get("targets", [])],
+            "policies": [f"{p.get('PolicyName')} ({p.get('PolicyType')})" for p in scaling.get("policies", [])],
+            "alarms": [a.get("AlarmName") for a in scaling.get("alarms", [])],
         }
-        EndpointsTable(self.outputs["EndpointsTableName"], self.aws).put(item)
-        return item
+        return described
 
 
 def image_reference(value: str, client: Sdpipe) -> str:

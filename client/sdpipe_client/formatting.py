@@ -62,3 +62,23 @@ def print_jobs(jobs: Iterable[dict[str, Any]], console: Console | None = None) -
             note,
         )
     (console or Console()).print(table)
+
+
+def print_endpoints(endpoints: Iterable[dict[str, Any]], console: Console | None = None) -> None:
+    table = Table(show_lines=False)
+    for column in ("ENDPOINT", "STATUS", "INSTANCE TYPE", "SCALING", "IN FLIGHT", "UPDATED", "NOTE"):
+        table.add_column(column, overflow="fold")
+    for endpoint in endpoints:
+        note = endpoint.get("failure_reason") or (
+            f"job {endpoint['pending_job']}" if endpoint.get("pending_job") else ""
+        )
+        table.add_row(
+            str(endpoint.get("name")),
+            str(endpoint.get("status")),
+            str(endpoint.get("instance_type") or "-"),
+            f"{endpoint.get('min_instances', '?')}..{endpoint.get('max_instances', '?')}",
+            str(endpoint.get("in_flight", 0)),
+            str(endpoint.get("updated_at", ""))[:19],
+            str(note),
+        )
+    (console or Console()).print(table)

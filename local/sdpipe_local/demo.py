@@ -96,13 +96,12 @@ def _generate(stack: LocalStack, console: Console) -> bool:
     os.environ.update(stack.environment())
     clients.reset()
     client = Sdpipe(StackOutputs(stack.outputs))
-    console.print("\n[bold]starting a local asynchronous endpoint[/] (the inference server as a process)")
-    started = time.monotonic()
-    endpoint = client.create_endpoint(
-        "tiny", image="sdpipe-inference:local", role_arn="arn:aws:iam::123456789012:role/sdpipe-local"
-    )
-    console.print(f"endpoint {endpoint['sagemaker_name']} InService after {time.monotonic() - started:.1f}s")
     env = dict(os.environ) | {"SDPIPE_STACK_NAME": stack.stack_name}
+    deploy = ["sdpipe", "endpoints", "deploy", "tiny", "--instance-type", "ml.g5.xlarge", "--min", "0", "--max", "2"]
+    console.print(f"\n[bold]$ {' '.join(deploy)} --wait[/]  (the deploy workflow; the endpoint is a local process)")
+    command = [sys.executable, "-m", "sdpipe_client.cli", *deploy[1:], "--wait"]
+    if subprocess.run(command, env=env, check=False).returncode != 0:
+        return False
     runs = []
     for attempt in (1, 2):
         out = OUT_DIR if attempt == 1 else OUT_DIR / "again"

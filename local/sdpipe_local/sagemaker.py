@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 _HANDLED = {
     "CreateModel", "DescribeModel", "DeleteModel", "CreateEndpointConfig", "DescribeEndpointConfig",
-    "DeleteEndpointConfig", "CreateEndpoint", "DescribeEndpoint", "DeleteEndpoint", "ListEndpoints",
+    "DeleteEndpointConfig", "CreateEndpoint", "UpdateEndpoint", "DescribeEndpoint", "DeleteEndpoint", "ListEndpoints",
 }  # fmt: skip
 _STARTUP_TIMEOUT_S = 600
 _INVOCATION_TIMEOUT_S = 3600
@@ -78,6 +78,22 @@ class _Endpoint:
                 self.process.kill()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Container:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    executor: ThreadPoolExecutor
+    error: str | None = None
+
+    def failed(self, reason: str) -> _Container:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.error = reason
+        return self
 
 
 class LocalSageMaker:
@@ -157,7 +173,7 @@ class LocalSageMaker:
 
     def _create_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
         name, config_name = body["EndpointName"], body["EndpointConfigName"]
-        config = self._describe_endpoint_config({"EndpointConfigName": config_name})
+        self._describe_endpoint_config({"EndpointConfigName": config_name})
         with self._lock:
             if name in self._endpoints:
                 raise SageMakerError(
@@ -166,54 +182,93 @@ class LocalSageMaker:
             endpoint = _Endpoint(name=name, arn=self._arn("endpoint", name), config_name=config_name)
             self._endpoints[name] = endpoint
         self._publish_state_change(endpoint)
+        threading.Thread(target=self._start_container, args=(endpoint,), daemon=True).start()
+        return {"EndpointArn": endpoint.arn}
+
+    def _update_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A new config: its container starts beside the old one, which keeps serving until the
+        new one answers ``/ping``; if it never does, the endpoint stays on the old config with a
+        FailureReason (SageMaker rolls a failed update back the same way)."""
+        endpoint = self._endpoint(body["EndpointName"])
+        config_name = body["EndpointConfigName"]
+        self._describe_endpoint_config({"EndpointConfigName": config_name})
+        with self._lock:
+            if endpoint.status != "InService":
+                raise SageMakerError(
+                    "ValidationException",
+                    f'Cannot update in-progress endpoint "{endpoint.arn}" (status {endpoint.status}).',
+                )
+            endpoint.status = "Updating"
+        self._set_status(endpoint, "Updating")
+        threading.Thread(target=self._replace_container, args=(endpoint, config_name), daemon=True).start()
+        return {"EndpointArn": endpoint.arn}
+
+    def _start_container(self, endpoint: _Endpoint) -> None:
+        container = self._launch(endpoint.name, endpoint.config_name)
+        if container.error is not None:
+            self._set_status(endpoint, "Failed", container.error)
+            return
+        endpoint.process, endpoint.port, endpoint.log_path = container.process, container.port, container.log_path
+        endpoint.executor = container.executor
+        self._set_status(endpoint, "InService")
+
+    def _replace_container(self, endpoint: _Endpoint, config_name: str) -> None:
+        container = self._launch(endpoint.name, config_name)
+        if container.error is not None:
+            self._set_status(endpoint, "InService", f"the update to {config_name} failed: {container.error}")
+            return
+        old = _Endpoint(endpoint.name, endpoint.arn, endpoint.config_name, process=endpoint.process,
+                        executor=endpoint.executor)  # fmt: skip
+        endpoint.process, endpoint.port, endpoint.log_path = container.process, container.port, container.log_path
+        endpoint.executor, endpoint.config_name = container.executor, config_name
+        endpoint.failure_reason = None
+        self._set_status(endpoint, "InService")
+        old.stop()
+
+    def _launch(self, name: str, config_name: str) -> _Container:
+        """Start the config's container as a local process and wait for its ``/ping``."""
+        config = self._configs[config_name]
         variant = config["ProductionVariants"][0]
         model = self._models[variant["ModelName"]]
         async_client = config.get("AsyncInferenceConfig", {}).get("ClientConfig", {})
-        endpoint.executor = ThreadPoolExecutor(
+        executor = ThreadPoolExecutor(
             max_workers=int(async_client.get("MaxConcurrentInvocationsPerInstance", 1)), thread_name_prefix=f"ep-{name}"
         )
-        threading.Thread(target=self._start_container, args=(endpoint, model), daemon=True).start()
-        return {"EndpointArn": endpoint.arn}
-
-    def _start_container(self, endpoint: _Endpoint, model: dict[str, Any]) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
-            endpoint.port = probe.getsockname()[1]
+            port = probe.getsockname()[1]
         container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
-        folder = self._state_dir / "endpoints" / endpoint.name
+        folder = self._state_dir / "endpoints" / name
         folder.mkdir(parents=True, exist_ok=True)
-        endpoint.log_path = folder / "container.log"
+        log_path = folder / "container.log"
         env = dict(self._environment) | {
-            "SAGEMAKER_BIND_TO_PORT": str(endpoint.port),
+            "SAGEMAKER_BIND_TO_PORT": str(port),
             "SDPIPE_BIND_HOST": "127.0.0.1",
             "SDPIPE_MODEL_CACHE": str(folder / "model-cache"),
         }
         env |= {k: str(v) for k, v in container.get("Environment", {}).items()}
-        with endpoint.log_path.open("ab") as log:
-            endpoint.process = subprocess.Popen(
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
                 [sys.executable, "-m", "sdpipe_inference.server"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
+        started = _Container(process, port, log_path, executor)
         deadline = _now() + _STARTUP_TIMEOUT_S
-        while endpoint.status == "Creating":
-            if endpoint.process.poll() is not None:
-                tail = endpoint.log_path.read_text(errors="replace").strip().splitlines()[-5:]
-                self._set_status(endpoint, "Failed", "the container exited during start-up: " + " | ".join(tail))
-                return
+        while True:
+            if process.poll() is not None:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+                return started.failed("the container exited during start-up: " + " | ".join(tail))
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/ping", timeout=2) as response:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
                     if response.status == 200:
-                        self._set_status(endpoint, "InService")
-                        return
+                        return started
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             if _now() > deadline:
-                self._set_status(endpoint, "Failed", "the container did not pass its /ping health check in time")
-                endpoint.stop()
-                return
+                return started.failed("the container did not pass its /ping health check in time")
             time.sleep(0.2)
 
     def _set_status(self, endpoint: _Endpoint, status: str, reason: str | None = None) -> None:

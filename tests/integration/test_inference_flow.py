@@ -22,8 +22,6 @@ from sdpipe_local.assets import drop_checkpoint
 from sdpipe_local.events_listener import EventsListener
 from sdpipe_local.tiny_models import create_tiny_controlnet, create_tiny_lora
 
-ROLE = "arn:aws:iam::123456789012:role/sdpipe-inference"
-
 
 def wait_active(stack, key: str, timeout: float = 60) -> dict:
     table = stack.resource("dynamodb").Table(stack.outputs["ModelsTableName"])
@@ -63,7 +61,7 @@ def pipeline(sdpipe_stack, tiny_checkpoints, tmp_path_factory):
     ):
         wait_active(stack, key)
     client = Sdpipe(StackOutputs(stack.outputs))
-    client.create_endpoint("flow", image="sdpipe-inference:local", role_arn=ROLE, instance_type="ml.g6.xlarge")
+    client.wait(client.deploy_endpoint("flow", instance_type="ml.g6.xlarge", min_instances=1), timeout_s=300)
     yield stack, client
     patch.undo()
     clients.reset()
@@ -278,7 +276,7 @@ def test_duplicate_deliveries_make_one_job_one_invocation_one_event_each(pipelin
         for kind in ("job.accepted", "job.running", "job.succeeded"):
             assert counts[(job_id, kind)] == 1, (job_id, kind, counts)
     s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
-    outputs = s3.list_objects_v2(Bucket=bucket, Prefix="async-results/flow/output/")["Contents"]
+    outputs = s3.list_objects_v2(Bucket=bucket, Prefix="jobs/async-output/flow/")["Contents"]
     invoked = Counter(o["Key"].rsplit("/", 1)[-1].removesuffix(".out") for o in outputs)
     assert all(invoked[job_id] == 1 for job_id in job_ids)
     endpoint = stack.resource("dynamodb").Table(stack.outputs["EndpointsTableName"]).get_item(Key={"name": "flow"})
@@ -317,7 +315,7 @@ def test_cancel_a_job_and_a_late_result_changes_nothing(pipeline):
     # The endpoint still finishes the work; its notification must not move the job.
     s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
     deadline = time.monotonic() + 120
-    while "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=f"async-results/flow/output/{job_id}"):
+    while "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=f"jobs/async-output/flow/{job_id}"):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     time.sleep(1.5)
@@ -396,7 +394,7 @@ def test_an_endpoint_that_dies_mid_job_fails_the_job(pipeline):
         # Later tests need the endpoint: start a new container, as SageMaker replaces a dead instance.
         endpoint = stack.sagemaker._endpoints["sdpipe-flow"]
         endpoint.status = "Creating"
-        stack.sagemaker._start_container(endpoint, stack.sagemaker._models["sdpipe-flow"])
+        stack.sagemaker._start_container(endpoint)
         assert endpoint.status == "InService"
 
 
