@@ -48,6 +48,20 @@ def scale_from_zero_alarm_name(sagemaker_name: str) -> str:
     return f"{sagemaker_name}-has-backlog-without-capacity"
 
 
+def _unless_missing(call: Any, **kwargs: Any) -> None:
+    """Call; a policy or target that is not there is what we wanted (AWS says ObjectNotFound, some
+    implementations a ValidationException that says "No ... found")."""
+    try:
+        call(**kwargs)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        missing = error.get("Code") == "ObjectNotFoundException" or (
+            error.get("Code") == "ValidationException" and "found" in str(error.get("Message", ""))
+        )
+        if not missing:
+            raise
+
+
 class EndpointScaling:
     def __init__(self, aws: AwsClients = clients) -> None:
         self._aws = aws
@@ -115,17 +129,17 @@ class EndpointScaling:
         }
 
     def remove(self, sagemaker_name: str) -> None:
-        """Delete our alarm and deregister the target (which deletes its policies); gone is fine."""
+        """Delete our alarm, both policies (target tracking takes its own alarms with it) and the
+        target. Deregistering alone would drop the policies on AWS, not everywhere. Gone is fine."""
         self._cloudwatch.delete_alarms(AlarmNames=[scale_from_zero_alarm_name(sagemaker_name)])
-        try:
-            self._scaling.deregister_scalable_target(
-                ServiceNamespace=_NAMESPACE,
-                ResourceId=f"endpoint/{sagemaker_name}/variant/{VARIANT}",
-                ScalableDimension=_DIMENSION,
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ObjectNotFoundException":
-                raise
+        target = {
+            "ServiceNamespace": _NAMESPACE,
+            "ResourceId": f"endpoint/{sagemaker_name}/variant/{VARIANT}",
+            "ScalableDimension": _DIMENSION,
+        }
+        for policy in (backlog_policy_name(sagemaker_name), scale_from_zero_policy_name(sagemaker_name)):
+            _unless_missing(self._scaling.delete_scaling_policy, PolicyName=policy, **target)
+        _unless_missing(self._scaling.deregister_scalable_target, **target)
 
     def describe(self, sagemaker_name: str) -> dict[str, Any]:
         """The target's range, its policies and our alarm, as the APIs report them (for status views)."""
