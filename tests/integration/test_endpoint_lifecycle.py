@@ -172,3 +172,46 @@ def test_every_workflow_task_retries_throttling_with_jitter_and_records_failures
             assert retry and all(r.get("JitterStrategy") == "FULL" for r in retry), f"{path.name}:{name}"
             if not name.startswith("Record"):
                 assert state.get("Catch", [{}])[0].get("Next") == "RecordFailure", f"{path.name}:{name}"
+
+
+def open_job_on(stack, endpoint: str) -> str:
+    """An inference job still queued on ``endpoint`` (as SubmitInference leaves one)."""
+    from sdpipe.adapters.events import EventPublisher
+    from sdpipe.adapters.jobs_table import JobsTable
+    from sdpipe.contracts.jobs import JobStatus, job_id_for
+    from sdpipe.logic.jobs import JobLedger
+
+    ledger = JobLedger(
+        JobsTable(stack.outputs["JobsTableName"], stack.outputs["EndpointsTableName"]),
+        EventPublisher(stack.outputs["EventsTopicArn"]),
+    )
+    request_id = f"queued-on-{endpoint}"
+    ledger.create(
+        job_id=job_id_for(request_id), request_id=request_id, action="txt2img", status=JobStatus.QUEUED,
+        deadline_seconds=3600, fields={"endpoint": endpoint}, endpoint=endpoint,
+    )  # fmt: skip
+    return job_id_for(request_id)
+
+
+def test_deleting_an_endpoint_fails_the_jobs_still_queued_on_it(lifecycle):
+    stack, client = lifecycle
+    assert client.wait(client.deploy_endpoint("doomed"), timeout_s=300)["status"] == "SUCCEEDED"
+    job_id = open_job_on(stack, "doomed")
+    assert client.wait(client.delete_endpoint("doomed"), timeout_s=300)["status"] == "SUCCEEDED"
+    with pytest.raises(JobFailed) as failure:
+        client.wait(job_id, timeout_s=30)
+    assert failure.value.code == "ENDPOINT_DELETED" and "doomed" in failure.value.message
+
+
+def test_an_endpoint_deleted_outside_sdpipe_is_tracked_from_sagemakers_events(lifecycle):
+    stack, client = lifecycle
+    listener = EventsListener(stack, stack.outputs["EventsTopicArn"], {"type": ["endpoint.status"]})
+    assert client.wait(client.deploy_endpoint("console"), timeout_s=300)["status"] == "SUCCEEDED"
+    job_id = open_job_on(stack, "console")
+    stack.client("sagemaker").delete_endpoint(EndpointName="sdpipe-console")  # as in the AWS console
+    expected = ["CREATING", "IN_SERVICE", "DELETED"]
+    assert endpoint_events(listener, "console", expected) == expected
+    assert [e["status"] for e in client.list_endpoints() if e["name"] == "console"] == ["DELETED"]
+    with pytest.raises(JobFailed) as failure:
+        client.wait(job_id, timeout_s=30)
+    assert failure.value.code == "ENDPOINT_DELETED"

@@ -41,6 +41,7 @@ SQS_FUNCTIONS = {
     "reject_request": "RejectRequestFunction",
     "cancel_job": "CancelJobFunction",
     "request_files": "RequestFilesFunction",
+    "endpoint_requests": "EndpointRequestsFunction",
 }
 
 
@@ -66,6 +67,10 @@ def test_every_inference_sample_event_is_handled(stack):
     assert job("sample-event-unknown")["error"]["code"] == "UNKNOWN_ACTION"
     assert job("sample-event-no-action")["error"]["code"] == "UNKNOWN_ACTION"
     assert job("sample-event-cancel")["error"]["code"] == "JOB_NOT_FOUND"
+    assert job("sample-event-deploy-bad-type")["error"]["code"] == "VALIDATION_ERROR"
+    assert job("sample-event-delete-unknown")["error"]["code"] == "ENDPOINT_NOT_FOUND"
+    describe = json.loads((SAMPLES / "endpoint_steps" / "describe.json").read_text())
+    assert invoke_function(stack, "EndpointStepsFunction", describe)["status"] == "Missing"
     scheduled = json.loads((SAMPLES / "sweep_jobs" / "scheduled.json").read_text())
     assert "timed_out" in invoke_function(stack, "SweepJobsFunction", scheduled)
     for sample in sorted((SAMPLES / "jobs_api").glob("*.json")):

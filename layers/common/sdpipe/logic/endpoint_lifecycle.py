@@ -74,6 +74,17 @@ _SETTINGS = (
     "scaling",
 )
 _OPEN = [JobStatus.ACCEPTED, JobStatus.QUEUED, JobStatus.RUNNING]
+# SageMaker's event spelling (upper snake case) of DescribeEndpoint's statuses.
+_SAGEMAKER_STATUS = {
+    "CREATING": EndpointStatus.CREATING,
+    "IN_SERVICE": EndpointStatus.IN_SERVICE,
+    "UPDATING": EndpointStatus.UPDATING,
+    "SYSTEM_UPDATING": EndpointStatus.UPDATING,
+    "ROLLING_BACK": EndpointStatus.UPDATING,
+    "UPDATE_ROLLBACK_FAILED": EndpointStatus.FAILED,
+    "DELETING": EndpointStatus.DELETING,
+    "FAILED": EndpointStatus.FAILED,
+}
 _THROTTLING = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
 
 
@@ -378,6 +389,39 @@ class EndpointLifecycle:
     def _recorded_by(self, name: str, job_id: str) -> bool:
         record = self.endpoints.get(name)
         return record is not None and record.get("last_job") == job_id
+
+    # ------------------------------------------------------------------ SageMaker's own events
+    def track(self, detail: dict[str, Any]) -> str | None:
+        """An EventBridge "SageMaker Endpoint State Change" for one of this stack's endpoints.
+
+        Keeps the record true when the endpoint changes outside sdpipe (deleted in the console,
+        failed on its own); changes a running workflow makes are recorded by the workflow itself.
+        Returns the status recorded, or None when nothing changed.
+        """
+        sagemaker_name = str(detail.get("EndpointName") or "")
+        prefix = f"{self.settings.stack_name}-"
+        if not sagemaker_name.startswith(prefix):
+            return None
+        name = sagemaker_name.removeprefix(prefix)
+        record = self.endpoints.get(name)
+        if record is None or record.get("sagemaker_name") != sagemaker_name or record.get("pending_job"):
+            return None
+        seen = str(detail.get("EndpointStatus") or "")
+        status = _SAGEMAKER_STATUS.get(seen)
+        fields: dict[str, Any] = {}
+        if status is EndpointStatus.DELETING and self.sagemaker.is_gone(sagemaker_name):
+            status = EndpointStatus.DELETED
+        if status is EndpointStatus.FAILED:
+            fields["failure_reason"] = str(detail.get("FailureReason") or "SageMaker reported the endpoint failed")
+        if status is None or record.get("status") == status.value:
+            return None
+        if not self.endpoints.set_status(name, status.value, fields):
+            return None  # a workflow took it meanwhile
+        logger.info("endpoint changed outside sdpipe", extra={"endpoint": name, "status": status.value})
+        if status is EndpointStatus.DELETED:
+            self._fail_jobs_on(name)
+        self.announce(name)
+        return status.value
 
     def _fail_jobs_on(self, name: str) -> None:
         """Inference jobs still open on a deleted endpoint fail now instead of waiting for the sweeper."""
