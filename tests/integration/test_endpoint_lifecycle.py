@@ -174,8 +174,9 @@ def test_every_workflow_task_retries_throttling_with_jitter_and_records_failures
                 assert state.get("Catch", [{}])[0].get("Next") == "RecordFailure", f"{path.name}:{name}"
 
 
-def open_job_on(stack, endpoint: str) -> str:
-    """An inference job still queued on ``endpoint`` (as SubmitInference leaves one)."""
+def open_job_on(stack, endpoint: str, action: str = "txt2img") -> str:
+    """A job still open on ``endpoint``: an inference job queued there (as SubmitInference leaves
+    one), or a workflow's job part-way."""
     from sdpipe.adapters.events import EventPublisher
     from sdpipe.adapters.jobs_table import JobsTable
     from sdpipe.contracts.jobs import JobStatus, job_id_for
@@ -185,10 +186,12 @@ def open_job_on(stack, endpoint: str) -> str:
         JobsTable(stack.outputs["JobsTableName"], stack.outputs["EndpointsTableName"]),
         EventPublisher(stack.outputs["EventsTopicArn"]),
     )
-    request_id = f"queued-on-{endpoint}"
+    request_id = f"{action}-open-on-{endpoint}"
+    inference = action == "txt2img"
     ledger.create(
-        job_id=job_id_for(request_id), request_id=request_id, action="txt2img", status=JobStatus.QUEUED,
-        deadline_seconds=3600, fields={"endpoint": endpoint}, endpoint=endpoint,
+        job_id=job_id_for(request_id), request_id=request_id, action=action,
+        status=JobStatus.QUEUED if inference else JobStatus.ACCEPTED,
+        deadline_seconds=3600, fields={"endpoint": endpoint}, endpoint=endpoint if inference else None,
     )  # fmt: skip
     return job_id_for(request_id)
 
@@ -215,3 +218,14 @@ def test_an_endpoint_deleted_outside_sdpipe_is_tracked_from_sagemakers_events(li
     with pytest.raises(JobFailed) as failure:
         client.wait(job_id, timeout_s=30)
     assert failure.value.code == "ENDPOINT_DELETED"
+
+
+def test_a_workflow_job_cannot_be_cancelled_half_way(lifecycle):
+    from sdpipe.errors import SdpipeError
+
+    stack, client = lifecycle
+    job_id = open_job_on(stack, "half-way", action="update_endpoint")
+    with pytest.raises(SdpipeError) as refused:
+        client.cancel_job(job_id)
+    assert refused.value.code == "JOB_NOT_CANCELLABLE" and "delete the endpoint" in refused.value.message
+    assert client.get_job(job_id)["status"] == "ACCEPTED"

@@ -160,3 +160,9 @@ class Throttled(SdpipeError):
     """An AWS API throttled us; workflows retry the step with jitter (ASL matches this name)."""
 
     code = "THROTTLED"
+
+
+class JobNotCancellable(SdpipeError):
+    """A job that cannot be stopped half-way (an endpoint workflow)."""
+
+    code = "JOB_NOT_CANCELLABLE"

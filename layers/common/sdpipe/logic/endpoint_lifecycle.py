@@ -150,6 +150,8 @@ class EndpointLifecycle:
 
     def plan(self, envelope: RequestEnvelope) -> dict[str, Any]:
         """The execution input: every name and setting the workflow needs, decided here."""
+        if envelope.action not in _PARAMS:
+            raise ValidationFailed(f"action {envelope.action!r} is not an endpoint action ({sorted(_PARAMS)})")
         try:
             params = _PARAMS[envelope.action].model_validate(envelope.params)
         except ValidationError as exc:

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.jobs_table import JobsTable
 from sdpipe.contracts.events import utc_now
-from sdpipe.contracts.jobs import CancelJobParams, JobStatus
-from sdpipe.errors import JobAlreadyFinished, JobNotFound, SdpipeError, ValidationFailed
+from sdpipe.contracts.jobs import Action, CancelJobParams, JobStatus
+from sdpipe.errors import JobAlreadyFinished, JobNotCancellable, JobNotFound, SdpipeError, ValidationFailed
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.requests import parse_request, record_failure, validation_message
 from sdpipe.settings import job_settings
@@ -22,6 +22,8 @@ logger = Logger(child=True)
 # Fields that stay on the item for the system's own bookkeeping; readers do not need them.
 _INTERNAL = ("pending_events", "claim_token", "claim_expires_at", "open_shard")
 _MAX_RACES = 5
+_INFERENCE = frozenset({Action.TXT2IMG, Action.IMG2IMG})
+_WORKFLOW_ACTIONS = frozenset({Action.DEPLOY_ENDPOINT, Action.UPDATE_ENDPOINT, Action.DELETE_ENDPOINT})
 
 
 def public_view(job: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +55,13 @@ class JobControl:
 
     def cancel(self, job_id: str, reason: str) -> dict[str, Any]:
         """Cancel a job that has not finished; the cancelled job (a finished one is an error)."""
+        job = self.get(job_id)
+        if job.get("action") in _WORKFLOW_ACTIONS and not JobStatus(job["status"]).is_terminal:
+            # Stopping a workflow half-way would leave SageMaker resources nobody tracks.
+            raise JobNotCancellable(
+                f"job {job_id} is an {job['action']} workflow; it cannot be cancelled half-way "
+                "(let it finish, then update or delete the endpoint)"
+            )
         return self._finish(job_id, JobStatus.CANCELLED, {"code": "CANCELLED", "message": reason})
 
     def handle_cancel_request(self, body: str, attribute_action: str | None, message_id: str) -> None:
@@ -107,7 +116,8 @@ class JobControl:
             current = JobStatus(job["status"])
             if current.is_terminal:
                 raise JobAlreadyFinished(f"job {job_id} already finished as {current.value}")
-            holds_slot = current in (JobStatus.QUEUED, JobStatus.RUNNING)
+            # Only inference jobs hold a slot on their endpoint (endpoint workflows name one too).
+            holds_slot = current in (JobStatus.QUEUED, JobStatus.RUNNING) and job.get("action") in _INFERENCE
             moved = self.ledger.move(
                 job,
                 status,
