@@ -105,13 +105,23 @@ class LocalSageMaker:
         self._models: dict[str, dict[str, Any]] = {}
         self._configs: dict[str, dict[str, Any]] = {}
         self._endpoints: dict[str, _Endpoint] = {}
+        self._throttled: dict[str, int] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ control plane
     def handles(self, operation: str) -> bool:
         return operation in _HANDLED
 
+    def throttle(self, operation: str, times: int) -> None:
+        """Answer the next ``times`` calls of ``operation`` with ThrottlingException (fault tests)."""
+        with self._lock:
+            self._throttled[operation] = times
+
     def call(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            if self._throttled.get(operation, 0) > 0:
+                self._throttled[operation] -= 1
+                raise SageMakerError("ThrottlingException", "Rate exceeded")
         handler = getattr(self, "_" + "".join("_" + c.lower() if c.isupper() else c for c in operation).lstrip("_"))
         result: dict[str, Any] = handler(body)
         return result

@@ -229,3 +229,16 @@ def test_a_workflow_job_cannot_be_cancelled_half_way(lifecycle):
         client.cancel_job(job_id)
     assert refused.value.code == "JOB_NOT_CANCELLABLE" and "delete the endpoint" in refused.value.message
     assert client.get_job(job_id)["status"] == "ACCEPTED"
+
+
+def test_throttling_is_retried_and_the_deployment_still_succeeds(lifecycle):
+    stack, client = lifecycle
+    # More refusals than boto3's own retries absorb: the workflow's Retry (with jitter) has to act.
+    stack.sagemaker.throttle("CreateModel", 6)
+    stack.sagemaker.throttle("DescribeEndpoint", 6)
+    job = client.wait(client.deploy_endpoint("throttled"), timeout_s=300)
+    assert job["status"] == "SUCCEEDED"
+    history = stack.client("stepfunctions").get_execution_history(executionArn=job["execution_arn"])["events"]
+    retried = [e["taskFailedEventDetails"]["error"] for e in history if e["type"] == "TaskFailed"]
+    assert retried and set(retried) == {"Throttled"}
+    assert client.wait(client.delete_endpoint("throttled"), timeout_s=300)["status"] == "SUCCEEDED"

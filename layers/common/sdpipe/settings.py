@@ -54,6 +54,10 @@ class EndpointSettings(JobSettings):
     update_endpoint_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
     delete_endpoint_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
     inference_image_uri: str = Field(min_length=1)
+    # What the workflow steps give SageMaker (only EndpointSteps has them).
+    inference_execution_role_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::")
+    inference_success_topic_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:sns:")
+    inference_error_topic_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:sns:")
     # How often the workflows poll DescribeEndpoint (short on the local stack).
     endpoint_poll_seconds: int = Field(default=30, ge=1, le=600)
 

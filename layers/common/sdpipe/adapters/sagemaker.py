@@ -1,4 +1,8 @@
-"""The SageMaker endpoint calls the workflow steps make themselves (the rest are aws-sdk tasks in ASL)."""
+"""SageMaker's endpoint control plane, as the workflow steps use it.
+
+Every create is idempotent (a retried step finds what its first attempt made), so the workflows
+can retry any step after throttling or a lost response.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,11 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from sdpipe.adapters.clients import AwsClients, clients
+
+
+def _exists(exc: ClientError) -> bool:
+    error = exc.response.get("Error", {})
+    return error.get("Code") == "ValidationException" and "already existing" in str(error.get("Message", ""))
 
 
 def _missing(exc: ClientError) -> bool:
@@ -24,6 +33,41 @@ class SageMakerEndpoints:
     @property
     def _sagemaker(self) -> Any:
         return self._aws.get("sagemaker")
+
+    def create_model(self, name: str, image: str, environment: dict[str, str], role_arn: str) -> None:
+        self._create(
+            self._sagemaker.create_model,
+            ModelName=name,
+            ExecutionRoleArn=role_arn,
+            PrimaryContainer={"Image": image, "Environment": environment},
+        )
+
+    def create_async_config(self, name: str, model: str, variant: dict[str, Any], async_config: dict[str, Any]) -> None:
+        self._create(
+            self._sagemaker.create_endpoint_config,
+            EndpointConfigName=name,
+            ProductionVariants=[{"ModelName": model, **variant}],
+            AsyncInferenceConfig=async_config,
+        )
+
+    def create_endpoint(self, name: str, config: str) -> None:
+        self._create(self._sagemaker.create_endpoint, EndpointName=name, EndpointConfigName=config)
+
+    def update_endpoint(self, name: str, config: str) -> None:
+        """Move the endpoint to ``config``; already moving there (a retried step) is fine."""
+        try:
+            self._sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=config)
+        except ClientError:
+            described = self.describe(name) or {}
+            if not (described.get("EndpointStatus") == "Updating" or described.get("EndpointConfigName") == config):
+                raise
+
+    def _create(self, call: Any, **kwargs: Any) -> None:
+        try:
+            call(**kwargs)
+        except ClientError as exc:
+            if not _exists(exc):
+                raise
 
     def describe(self, endpoint: str) -> dict[str, Any] | None:
         try:

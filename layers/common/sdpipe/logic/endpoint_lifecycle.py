@@ -28,6 +28,7 @@ from sdpipe.adapters.jobs_table import JobsTable
 from sdpipe.adapters.sagemaker import SageMakerEndpoints
 from sdpipe.adapters.workflows import Workflows
 from sdpipe.contracts.endpoints import (
+    VARIANT,
     DeleteEndpointParams,
     DeployEndpointParams,
     EndpointStatus,
@@ -297,6 +298,14 @@ class EndpointLifecycle:
         """
         step, payload = event.get("step"), event.get("workflow") or {}
         steps = {
+            "create_model": self._create_model,
+            "create_config": self._create_config,
+            "create_endpoint": lambda p: self._sagemaker_call(
+                self.sagemaker.create_endpoint, p["sagemaker_name"], p["config_name"]
+            ),
+            "update_endpoint": lambda p: self._sagemaker_call(
+                self.sagemaker.update_endpoint, p["sagemaker_name"], p["config_name"]
+            ),
             "scale": self._scale,
             "teardown": self._teardown,
             "describe": self._describe,
@@ -312,6 +321,44 @@ class EndpointLifecycle:
             if exc.response.get("Error", {}).get("Code") in _THROTTLING:
                 raise Throttled(str(exc)) from exc
             raise
+
+    def _create_model(self, payload: dict[str, Any]) -> dict[str, Any]:
+        role = self._required(self.settings.inference_execution_role_arn, "INFERENCE_EXECUTION_ROLE_ARN")
+        self.sagemaker.create_model(payload["model_name"], payload["image_uri"], payload["environment"], role)
+        return {"model_name": payload["model_name"]}
+
+    def _create_config(self, payload: dict[str, Any]) -> dict[str, Any]:
+        success = self._required(self.settings.inference_success_topic_arn, "INFERENCE_SUCCESS_TOPIC_ARN")
+        error = self._required(self.settings.inference_error_topic_arn, "INFERENCE_ERROR_TOPIC_ARN")
+        self.sagemaker.create_async_config(
+            payload["config_name"],
+            payload["model_name"],
+            {
+                "VariantName": VARIANT,
+                "InstanceType": payload["instance_type"],
+                "InitialInstanceCount": payload["initial_instances"],
+            },
+            {
+                "OutputConfig": {
+                    "S3OutputPath": payload["output_path"],
+                    "S3FailurePath": payload["failure_path"],
+                    "NotificationConfig": {"SuccessTopic": success, "ErrorTopic": error},
+                },
+                "ClientConfig": {"MaxConcurrentInvocationsPerInstance": payload["max_concurrent_invocations"]},
+            },
+        )
+        return {"config_name": payload["config_name"]}
+
+    @staticmethod
+    def _sagemaker_call(call: Any, endpoint: str, config: str) -> dict[str, Any]:
+        call(endpoint, config)
+        return {"endpoint": endpoint, "config_name": config}
+
+    @staticmethod
+    def _required(value: str | None, variable: str) -> str:
+        if not value:
+            raise ConfigurationError(f"the endpoint workflow steps need {variable}")
+        return value
 
     def _describe(self, payload: dict[str, Any]) -> dict[str, Any]:
         """DescribeEndpoint reduced to what the wait loops decide on (every key always present)."""
