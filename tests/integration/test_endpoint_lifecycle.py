@@ -242,3 +242,18 @@ def test_throttling_is_retried_and_the_deployment_still_succeeds(lifecycle):
     retried = [e["taskFailedEventDetails"]["error"] for e in history if e["type"] == "TaskFailed"]
     assert retried and set(retried) == {"Throttled"}
     assert client.wait(client.delete_endpoint("throttled"), timeout_s=300)["status"] == "SUCCEEDED"
+
+
+def test_a_failed_update_keeps_the_endpoint_serving_its_old_config(lifecycle):
+    _, client = lifecycle
+    assert client.wait(client.deploy_endpoint("steady", max_instances=2), timeout_s=300)["status"] == "SUCCEEDED"
+    before = client.describe_endpoint("steady")["sagemaker"]["EndpointConfigName"]
+    with pytest.raises(JobFailed) as failure:
+        broken = {"environment": {"SDPIPE_MAX_PIPELINES": "many"}, "instance_type": "ml.g6.xlarge"}
+        client.wait(client.update_endpoint("steady", **broken), timeout_s=300)
+    assert failure.value.code == "ENDPOINT_WORKFLOW_FAILED" and "exited during start-up" in failure.value.message
+    described = client.describe_endpoint("steady")
+    assert described["status"] == "IN_SERVICE" and "exited during start-up" in described["failure_reason"]
+    assert described["sagemaker"]["EndpointConfigName"] == before
+    assert (described["instance_type"], described["max_instances"]) == ("ml.g5.xlarge", 2)  # what still runs
+    assert client.wait(client.delete_endpoint("steady"), timeout_s=300)["status"] == "SUCCEEDED"

@@ -233,8 +233,8 @@ class EndpointLifecycle:
         action, name = job["action"], workflow["name"]
         status, from_statuses = _HOLD[action]
         fields = {"sagemaker_name": workflow["sagemaker_name"]}
-        if "settings" in workflow:
-            fields |= {key: workflow["settings"].get(key) for key in _SETTINGS}
+        if action == Action.DEPLOY_ENDPOINT:  # an update's settings are recorded once it succeeds
+            fields |= _settings_fields(workflow)
         held = self.endpoints.begin_workflow(
             name,
             job["job_id"],
@@ -403,7 +403,7 @@ class EndpointLifecycle:
         else:
             if action == Action.UPDATE_ENDPOINT:
                 self.sagemaker.delete_leftovers(payload.get("old_config_name"), payload.get("old_model_name"))
-            fields = {
+            fields = _settings_fields(payload) | {
                 "config_name": payload["config_name"],
                 "model_name": payload["model_name"],
                 "scaling_resources": (payload.get("scaling_resources") or {}).get("result") or {},
@@ -478,6 +478,11 @@ class EndpointLifecycle:
         for job in self.jobs.open_jobs():
             if job.get("endpoint") == name and job.get("action") in (Action.TXT2IMG, Action.IMG2IMG):
                 self.ledger.move(job, JobStatus.FAILED, allowed_from=_OPEN, fields={"error": error})
+
+
+def _settings_fields(workflow: dict[str, Any]) -> dict[str, Any]:
+    settings = workflow.get("settings") or {}
+    return {key: settings.get(key) for key in _SETTINGS}
 
 
 def _reason(failure: dict[str, Any]) -> str:
