@@ -177,9 +177,15 @@ def test_a_container_that_cannot_start_fails_the_endpoint(sdpipe_stack):
         sagemaker.describe_endpoint(EndpointName="broken-endpoint")
     # Errors carry a request id as AWS's do (Step Functions' aws-sdk tasks need it to report them).
     assert missing.value.response["ResponseMetadata"]["RequestId"]
-    changes = [
-        json.loads(m["Body"])["detail"]
-        for m in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=2).get("Messages", [])
-    ]
-    assert [c["EndpointStatus"] for c in changes] == ["CREATING", "FAILED", "DELETING"]
-    assert "exited during start-up" in changes[1]["FailureReason"]
+    # EventBridge delivers asynchronously (the FAILED event may land after DELETING): collect all three.
+    changes: list[dict] = []
+    deadline = time.monotonic() + 30
+    while len(changes) < 3 and time.monotonic() < deadline:
+        for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+            "Messages", []
+        ):
+            changes.append(json.loads(message["Body"])["detail"])
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+    assert sorted(c["EndpointStatus"] for c in changes) == ["CREATING", "DELETING", "FAILED"]
+    failed = next(c for c in changes if c["EndpointStatus"] == "FAILED")
+    assert "exited during start-up" in failed["FailureReason"]

@@ -45,3 +45,23 @@ def test_failure_reasons_read_the_lambda_error_message():
     assert _reason({"Error": "SageMaker.EndpointFailed", "Cause": "endpoint is Failed: image pull"}) == (
         "SageMaker.EndpointFailed: endpoint is Failed: image pull"
     )
+
+
+def test_state_changes_out_of_order_or_after_deletion_change_nothing():
+    lifecycle = lifecycle_with(MagicMock())
+    lifecycle.settings.stack_name = "sdpipe"
+    record = {"name": "e", "sagemaker_name": "sdpipe-e", "status": "IN_SERVICE", "changed_at": 2000}
+    lifecycle.endpoints.get.return_value = record
+    late = {"EndpointName": "sdpipe-e", "EndpointStatus": "FAILED", "LastModifiedTime": 1000}
+    assert lifecycle.track(late) is None
+    lifecycle.endpoints.get.return_value = record | {"status": "DELETED", "changed_at": 0}
+    assert lifecycle.track(late | {"LastModifiedTime": 3000}) is None
+    assert lifecycle.track({"EndpointName": "other-stack-e", "EndpointStatus": "FAILED"}) is None
+    lifecycle.endpoints.set_status.assert_not_called()
+    # A newer change to a record no workflow holds is applied and announced.
+    lifecycle.endpoints.get.return_value = record
+    lifecycle.endpoints.set_status.return_value = True
+    assert lifecycle.track(late | {"LastModifiedTime": 3000, "FailureReason": "instance retired"}) == "FAILED"
+    lifecycle.endpoints.set_status.assert_called_once_with(
+        "e", "FAILED", {"changed_at": 3000, "failure_reason": "instance retired"}
+    )

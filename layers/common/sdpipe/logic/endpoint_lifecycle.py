@@ -455,9 +455,14 @@ class EndpointLifecycle:
         record = self.endpoints.get(name)
         if record is None or record.get("sagemaker_name") != sagemaker_name or record.get("pending_job"):
             return None
+        # EventBridge does not keep order: an event older than the last one applied changes nothing,
+        # and a deleted endpoint leaves DELETED only through a new deployment.
+        changed_at = int(detail.get("LastModifiedTime") or 0)
+        if record.get("status") == EndpointStatus.DELETED.value or changed_at < int(record.get("changed_at") or 0):
+            return None
         seen = str(detail.get("EndpointStatus") or "")
         status = _SAGEMAKER_STATUS.get(seen)
-        fields: dict[str, Any] = {}
+        fields: dict[str, Any] = {"changed_at": changed_at}
         if status is EndpointStatus.DELETING and self.sagemaker.is_gone(sagemaker_name):
             status = EndpointStatus.DELETED
         if status is EndpointStatus.FAILED:
