@@ -25,6 +25,16 @@ class DynamoTable:
     def _table(self) -> Any:
         return self._aws.get_resource("dynamodb").Table(self.table_name)
 
+    def _update_if(self, **request: Any) -> bool:
+        """UpdateItem; False (not an error) when its ConditionExpression does not hold."""
+        try:
+            self._table.update_item(**request)
+        except ClientError as exc:
+            if is_condition_failure(exc):
+                return False
+            raise
+        return True
+
 
 def is_condition_failure(exc: ClientError) -> bool:
     code = exc.response.get("Error", {}).get("Code")

@@ -5,9 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from sdpipe.adapters.dynamo import DynamoTable, UpdateBuilder, from_dynamo, is_condition_failure, to_dynamo
+from sdpipe.adapters.dynamo import DynamoTable, UpdateBuilder, from_dynamo, to_dynamo
 
 IN_SERVICE = "IN_SERVICE"
 
@@ -63,7 +61,7 @@ class EndpointsTable(DynamoTable):
         condition = f"{free} OR {pending} = {update.value(job_id)}"
         if may_create:
             condition = f"attribute_not_exists({update.name('name')}) OR {condition}"
-        return self._conditional(name, update, condition)
+        return self._update_if(Key={"name": name}, **update.request(condition))
 
     def finish_workflow(
         self, name: str, job_id: str, status: str, fields: dict[str, Any], remove: tuple[str, ...] = ()
@@ -75,7 +73,9 @@ class EndpointsTable(DynamoTable):
         for key in remove:
             update.remove(key)
         update.remove("pending_job")
-        return self._conditional(name, update, f"{update.name('pending_job')} = {update.value(job_id)}")
+        return self._update_if(
+            Key={"name": name}, **update.request(f"{update.name('pending_job')} = {update.value(job_id)}")
+        )
 
     def set_status(self, name: str, status: str, fields: dict[str, Any], *, unless_pending: bool = True) -> bool:
         """A status seen from outside sdpipe (SageMaker's own events); never over a running workflow."""
@@ -85,13 +85,4 @@ class EndpointsTable(DynamoTable):
         condition = f"attribute_exists({update.name('name')})"
         if unless_pending:
             condition += f" AND attribute_not_exists({update.name('pending_job')})"
-        return self._conditional(name, update, condition)
-
-    def _conditional(self, name: str, update: UpdateBuilder, condition: str) -> bool:
-        try:
-            self._table.update_item(Key={"name": name}, **update.request(condition))
-        except ClientError as exc:
-            if is_condition_failure(exc):
-                return False
-            raise
-        return True
+        return self._update_if(Key={"name": name}, **update.request(condition))

@@ -127,13 +127,7 @@ class JobsTable(DynamoTable):
 
     def conditional_update(self, job_id: str, update: UpdateBuilder, condition: str) -> bool:
         """UpdateItem; False (not an error) when ``condition`` does not hold."""
-        try:
-            self._table.update_item(Key={"job_id": job_id}, **update.request(condition))
-        except ClientError as exc:
-            if is_condition_failure(exc):
-                return False
-            raise
-        return True
+        return self._update_if(Key={"job_id": job_id}, **update.request(condition))
 
     def lease_event(self, job_id: str, event_id: str, lease_seconds: int) -> bool:
         """Take the publishing lease of a stored event whose previous lease expired."""

@@ -15,9 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from sdpipe.adapters.dynamo import DynamoTable, from_dynamo, is_condition_failure, to_dynamo
+from sdpipe.adapters.dynamo import DynamoTable, from_dynamo, to_dynamo
 from sdpipe.contracts.models import ModelRecord, ModelStatus, ModelType
 
 # Fields that describe one outcome; re-registering a key removes those the new outcome lacks.
@@ -28,16 +26,6 @@ _OUTCOME_FIELDS = (
 
 
 class ModelsTable(DynamoTable):
-    def _update_if(self, **request: Any) -> bool:
-        """UpdateItem; False (not an error) when its ConditionExpression does not hold."""
-        try:
-            self._table.update_item(**request)
-        except ClientError as exc:
-            if is_condition_failure(exc):
-                return False
-            raise
-        return True
-
     def get(self, model_id: str) -> dict[str, Any] | None:
         item = self._table.get_item(Key={"model_id": model_id}, ConsistentRead=True).get("Item")
         return from_dynamo(item) if item else None
