@@ -63,17 +63,24 @@ class Sdpipe:
         return f"s3://{self.outputs['AssetsBucketName']}/{key}"
 
     # ------------------------------------------------------------------ jobs
-    def _jobs_api(self, request: dict[str, Any]) -> dict[str, Any]:
+    def invoke_api(self, function_output: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Invoke one of the stack's synchronous functions (named by its output); its answer.
+
+        An ``{"error": ...}`` answer is raised as ``SdpipeError`` with the error's code.
+        """
         response = self.aws.get("lambda").invoke(
-            FunctionName=self.outputs["JobsApiFunctionName"], Payload=json.dumps(request).encode()
+            FunctionName=self.outputs[function_output], Payload=json.dumps(request).encode()
         )
         payload: dict[str, Any] = json.loads(response["Payload"].read() or b"{}")
         if response.get("FunctionError"):
-            raise SdpipeError(f"JobsApi failed: {payload.get('errorMessage', payload)}")
-        if "error" in payload:
-            error = payload["error"]
+            raise SdpipeError(f"{function_output} failed: {payload.get('errorMessage', payload)}")
+        error = payload.get("error")
+        if error and "code" in error and set(payload) == {"error"}:
             raise SdpipeError(error["message"], code=error["code"])
         return payload
+
+    def _jobs_api(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.invoke_api("JobsApiFunctionName", request)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         job: dict[str, Any] = self._jobs_api({"operation": "get", "job_id": job_id})["job"]

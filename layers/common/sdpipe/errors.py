@@ -166,3 +166,63 @@ class JobNotCancellable(SdpipeError):
     """A job that cannot be stopped half-way (an endpoint workflow)."""
 
     code = "JOB_NOT_CANCELLABLE"
+
+
+class UrlRejected(SdpipeError):
+    """A URL to fetch from is not acceptable (scheme, credentials in it, malformed, extension)."""
+
+    code = "URL_REJECTED"
+
+
+class ForbiddenAddress(UrlRejected):
+    """The URL's host is (or resolves to, or redirects to) an address sdpipe never connects to."""
+
+    code = "FORBIDDEN_ADDRESS"
+
+
+class SourceFailed(SdpipeError):
+    """The server of a URL failed to deliver the file (HTTP error, reset, timeout); retried."""
+
+    code = "SOURCE_FAILED"
+
+
+class SourceMisbehaved(SdpipeError):
+    """The server's answers contradict each other (size, ranges); not retried."""
+
+    code = "SOURCE_MISBEHAVED"
+
+
+class FileTooLarge(SdpipeError):
+    code = "FILE_TOO_LARGE"
+
+
+class UploadNotFound(SdpipeError):
+    code = "UPLOAD_NOT_FOUND"
+
+
+class UploadPartsInvalid(SdpipeError):
+    """``complete_upload`` named parts that are missing or do not match the plan."""
+
+    code = "UPLOAD_PARTS_INVALID"
+
+
+class UploadFinished(SdpipeError):
+    """The upload was completed, aborted or timed out already."""
+
+    code = "UPLOAD_FINISHED"
+
+
+class Sha256Mismatch(ModelRejected):
+    code = "SHA256_MISMATCH"
+
+
+class SourceRefused(SdpipeError):
+    """The server of a URL refused the request (4xx: not found, forbidden, bad token); not retried."""
+
+    code = "SOURCE_REFUSED"
+
+
+class ModelExists(SdpipeError):
+    """Uploading or fetching would overwrite a model file that exists (pass overwrite to replace it)."""
+
+    code = "MODEL_EXISTS"

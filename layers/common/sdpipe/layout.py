@@ -69,3 +69,32 @@ def parse_model_key(key: str) -> ModelKey | None:
         filename=relative.name,
         extension=extension,
     )
+
+
+MAX_KEY_BYTES = 900  # S3 allows 1024; leave room for the prefix and stay readable
+
+
+def model_key_for(model_type: ModelType, relative_name: str) -> ModelKey:
+    """The key an uploaded or fetched file goes to: ``models/<Folder>/<relative_name>``.
+
+    ``relative_name`` may hold subfolders (``sdxl/style.safetensors``); ``ValueError`` names
+    what is wrong with it (absolute, ``..``, empty segments, control characters, extension).
+    """
+    name = relative_name.strip()
+    if not name:
+        raise ValueError("the file name is empty")
+    if "\\" in name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise ValueError(f"{relative_name!r} contains a backslash or control characters")
+    segments = name.split("/")
+    if name.startswith("/") or any(s in ("", ".", "..") for s in segments):
+        raise ValueError(f"{relative_name!r} must be a relative path without empty, '.' or '..' segments")
+    extension = PurePosixPath(name).suffix.lower()
+    if extension not in MODEL_EXTENSIONS:
+        allowed = ", ".join(sorted(MODEL_EXTENSIONS))
+        raise ValueError(f"{relative_name!r} has extension {extension or '(none)'!r}; allowed: {allowed}")
+    key = f"{MODELS_PREFIX}{FOLDER_OF_TYPE[model_type]}/{name}"
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise ValueError(f"{relative_name!r} is too long for an S3 key")
+    parsed = parse_model_key(key)
+    assert parsed is not None
+    return parsed

@@ -28,6 +28,9 @@ class RegistrationSettings(BaseSettings):
     safetensors_header_cap_bytes: int = Field(default=100 * MIB, gt=0)
     pickle_scan_cap_bytes: int = Field(default=256 * MIB, gt=0)
     hash_chunk_bytes: int = Field(default=8 * MIB, ge=64 * 1024)
+    # Uploads and fetches name their job on the object; registration finishes it.
+    jobs_table_name: str = Field(min_length=3)
+    endpoints_table_name: str = Field(min_length=3)
 
 
 class JobSettings(BaseSettings):
@@ -60,6 +63,30 @@ class EndpointSettings(JobSettings):
     inference_error_topic_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:sns:")
     # How often the workflows poll DescribeEndpoint (short on the local stack).
     endpoint_poll_seconds: int = Field(default=30, ge=1, le=600)
+
+
+class UploadSettings(JobSettings):
+    """Chunked multipart uploads (the Uploads function) and the sweeper that ends abandoned ones."""
+
+    # The bucket's lifecycle rule aborts incomplete multipart uploads after one day; the job
+    # is timed out (and its upload aborted by the sweeper) a little later.
+    upload_deadline_seconds: int = Field(default=25 * 3600, ge=60)
+    part_url_expiry_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+
+
+class FetchSettings(JobSettings):
+    """``fetch_model``: the URL rules (DESIGN §7) and the FetchModel workflow's limits."""
+
+    stack_name: str = Field(min_length=1)
+    fetch_model_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
+    fetch_allowed_schemes: str = "https,http"
+    # CIDRs exempt from the private-address rule (the local stack's 127.0.0.1/32); empty in AWS.
+    fetch_allowed_networks: str = ""
+    fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+    fetch_max_bytes: int = Field(default=64 * 1024 * MIB, gt=0)
+    fetch_part_bytes: int = Field(default=64 * MIB, ge=8 * MIB, le=1024 * MIB)
+    fetch_connect_timeout_seconds: float = Field(default=30, gt=0, le=300)
+    fetch_deadline_seconds: int = Field(default=6 * 3600, ge=60)
 
 
 class RequestFilesSettings(BaseSettings):
@@ -96,3 +123,13 @@ def endpoint_settings() -> EndpointSettings:
 @lru_cache(maxsize=1)
 def request_files_settings() -> RequestFilesSettings:
     return _load(RequestFilesSettings)
+
+
+@lru_cache(maxsize=1)
+def upload_settings() -> UploadSettings:
+    return _load(UploadSettings)
+
+
+@lru_cache(maxsize=1)
+def fetch_settings() -> FetchSettings:
+    return _load(FetchSettings)

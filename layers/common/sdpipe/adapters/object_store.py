@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -18,6 +18,8 @@ class ObjectInfo:
     key: str
     size: int
     etag: str  # without the quotes S3 puts around it
+    # User metadata (x-amz-meta-*, lower-case names): who wrote the object and what to check.
+    metadata: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def quoted_etag(self) -> str:
@@ -45,7 +47,24 @@ class ObjectStore:
             if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
-        return ObjectInfo(key=key, size=int(response["ContentLength"]), etag=response["ETag"].strip('"'))
+        return ObjectInfo(
+            key=key,
+            size=int(response["ContentLength"]),
+            etag=response["ETag"].strip('"'),
+            metadata={k.lower(): v for k, v in (response.get("Metadata") or {}).items()},
+        )
+
+    def delete_if_unchanged(self, info: ObjectInfo) -> bool:
+        """Delete exactly the version ``info`` describes; False when the key now holds another.
+
+        S3 has no conditional DELETE on ETag for every bucket, so this checks, then deletes: a
+        write racing the gap is the only way to lose, and that writer's own event re-registers.
+        """
+        current = self.head(info.key)
+        if current is None or current.etag != info.etag:
+            return False
+        self._s3.delete_object(Bucket=self.bucket, Key=info.key)
+        return True
 
     def read_range(self, info: ObjectInfo, start: int, length: int) -> bytes:
         """Read ``length`` bytes at ``start`` of exactly the version ``info`` describes."""

@@ -10,11 +10,13 @@ from pydantic import ValidationError
 
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.jobs_table import JobsTable
+from sdpipe.adapters.multipart import MultipartUploads
 from sdpipe.contracts.events import utc_now
 from sdpipe.contracts.jobs import Action, CancelJobParams, JobStatus
 from sdpipe.errors import JobAlreadyFinished, JobNotCancellable, JobNotFound, SdpipeError, ValidationFailed
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.requests import parse_request, record_failure, validation_message
+from sdpipe.logic.uploads import REGISTERING
 from sdpipe.settings import job_settings
 
 logger = Logger(child=True)
@@ -33,6 +35,8 @@ def public_view(job: dict[str, Any]) -> dict[str, Any]:
 @dataclass
 class JobControl:
     ledger: JobLedger
+    # Upload and fetch jobs hold a multipart upload; ending such a job early aborts it.
+    uploads: MultipartUploads | None = None
 
     @classmethod
     def from_settings(cls) -> JobControl:
@@ -41,7 +45,8 @@ class JobControl:
             JobLedger(
                 JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
                 EventPublisher(settings.events_topic_arn),
-            )
+            ),
+            MultipartUploads(settings.assets_bucket_name),
         )
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -62,7 +67,9 @@ class JobControl:
                 f"job {job_id} is an {job['action']} workflow; it cannot be cancelled half-way "
                 "(let it finish, then update or delete the endpoint)"
             )
-        return self._finish(job_id, JobStatus.CANCELLED, {"code": "CANCELLED", "message": reason})
+        finished = self._finish(job_id, JobStatus.CANCELLED, {"code": "CANCELLED", "message": reason})
+        self._abort_upload(finished)
+        return finished
 
     def handle_cancel_request(self, body: str, attribute_action: str | None, message_id: str) -> None:
         """A ``cancel_job`` request: itself a job, SUCCEEDED once the target is cancelled."""
@@ -103,12 +110,23 @@ class JobControl:
         for job in self.ledger.table.open_past_deadline(now):
             self.ledger.flush(job)
             message = f"the job did not finish by its deadline {job.get('deadline')} (status was {job['status']})"
+            if job.get("upload") and job.get("phase") != REGISTERING:
+                message += "; its abandoned multipart upload was aborted"
             try:
-                self._finish(job["job_id"], JobStatus.TIMED_OUT, {"code": "TIMED_OUT", "message": message})
+                finished = self._finish(job["job_id"], JobStatus.TIMED_OUT, {"code": "TIMED_OUT", "message": message})
             except JobAlreadyFinished:
                 continue
+            self._abort_upload(finished)
             timed_out.append(job["job_id"])
         return timed_out
+
+    def _abort_upload(self, job: dict[str, Any]) -> None:
+        """Abort the multipart upload a finished job held (none once it was completed)."""
+        upload = job.get("upload")
+        if not upload or job.get("phase") == REGISTERING or self.uploads is None:
+            return
+        if self.uploads.abort(upload["key"], upload["upload_id"]):
+            logger.info("multipart upload aborted", extra={"job_id": job["job_id"], "key": upload["key"]})
 
     def _finish(self, job_id: str, status: JobStatus, error: dict[str, str]) -> dict[str, Any]:
         for _ in range(_MAX_RACES):

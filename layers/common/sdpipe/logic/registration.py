@@ -13,14 +13,18 @@ from dataclasses import dataclass
 from aws_lambda_powertools import Logger
 
 from sdpipe.adapters.events import EventPublisher
+from sdpipe.adapters.jobs_table import JobsTable
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.adapters.object_store import ObjectInfo, ObjectStore
 from sdpipe.contracts.events import Event, EventType, utc_now
+from sdpipe.contracts.jobs import JobStatus
 from sdpipe.contracts.models import ModelError, ModelRecord, ModelSource, ModelStatus
 from sdpipe.contracts.s3_events import S3EventNotification, S3EventRecord
-from sdpipe.errors import ModelRejected
+from sdpipe.contracts.uploads import META_JOB_ID, META_SHA256, META_SOURCE
+from sdpipe.errors import ModelRejected, Sha256Mismatch
 from sdpipe.layout import COMPANION_EXTENSIONS, ModelKey, parse_model_key
 from sdpipe.logic.inspection import InspectionLimits, inspect_model
+from sdpipe.logic.jobs import JobLedger
 from sdpipe.settings import registration_settings
 
 logger = Logger(child=True)
@@ -37,6 +41,8 @@ class Registrar:
     table: ModelsTable
     publisher: EventPublisher
     limits: InspectionLimits
+    # Uploads and fetches name their job in the object's metadata; registration finishes it.
+    ledger: JobLedger | None = None
     lease_seconds: int = 900
 
     @classmethod
@@ -51,6 +57,10 @@ class Registrar:
                 header_cap=settings.safetensors_header_cap_bytes,
                 pickle_cap=settings.pickle_scan_cap_bytes,
                 chunk_size=settings.hash_chunk_bytes,
+            ),
+            ledger=JobLedger(
+                JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
+                EventPublisher(settings.events_topic_arn),
             ),
             lease_seconds=lease_seconds,
         )
@@ -97,7 +107,7 @@ class Registrar:
                 "filename": key.filename,
                 "s3_key": key.key,
                 "size": info.size,
-                "source": ModelSource.DROP.value,
+                "source": _source(info).value,
                 "created_at": now.isoformat(),
                 "updated_at": now.isoformat(),
             },
@@ -105,6 +115,9 @@ class Registrar:
         if not claimed:
             logger.info("this version is registered or being registered", extra={"key": key.key, "etag": info.etag})
             self.flush_pending_event(key.model_id)
+            item = self.table.get(key.model_id) or {}
+            if item.get("etag") == info.etag and item.get("status") in (ModelStatus.ACTIVE, ModelStatus.REJECTED):
+                self._settle_job(info, ModelRecord.model_validate(item))  # a previous attempt may have stopped short
             return
         try:
             record = self._inspect(key, info, now)
@@ -116,6 +129,7 @@ class Registrar:
             raise
         if finished:
             self._publish(key.model_id, token, event)
+            self._settle_job(info, record)
         else:
             logger.info("a newer version of the object took over; result dropped", extra={"key": key.key})
 
@@ -160,12 +174,18 @@ class Registrar:
             "s3_key": key.key,
             "size": info.size,
             "etag": info.etag,
-            "source": ModelSource.DROP,
+            "source": _source(info),
             "created_at": now,
             "updated_at": utc_now(),
         }
         try:
             found = inspect_model(self.store, info, key, self.limits)
+            expected = info.metadata.get(META_SHA256)
+            if expected and expected.lower() != found.hashes.sha256:
+                raise Sha256Mismatch(
+                    f"the file's sha256 is {found.hashes.sha256}, not the expected {expected.lower()}; "
+                    "the file was deleted"
+                )
         except ModelRejected as exc:
             logger.info("rejected", extra={"key": key.key, "code": exc.code, "reason": exc.message})
             return ModelRecord.model_validate(
@@ -186,6 +206,40 @@ class Registrar:
                 "details": found.details,
             }
         )
+
+    def _settle_job(self, info: ObjectInfo, record: ModelRecord) -> None:
+        """Finish the upload or fetch job that wrote this file; a rejected file it wrote goes.
+
+        Idempotent: the job moves only from RUNNING, and the file is deleted only while it is
+        still this version (a retry after a crash in between does what is left).
+        """
+        job_id = info.metadata.get(META_JOB_ID)
+        if not job_id or self.ledger is None:
+            return
+        job = self.ledger.get(job_id)
+        if job is not None and job.get("status") == JobStatus.RUNNING.value:
+            model = record.model_dump(mode="json", include=set(_SUMMARY_FIELDS)) | {"title": record.title}
+            if record.status is ModelStatus.ACTIVE:
+                self.ledger.move(
+                    job, JobStatus.SUCCEEDED, allowed_from=[JobStatus.RUNNING], fields={"outputs": {"model": model}}
+                )
+            else:
+                error = record.error.model_dump() if record.error else {"code": "MODEL_REJECTED", "message": "rejected"}
+                self.ledger.move(
+                    job,
+                    JobStatus.FAILED,
+                    allowed_from=[JobStatus.RUNNING],
+                    fields={"error": error, "outputs": {"model": model}},
+                )
+        if record.status is ModelStatus.REJECTED and self.store.delete_if_unchanged(info):
+            logger.info("rejected upload deleted", extra={"key": info.key, "job_id": job_id})
+
+
+def _source(info: ObjectInfo) -> ModelSource:
+    try:
+        return ModelSource(info.metadata.get(META_SOURCE, ModelSource.DROP.value))
+    except ValueError:
+        return ModelSource.DROP
 
 
 def _stored(event: Event, event_id: str) -> dict[str, object]:

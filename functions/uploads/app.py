@@ -1,0 +1,46 @@
+"""Uploads: chunked multipart uploads of model files (invoked directly by the CLI and other clients).
+
+Requests: ``{"operation": "create_upload", "type": "lora", "filename": "x.safetensors", "size": N,
+"sha256": "...", "request_id": "..."}``, ``{"operation": "resume_upload", "job_id": "..."}``,
+``{"operation": "complete_upload", "job_id": "...", "parts": [{"part_number": 1, "etag": "..."}]}``,
+``{"operation": "abort_upload", "job_id": "..."}``. Responses carry the plan and presigned part
+URLs, or ``{"error": {"code": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import TypeAdapter, ValidationError
+
+from sdpipe.contracts.uploads import AbortUpload, CompleteUpload, CreateUpload, ResumeUpload, UploadRequest
+from sdpipe.errors import SdpipeError
+from sdpipe.logic.requests import validation_message
+from sdpipe.logic.uploads import ModelUploads
+
+logger = Logger()
+tracer = Tracer()
+_Request: TypeAdapter[CreateUpload | ResumeUpload | CompleteUpload | AbortUpload] = TypeAdapter(UploadRequest)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    try:
+        request = _Request.validate_python(event)
+    except ValidationError as exc:
+        return {"error": {"code": "VALIDATION_ERROR", "message": validation_message(exc)}}
+    uploads = ModelUploads.from_settings()
+    try:
+        if isinstance(request, CreateUpload):
+            return uploads.create(request)
+        if isinstance(request, ResumeUpload):
+            return uploads.resume(request)
+        if isinstance(request, CompleteUpload):
+            return uploads.complete(request)
+        return uploads.abort(request)
+    except SdpipeError as exc:
+        logger.info("refused", extra={"operation": request.operation, "code": exc.code})
+        return {"error": exc.to_error()}

@@ -1,0 +1,109 @@
+"""S3 multipart uploads: create, presign parts, list, upload, complete, abort."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from sdpipe.adapters.clients import AwsClients, clients
+from sdpipe.errors import Throttled, UploadNotFound
+
+_THROTTLING = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "503"})
+
+
+def content_md5(body: bytes) -> str:
+    """The Content-MD5 header S3 checks a part against (rejecting it with BadDigest)."""
+    return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class MultipartUploads:
+    def __init__(self, bucket: str, aws: AwsClients = clients) -> None:
+        self.bucket = bucket
+        self._aws = aws
+
+    @property
+    def _s3(self) -> Any:
+        return self._aws.get("s3")
+
+    def create(self, key: str, metadata: dict[str, str], content_type: str = "application/octet-stream") -> str:
+        response = self._s3.create_multipart_upload(
+            Bucket=self.bucket, Key=key, Metadata=metadata, ContentType=content_type
+        )
+        return str(response["UploadId"])
+
+    def presign_part(self, key: str, upload_id: str, part: int, expires_seconds: int) -> str:
+        """A URL a client PUTs the part to (sending Content-MD5, which S3 verifies)."""
+        return str(
+            self._s3.generate_presigned_url(
+                "upload_part",
+                Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part},
+                ExpiresIn=expires_seconds,
+                HttpMethod="PUT",
+            )
+        )
+
+    def list_parts(self, key: str, upload_id: str) -> dict[int, dict[str, Any]]:
+        """Parts S3 holds, by number: ``{"size", "etag"}``; ``UploadNotFound`` once it is gone."""
+        parts: dict[int, dict[str, Any]] = {}
+        marker = 0
+        while True:
+            try:
+                response = self._s3.list_parts(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker, MaxParts=1000
+                )
+            except ClientError as exc:
+                raise self._translate(exc, key) from exc
+            for part in response.get("Parts", []):
+                parts[int(part["PartNumber"])] = {"size": int(part["Size"]), "etag": str(part["ETag"]).strip('"')}
+            if not response.get("IsTruncated"):
+                return parts
+            marker = int(response["NextPartNumberMarker"])
+
+    def upload_part(self, key: str, upload_id: str, part: int, body: bytes) -> str:
+        try:
+            response = self._s3.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=part,
+                Body=body,
+                ContentMD5=content_md5(body),
+            )
+        except ClientError as exc:
+            raise self._translate(exc, key) from exc
+        return str(response["ETag"]).strip('"')
+
+    def complete(self, key: str, upload_id: str, etags: dict[int, str]) -> str:
+        parts = [{"PartNumber": n, "ETag": f'"{etags[n]}"'} for n in sorted(etags)]
+        try:
+            response = self._s3.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except ClientError as exc:
+            raise self._translate(exc, key) from exc
+        return str(response["ETag"]).strip('"')
+
+    def abort(self, key: str, upload_id: str) -> bool:
+        """Abort; False when there was nothing to abort (completed or aborted already)."""
+        try:
+            self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchUpload", "404"):
+                return False
+            raise self._translate(exc, key) from exc
+        return True
+
+    def _translate(self, exc: ClientError, key: str) -> Exception:
+        code = _code(exc)
+        if code in ("NoSuchUpload", "404"):
+            return UploadNotFound(f"the multipart upload of {key} no longer exists (completed, aborted or expired)")
+        if code in _THROTTLING:
+            return Throttled(f"S3 throttled the upload of {key}: {code}")
+        return exc

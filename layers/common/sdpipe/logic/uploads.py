@@ -1,0 +1,250 @@
+"""Chunked multipart uploads of model files (the Uploads function; DESIGN C1).
+
+An upload is a job (action ``upload_model``) that holds one S3 multipart upload under the right
+``models/`` folder. The client PUTs parts to presigned URLs, ``complete_upload`` checks every part
+against the plan and completes it, and registration (which reads the job id and the expected
+sha256 from the object's metadata) finishes the job. The same ``request_id`` finds the same upload
+again, which is how an interrupted client resumes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from sdpipe.adapters.events import EventPublisher
+from sdpipe.adapters.jobs_table import JobsTable
+from sdpipe.adapters.multipart import MultipartUploads
+from sdpipe.adapters.object_store import ObjectStore
+from sdpipe.contracts.events import utc_now
+from sdpipe.contracts.jobs import JobStatus, job_id_for
+from sdpipe.contracts.models import ModelSource
+from sdpipe.contracts.uploads import (
+    META_JOB_ID,
+    META_SHA256,
+    META_SOURCE,
+    AbortUpload,
+    CompleteUpload,
+    CreateUpload,
+    ResumeUpload,
+)
+from sdpipe.errors import (
+    JobNotFound,
+    ModelExists,
+    UploadFinished,
+    UploadPartsInvalid,
+    ValidationFailed,
+)
+from sdpipe.layout import model_key_for
+from sdpipe.logic.jobs import JobLedger
+from sdpipe.logic.part_plan import PartPlan, plan_parts
+from sdpipe.settings import UploadSettings, upload_settings
+
+logger = Logger(child=True)
+
+UPLOAD_ACTION = "upload_model"
+REGISTERING = "registering"  # the job's phase once S3 holds the whole file
+
+
+def plan_of(job: dict[str, Any]) -> PartPlan:
+    upload = job["upload"]
+    return PartPlan(size=int(upload["size"]), part_size=int(upload["part_size"]))
+
+
+@dataclass
+class ModelUploads:
+    ledger: JobLedger
+    store: ObjectStore
+    uploads: MultipartUploads
+    settings: UploadSettings
+
+    @classmethod
+    def from_settings(cls) -> ModelUploads:
+        settings = upload_settings()
+        return cls(
+            ledger=JobLedger(
+                JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
+                EventPublisher(settings.events_topic_arn),
+            ),
+            store=ObjectStore(settings.assets_bucket_name),
+            uploads=MultipartUploads(settings.assets_bucket_name),
+            settings=settings,
+        )
+
+    # ------------------------------------------------------------------ operations
+    def create(self, request: CreateUpload) -> dict[str, Any]:
+        """Plan the parts, open the multipart upload and its job; or find the one opened before."""
+        try:
+            key = model_key_for(request.type, request.filename)
+        except ValueError as exc:
+            raise ValidationFailed(f"filename: {exc}") from None
+        request_id = request.request_id or f"upload-{uuid.uuid4().hex}"
+        job_id = job_id_for(request_id)
+        existing = self.ledger.get(job_id)
+        if existing is not None:
+            return self._existing(existing, request, key.key)
+        plan = plan_parts(request.size)
+        if not request.overwrite and self.store.head(key.key) is not None:
+            raise ModelExists(f"{key.key} exists already; pass overwrite to replace it")
+        metadata = {META_JOB_ID: job_id, META_SOURCE: ModelSource.UPLOAD.value}
+        if request.sha256:
+            metadata[META_SHA256] = request.sha256
+        upload_id = self.uploads.create(key.key, metadata)
+        params = request.model_dump(mode="json", exclude={"operation", "request_id", "context", "expires_seconds"})
+        job = self.ledger.create(
+            job_id=job_id,
+            request_id=request_id,
+            action=UPLOAD_ACTION,
+            status=JobStatus.RUNNING,
+            deadline_seconds=self.settings.upload_deadline_seconds,
+            fields={
+                "context": request.context,
+                "params": params,
+                "upload": {"upload_id": upload_id, "key": key.key, "size": plan.size, "part_size": plan.part_size},
+                "progress": {"bytes_total": plan.size},
+            },
+        )
+        if job is None:  # a concurrent create with the same request_id won
+            self.uploads.abort(key.key, upload_id)
+            raced = self.ledger.get(job_id)
+            assert raced is not None
+            return self._existing(raced, request, key.key)
+        logger.info("upload created", extra={"job_id": job_id, "key": key.key, "parts": plan.part_count})
+        return self._describe(job, {}, request.expires_seconds)
+
+    def resume(self, request: ResumeUpload) -> dict[str, Any]:
+        job = self._open_upload(request.job_id)
+        if job.get("phase") == REGISTERING:
+            return self._registering(job)
+        held = self.uploads.list_parts(job["upload"]["key"], job["upload"]["upload_id"])
+        return self._describe(job, held, request.expires_seconds)
+
+    def complete(self, request: CompleteUpload) -> dict[str, Any]:
+        """Check the parts against the plan and what S3 holds, then complete (once)."""
+        job = self._open_upload(request.job_id)
+        if job.get("phase") == REGISTERING:
+            return self._registering(job)
+        upload = job["upload"]
+        plan = plan_of(job)
+        held = self.uploads.list_parts(upload["key"], upload["upload_id"])
+        problems = _part_problems(plan, {p.part_number: p.etag for p in request.parts}, held)
+        if problems:
+            raise UploadPartsInvalid(
+                f"upload {job['job_id']} cannot complete: {'; '.join(problems)}. "
+                "Upload the missing parts again (resume_upload gives their URLs), then complete."
+            )
+        self.uploads.complete(upload["key"], upload["upload_id"], {n: held[n]["etag"] for n in held})
+        moved = self.ledger.move(
+            job,
+            JobStatus.RUNNING,
+            allowed_from=[JobStatus.RUNNING],
+            fields={"phase": REGISTERING, "progress": {"bytes_total": plan.size, "bytes_done": plan.size}},
+        )
+        logger.info("upload completed; registration takes over", extra={"job_id": job["job_id"]})
+        return self._registering(moved or job)
+
+    def abort(self, request: AbortUpload) -> dict[str, Any]:
+        job = self._open_upload(request.job_id)
+        if job.get("phase") == REGISTERING:
+            raise UploadFinished(f"upload {job['job_id']} is complete; it can no longer be aborted")
+        self.uploads.abort(job["upload"]["key"], job["upload"]["upload_id"])
+        moved = self.ledger.move(
+            job,
+            JobStatus.CANCELLED,
+            allowed_from=[JobStatus.RUNNING],
+            fields={"error": {"code": "CANCELLED", "message": "upload aborted by the client"}},
+        )
+        return {"job_id": job["job_id"], "status": (moved or job)["status"]}
+
+    # ------------------------------------------------------------------ helpers
+    def _open_upload(self, job_id: str) -> dict[str, Any]:
+        job = self.ledger.get(job_id)
+        if job is None or job.get("action") != UPLOAD_ACTION:
+            raise JobNotFound(f"upload job {job_id!r} does not exist")
+        if JobStatus(job["status"]).is_terminal:
+            raise UploadFinished(f"upload {job_id} is {job['status']}: {(job.get('error') or {}).get('message', '')}")
+        return job
+
+    def _existing(self, job: dict[str, Any], request: CreateUpload, key: str) -> dict[str, Any]:
+        upload = job.get("upload") or {}
+        if (
+            job.get("action") != UPLOAD_ACTION
+            or upload.get("key") != key
+            or int(upload.get("size", -1)) != request.size
+        ):
+            raise ValidationFailed(
+                f"request_id: {job.get('request_id')!r} belongs to another upload or job ({job['job_id']})"
+            )
+        if JobStatus(job["status"]).is_terminal:
+            return {
+                "job_id": job["job_id"],
+                "key": key,
+                "status": job["status"],
+                "error": job.get("error"),
+                "outputs": job.get("outputs") or {},
+            }
+        return self.resume(
+            ResumeUpload(operation="resume_upload", job_id=job["job_id"], expires_seconds=request.expires_seconds)
+        )
+
+    def _describe(self, job: dict[str, Any], held: dict[int, dict[str, Any]], expires: int | None) -> dict[str, Any]:
+        """The plan, the parts S3 holds (right size) and presigned URLs for all the others."""
+        upload = job["upload"]
+        plan = plan_of(job)
+        expiry = expires or self.settings.part_url_expiry_seconds
+        done, missing = [], []
+        for item in plan.items():
+            number = item["part"]
+            found = held.get(number)
+            if found is not None and found["size"] == plan.part_length(number):
+                done.append({"part_number": number, "etag": found["etag"]})
+                continue
+            url = self.uploads.presign_part(upload["key"], upload["upload_id"], number, expiry)
+            missing.append({"part_number": number, "start": item["start"], "end": item["end"], "url": url})
+        return {
+            "job_id": job["job_id"],
+            "status": JobStatus.RUNNING.value,
+            "key": upload["key"],
+            "size": plan.size,
+            "part_size": plan.part_size,
+            "part_count": plan.part_count,
+            "parts_done": done,
+            "parts": missing,
+            "urls_expire_at": int(utc_now().timestamp()) + expiry,
+        }
+
+    def _registering(self, job: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "job_id": job["job_id"],
+            "status": JobStatus.RUNNING.value,
+            "phase": REGISTERING,
+            "key": job["upload"]["key"],
+        }
+
+
+def _part_problems(plan: PartPlan, given: dict[int, str], held: dict[int, dict[str, Any]]) -> list[str]:
+    problems = []
+    expected = set(range(1, plan.part_count + 1))
+    extra = sorted(set(given) - expected)
+    if extra:
+        problems.append(f"parts {_numbers(extra)} are not in the plan of {plan.part_count} parts")
+    missing = sorted(expected - set(given))
+    if missing:
+        problems.append(f"parts {_numbers(missing)} were not listed")
+    not_held = sorted(n for n in expected & set(given) if n not in held)
+    if not_held:
+        problems.append(f"S3 does not hold parts {_numbers(not_held)}")
+    for number in sorted(expected & set(given) & set(held)):
+        if held[number]["size"] != plan.part_length(number):
+            problems.append(f"part {number} is {held[number]['size']} bytes, expected {plan.part_length(number)}")
+        elif held[number]["etag"] != given[number]:
+            problems.append(f"part {number}'s ETag {given[number]} is not the one S3 holds")
+    return problems
+
+
+def _numbers(numbers: list[int]) -> str:
+    shown = ", ".join(map(str, numbers[:10]))
+    return shown + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")

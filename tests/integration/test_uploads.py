@@ -1,0 +1,173 @@
+"""Chunked multipart uploads end to end on the local stack: plan, parts, resume, complete, checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import urllib3
+
+from sdpipe.adapters.multipart import content_md5
+from sdpipe.contracts.models import ModelType
+from sdpipe.errors import SdpipeError
+from sdpipe_client.client import JobFailed, Sdpipe
+from sdpipe_client.stack import StackOutputs
+from sdpipe_client.transfer import UPLOADS_API, Uploader
+from tests.helpers import kohya_lora, safetensors_bytes
+
+MIB = 1024 * 1024
+
+
+def big_lora(mib: int, seed: int = 0) -> bytes:
+    """A valid SD1 Kohya LoRA of about ``mib`` MiB (one wide padding module)."""
+    tensors = kohya_lora("sd1") | {"lora_unet_padding.lora_down.weight": ("F32", (4, mib * MIB // 16))}
+    return safetensors_bytes(tensors, fill=bytes([seed + 1, 2, 3, 4]))
+
+
+@pytest.fixture
+def client(aws_env, stack) -> Sdpipe:
+    return Sdpipe(StackOutputs(stack.outputs))
+
+
+@pytest.fixture
+def lora_file(tmp_path: Path) -> Path:
+    path = tmp_path / f"up-{uuid.uuid4().hex[:6]}.safetensors"
+    path.write_bytes(big_lora(20))  # 3 parts of the 8 MiB minimum
+    return path
+
+
+def open_uploads(stack) -> list[str]:
+    s3 = stack.client("s3")
+    return [u["Key"] for u in s3.list_multipart_uploads(Bucket=stack.outputs["AssetsBucketName"]).get("Uploads", [])]
+
+
+def create(client: Sdpipe, path: Path, **extra) -> dict:
+    request = {"operation": "create_upload", "type": "lora", "filename": path.name, "size": path.stat().st_size}
+    return client.invoke_api(UPLOADS_API, request | extra)
+
+
+def put_part(part: dict, body: bytes) -> str:
+    response = urllib3.request("PUT", part["url"], body=body, headers={"Content-MD5": content_md5(body)})
+    assert response.status == 200, response.data
+    return response.headers["ETag"].strip('"')
+
+
+def test_upload_registers_the_model_with_its_source_and_hash(client, lora_file, stack):
+    result = Uploader(client, concurrency=3).upload(lora_file, ModelType.LORA)
+    assert result.key == f"models/Lora/{lora_file.name}"
+    assert result.sent_bytes == lora_file.stat().st_size
+    job = client.wait(result.job_id, timeout_s=60)
+    model = job["outputs"]["model"]
+    assert model["status"] == "ACTIVE" and model["source"] == "upload"
+    assert model["sha256"] == hashlib.sha256(lora_file.read_bytes()).hexdigest()
+    assert job["action"] == "upload_model" and job["progress"]["bytes_done"] == lora_file.stat().st_size
+    assert result.key not in open_uploads(stack)
+    again = Uploader(client).upload(lora_file, ModelType.LORA)  # the same command again: nothing to send
+    assert (again.job_id, again.status, again.sent_bytes) == (result.job_id, "SUCCEEDED", 0)
+
+
+def test_an_interrupted_upload_resumes_sending_only_the_missing_parts(client, lora_file):
+    body = lora_file.read_bytes()
+    uploader = Uploader(client)
+    sha = hashlib.sha256(body).hexdigest()
+    # What the uploader would ask for, then "interrupted" after the first part.
+    request_id = "upload-" + hashlib.sha256(f"lora/{lora_file.name}\n{len(body)}\n{sha}".encode()).hexdigest()[:32]
+    plan = create(client, lora_file, sha256=sha, request_id=request_id)
+    assert plan["part_count"] == 3 and plan["part_size"] == 8 * MIB and len(plan["parts"]) == 3
+    first = plan["parts"][0]
+    put_part(first, body[first["start"] : first["end"] + 1])
+    resumed = client.invoke_api(UPLOADS_API, {"operation": "resume_upload", "job_id": plan["job_id"]})
+    assert [p["part_number"] for p in resumed["parts"]] == [2, 3]
+    assert [p["part_number"] for p in resumed["parts_done"]] == [1]
+    result = uploader.upload(lora_file, ModelType.LORA, sha256=sha)
+    assert result.job_id == plan["job_id"]
+    assert result.sent_bytes == len(body) - 8 * MIB
+    assert client.wait(result.job_id, timeout_s=60)["outputs"]["model"]["status"] == "ACTIVE"
+
+
+def test_complete_with_missing_or_wrong_parts_is_refused_and_the_upload_stays_open(client, lora_file, stack):
+    body = lora_file.read_bytes()
+    plan = create(client, lora_file)
+    etags = {}
+    for part in plan["parts"][:2]:
+        etags[part["part_number"]] = put_part(part, body[part["start"] : part["end"] + 1])
+    listed = [{"part_number": n, "etag": e} for n, e in etags.items()]
+    with pytest.raises(SdpipeError) as missing:
+        client.invoke_api(UPLOADS_API, {"operation": "complete_upload", "job_id": plan["job_id"], "parts": listed})
+    assert missing.value.code == "UPLOAD_PARTS_INVALID" and "parts 3 were not listed" in missing.value.message
+    wrong = [*listed, {"part_number": 3, "etag": "0" * 32}]
+    with pytest.raises(SdpipeError) as not_held:
+        client.invoke_api(UPLOADS_API, {"operation": "complete_upload", "job_id": plan["job_id"], "parts": wrong})
+    assert "S3 does not hold parts 3" in not_held.value.message
+    last = plan["parts"][2]
+    put_part(last, body[last["start"] : last["end"] + 1][:-1])  # one byte short
+    with pytest.raises(SdpipeError) as short:
+        client.invoke_api(UPLOADS_API, {"operation": "complete_upload", "job_id": plan["job_id"], "parts": wrong})
+    assert (
+        f"part 3 is {last['end'] - last['start']} bytes, expected {last['end'] - last['start'] + 1}"
+        in short.value.message
+    )
+    assert f"models/Lora/{lora_file.name}" in open_uploads(stack)
+    aborted = client.invoke_api(UPLOADS_API, {"operation": "abort_upload", "job_id": plan["job_id"]})
+    assert aborted["status"] == "CANCELLED"
+    assert f"models/Lora/{lora_file.name}" not in open_uploads(stack)
+    with pytest.raises(SdpipeError) as finished:
+        client.invoke_api(UPLOADS_API, {"operation": "resume_upload", "job_id": plan["job_id"]})
+    assert finished.value.code == "UPLOAD_FINISHED"
+
+
+def test_a_sha256_mismatch_fails_the_job_and_leaves_nothing(client, lora_file, stack):
+    result = Uploader(client).upload(lora_file, ModelType.LORA, sha256="ab" * 32)
+    with pytest.raises(JobFailed) as failed:
+        client.wait(result.job_id, timeout_s=60)
+    assert failed.value.code == "SHA256_MISMATCH"
+    assert "not the expected abab" in client.get_job(result.job_id)["error"]["message"]
+    s3 = stack.client("s3")
+    listed = s3.list_objects_v2(Bucket=stack.outputs["AssetsBucketName"], Prefix=result.key).get("KeyCount")
+    assert listed == 0
+    assert result.key not in open_uploads(stack)
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "code", "words"),
+    [
+        ({"filename": "../escape.safetensors"}, "VALIDATION_ERROR", "'..'"),
+        ({"filename": "notes.txt"}, "VALIDATION_ERROR", "extension '.txt'"),
+        ({"size": 0}, "VALIDATION_ERROR", "size"),
+        ({"type": "sampler"}, "VALIDATION_ERROR", "type"),
+        ({"sha256": "xyz"}, "VALIDATION_ERROR", "sha256"),
+    ],
+)
+def test_bad_create_requests_name_the_field(client, request_fields, code, words):
+    request = {"operation": "create_upload", "type": "lora", "filename": "ok.safetensors", "size": 10} | request_fields
+    with pytest.raises(SdpipeError) as refused:
+        client.invoke_api(UPLOADS_API, request)
+    assert refused.value.code == code and words in refused.value.message
+
+
+def test_an_existing_model_is_not_overwritten_unless_asked(client, lora_file, stack):
+    stack.client("s3").put_object(
+        Bucket=stack.outputs["AssetsBucketName"], Key=f"models/Lora/{lora_file.name}", Body=b"x"
+    )
+    with pytest.raises(SdpipeError) as exists:
+        create(client, lora_file)
+    assert exists.value.code == "MODEL_EXISTS"
+    assert create(client, lora_file, overwrite=True)["part_count"] == 3
+
+
+def test_abandoned_uploads_are_aborted_and_timed_out_by_the_sweeper(client, lora_file, stack):
+    plan = create(client, lora_file)
+    jobs = stack.resource("dynamodb").Table(stack.outputs["JobsTableName"])
+    jobs.update_item(
+        Key={"job_id": plan["job_id"]},
+        UpdateExpression="SET deadline = :d",
+        ExpressionAttributeValues={":d": "2000-01-01"},
+    )
+    response = stack.client("lambda").invoke(FunctionName="SweepJobsFunction", Payload=b"{}")
+    assert plan["job_id"] in json.loads(response["Payload"].read())["timed_out"]
+    job = client.get_job(plan["job_id"])
+    assert job["status"] == "TIMED_OUT" and "abandoned multipart upload was aborted" in job["error"]["message"]
+    assert plan["key"] not in open_uploads(stack)
