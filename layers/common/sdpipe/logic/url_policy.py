@@ -51,7 +51,6 @@ class UrlPolicy:
     # Explicit exemptions (the local stack's 127.0.0.1/32); metadata addresses are never exempt.
     allowed_networks: tuple[IPNetwork, ...] = ()
     max_redirects: int = 5
-    )
 
     @classmethod
     def from_strings(cls, schemes: str, networks: str, max_redirects: int) -> UrlPolicy:
