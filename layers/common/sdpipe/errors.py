@@ -226,3 +226,9 @@ class ModelExists(SdpipeError):
     """Uploading or fetching would overwrite a model file that exists (pass overwrite to replace it)."""
 
     code = "MODEL_EXISTS"
+
+
+class FetchTimedOut(SdpipeError):
+    """A fetch could not finish in the time a function has (a slow server without range support)."""
+
+    code = "FETCH_TIMED_OUT"

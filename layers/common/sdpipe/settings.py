@@ -85,6 +85,7 @@ class FetchSettings(JobSettings):
     fetch_max_redirects: int = Field(default=5, ge=0, le=20)
     fetch_max_bytes: int = Field(default=64 * 1024 * MIB, gt=0)
     fetch_part_bytes: int = Field(default=64 * MIB, ge=8 * MIB, le=1024 * MIB)
+    fetch_concurrency: int = Field(default=8, ge=1, le=100)
     fetch_connect_timeout_seconds: float = Field(default=30, gt=0, le=300)
     fetch_deadline_seconds: int = Field(default=6 * 3600, ge=60)
 

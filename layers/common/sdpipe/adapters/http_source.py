@@ -141,6 +141,10 @@ class HttpSource:
             response.close()
             connection.close()
             message = f"{_display(url)} answered HTTP {response.status} {response.reason}"
+            if response.status == 416 and byte_range is not None:
+                raise SourceMisbehaved(
+                    f"{message} to bytes {byte_range[0]}-{byte_range[1]}: the file is shorter than announced"
+                )
             if response.status in (408, 429) or response.status >= 500:
                 raise SourceFailed(message)
             raise SourceRefused(message)

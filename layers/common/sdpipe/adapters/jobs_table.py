@@ -129,6 +129,19 @@ class JobsTable(DynamoTable):
         """UpdateItem; False (not an error) when ``condition`` does not hold."""
         return self._update_if(Key={"job_id": job_id}, **update.request(condition))
 
+    def add_progress(self, job_id: str, done_delta: int) -> dict[str, Any]:
+        """Add to ``progress.bytes_done`` (parallel writers never lose an addition); the new progress."""
+        update = UpdateBuilder().add("progress.bytes_done", done_delta)
+        response = self._table.update_item(Key={"job_id": job_id}, ReturnValues="ALL_NEW", **update.request())
+        return dict(from_dynamo(response["Attributes"]).get("progress") or {})
+
+    def take_progress_slot(self, job_id: str, now: float, interval: float) -> bool:
+        """True for at most one caller per ``interval`` seconds: the one that announces progress."""
+        update = UpdateBuilder().set("progress_announced_at", to_dynamo(now))
+        path = update.name("progress_announced_at")
+        condition = f"attribute_not_exists({path}) OR {path} <= {update.value(to_dynamo(now - interval))}"
+        return self._update_if(Key={"job_id": job_id}, **update.request(condition))
+
     def lease_event(self, job_id: str, event_id: str, lease_seconds: int) -> bool:
         """Take the publishing lease of a stored event whose previous lease expired."""
         now = int(time.time())

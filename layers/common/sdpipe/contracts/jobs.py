@@ -45,6 +45,7 @@ SUPPORTED_ACTIONS = frozenset(
         Action.TXT2IMG,
         Action.IMG2IMG,
         Action.CANCEL_JOB,
+        Action.FETCH_MODEL,
         Action.DEPLOY_ENDPOINT,
         Action.UPDATE_ENDPOINT,
         Action.DELETE_ENDPOINT,

@@ -22,7 +22,7 @@ from sdpipe.settings import job_settings
 logger = Logger(child=True)
 
 # Fields that stay on the item for the system's own bookkeeping; readers do not need them.
-_INTERNAL = ("pending_events", "claim_token", "claim_expires_at", "open_shard")
+_INTERNAL = ("pending_events", "claim_token", "claim_expires_at", "open_shard", "fetch_url", "progress_announced_at")
 _MAX_RACES = 5
 _INFERENCE = frozenset({Action.TXT2IMG, Action.IMG2IMG})
 _WORKFLOW_ACTIONS = frozenset({Action.DEPLOY_ENDPOINT, Action.UPDATE_ENDPOINT, Action.DELETE_ENDPOINT})

@@ -211,6 +211,28 @@ class JobLedger:
             if self.table.lease_event(job["job_id"], event_id, self.lease_seconds):
                 self._publish(job["job_id"], event_id, Event.model_validate(stored["event"]))
 
+    def progress(self, job: dict[str, Any], done_delta: int, interval: float = 1.0) -> dict[str, Any]:
+        """Count ``done_delta`` more bytes done; announce ``job.progress`` at most once per ``interval``.
+
+        Progress events are a courtesy (a lost one is superseded by the next), so they are
+        published directly rather than through the job's stored events.
+        """
+        progress = self.table.add_progress(job["job_id"], done_delta)
+        now = time.time()
+        if self.table.take_progress_slot(job["job_id"], now, interval):
+            self.publisher.publish(
+                Event(
+                    type=EventType.JOB_PROGRESS,
+                    status=str(job["status"]),
+                    job_id=job["job_id"],
+                    action=job.get("action"),
+                    request_id=job.get("request_id"),
+                    outputs={"progress": progress},
+                    context=job.get("context") or {},
+                )
+            )
+        return progress
+
     def _stored(self, event: Event) -> dict[str, Any]:
         return {"event": event.model_dump(mode="json"), "lease_until": int(time.time()) + self.lease_seconds}
 

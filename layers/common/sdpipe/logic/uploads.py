@@ -130,7 +130,7 @@ class ModelUploads:
         upload = job["upload"]
         plan = plan_of(job)
         held = self.uploads.list_parts(upload["key"], upload["upload_id"])
-        problems = _part_problems(plan, {p.part_number: p.etag for p in request.parts}, held)
+        problems = part_problems(plan, {p.part_number: p.etag for p in request.parts}, held)
         if problems:
             raise UploadPartsInvalid(
                 f"upload {job['job_id']} cannot complete: {'; '.join(problems)}. "
@@ -225,7 +225,7 @@ class ModelUploads:
         }
 
 
-def _part_problems(plan: PartPlan, given: dict[int, str], held: dict[int, dict[str, Any]]) -> list[str]:
+def part_problems(plan: PartPlan, given: dict[int, str], held: dict[int, dict[str, Any]]) -> list[str]:
     problems = []
     expected = set(range(1, plan.part_count + 1))
     extra = sorted(set(given) - expected)

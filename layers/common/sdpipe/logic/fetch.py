@@ -1,0 +1,391 @@
+"""``fetch_model``: bring a model file from a URL into ``models/`` through the FetchModel workflow.
+
+The request becomes a job and an execution named after it. The workflow's steps (this module's
+``step``) probe the URL under the SSRF rules, open a multipart upload, copy byte ranges in
+parallel (or stream the whole body from a server without range support), complete it, and on any
+failure abort it and fail the job with the cause. Registration, which reads the job id and the
+expected sha256 from the object's metadata, finishes the job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
+from sdpipe import errors
+from sdpipe.adapters.events import EventPublisher
+from sdpipe.adapters.http_source import HttpSource
+from sdpipe.adapters.jobs_table import JobsTable
+from sdpipe.adapters.multipart import MultipartUploads
+from sdpipe.adapters.object_store import ObjectStore
+from sdpipe.adapters.secrets import AuthSecrets
+from sdpipe.adapters.workflows import Workflows
+from sdpipe.contracts.jobs import JobStatus
+from sdpipe.contracts.models import ModelSource
+from sdpipe.contracts.uploads import META_JOB_ID, META_SHA256, META_SOURCE, META_SOURCE_URL, FetchModelParams
+from sdpipe.errors import (
+    FileTooLarge,
+    JobAlreadyFinished,
+    ModelExists,
+    SdpipeError,
+    SourceFailed,
+    SourceMisbehaved,
+    Throttled,
+    UploadNotFound,
+    UploadPartsInvalid,
+    ValidationFailed,
+)
+from sdpipe.layout import model_key_for
+from sdpipe.logic.jobs import JobLedger
+from sdpipe.logic.part_plan import plan_parts
+from sdpipe.logic.requests import parse_request, record_failure, validation_message
+from sdpipe.logic.uploads import REGISTERING, part_problems, plan_of
+from sdpipe.logic.url_policy import UrlPolicy, check_url
+from sdpipe.settings import FetchSettings, fetch_settings
+
+logger = Logger(child=True)
+
+_THROTTLING = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded"})
+# Stop streaming this long before the function's timeout, to fail with a clear message instead.
+_STREAM_MARGIN_SECONDS = 30
+
+
+def parts_key(job_id: str) -> str:
+    """Where the workflow's distributed Map reads the list of parts from."""
+    return f"jobs/{job_id}/fetch-parts.json"
+
+
+@dataclass
+class ModelFetcher:
+    settings: FetchSettings
+    ledger: JobLedger
+    store: ObjectStore
+    uploads: MultipartUploads
+    workflows: Workflows
+    secrets: AuthSecrets
+    policy: UrlPolicy
+    source_options: dict[str, Any] = field(default_factory=dict)  # tests inject resolver/connector
+
+    @classmethod
+    def from_settings(cls) -> ModelFetcher:
+        settings = fetch_settings()
+        return cls(
+            settings=settings,
+            ledger=JobLedger(
+                JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
+                EventPublisher(settings.events_topic_arn),
+            ),
+            store=ObjectStore(settings.assets_bucket_name),
+            uploads=MultipartUploads(settings.assets_bucket_name),
+            workflows=Workflows(),
+            secrets=AuthSecrets(),
+            policy=UrlPolicy.from_strings(
+                settings.fetch_allowed_schemes, settings.fetch_allowed_networks, settings.fetch_max_redirects
+            ),
+        )
+
+    # ------------------------------------------------------------------ requests
+    def handle_message(self, body: str, attribute_action: str | None, message_id: str) -> str:
+        parsed = parse_request(body, attribute_action, message_id)
+        existing = self.ledger.get(parsed.job_id)
+        if existing is not None:  # a duplicate delivery: finish what a stopped worker left
+            self.ledger.flush(existing)
+            if existing.get("status") == JobStatus.ACCEPTED.value:
+                self._start(existing)
+            return parsed.job_id
+        try:
+            if parsed.error is not None or parsed.envelope is None:
+                raise parsed.error or ValidationFailed("unreadable request")
+            params = self._validate(parsed.envelope.params)
+        except SdpipeError as exc:
+            params_given = parsed.envelope.params if parsed.envelope else {}
+            record_failure(self.ledger, parsed, exc, {"params": _public_params(params_given)})
+            return parsed.job_id
+        job = self.ledger.create(
+            job_id=parsed.job_id,
+            request_id=parsed.request_id,
+            action=parsed.action,
+            status=JobStatus.ACCEPTED,
+            deadline_seconds=self.settings.fetch_deadline_seconds,
+            fields={"context": parsed.context, "params": params.model_dump(mode="json", exclude_none=True)},
+        )
+        if job is not None:
+            self._start(job)
+        return parsed.job_id
+
+    def _validate(self, raw: dict[str, Any]) -> FetchModelParams:
+        try:
+            params = FetchModelParams.model_validate(raw)
+        except ValidationError as exc:
+            raise ValidationFailed(validation_message(exc, "params")) from None
+        try:
+            check_url(params.url, self.policy)
+        except errors.UrlRejected as exc:
+            raise type(exc)(f"params.url: {exc.message}") from None
+        if params.name is not None:
+            try:
+                model_key_for(params.type, params.name)
+            except ValueError as exc:
+                raise ValidationFailed(f"params.name: {exc}") from None
+        secret = params.auth_secret
+        if secret is not None and f"{self.settings.stack_name}/" not in secret:
+            raise ValidationFailed(
+                f"params.auth_secret: {secret!r} is not one of this stack's secrets; "
+                f"name it {self.settings.stack_name}/<anything> (the functions may read only those)"
+            )
+        return params
+
+    def _start(self, job: dict[str, Any]) -> None:
+        if self.settings.fetch_model_state_machine_arn is None:
+            raise errors.ConfigurationError("FETCH_MODEL_STATE_MACHINE_ARN is not set")
+        execution_input = {"job_id": job["job_id"], "max_concurrency": self.settings.fetch_concurrency}
+        arn = self.workflows.start(self.settings.fetch_model_state_machine_arn, job["job_id"], execution_input)
+        self.ledger.move(job, JobStatus.RUNNING, allowed_from=[JobStatus.ACCEPTED], fields={"execution_arn": arn})
+
+    # ------------------------------------------------------------------ workflow steps
+    def step(self, event: dict[str, Any], remaining_seconds: float = 900) -> dict[str, Any]:
+        step = str(event.get("step"))
+        payload = event.get("fetch") or {}
+        steps = {
+            "probe": lambda: self.probe(payload["job_id"]),
+            "copy_part": lambda: self.copy_part(
+                payload["job_id"], int(payload["part"]), int(payload["start"]), int(payload["end"])
+            ),
+            "stream": lambda: self.stream(payload["job_id"], remaining_seconds),
+            "complete": lambda: self.complete(payload["job_id"]),
+            "fail": lambda: self.fail(payload["job_id"], payload.get("failure") or {}),
+        }
+        if step not in steps:
+            raise ValueError(f"unknown fetch step {step!r}")
+        try:
+            return steps[step]()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _THROTTLING:
+                raise Throttled(str(exc)) from exc
+            raise
+
+    def probe(self, job_id: str) -> dict[str, Any]:
+        """Check the URL, learn size, name and range support, and open the multipart upload."""
+        job = self._running(job_id)
+        params = FetchModelParams.model_validate(job["params"])
+        if job.get("upload"):  # a retried probe: the upload is open already
+            return self._probe_result(job)
+        source = self._source(params)
+        found = source.probe(params.url)
+        if found.size is not None and found.size > self.settings.fetch_max_bytes:
+            raise FileTooLarge(f"the file is {found.size} bytes, over the {self.settings.fetch_max_bytes}-byte limit")
+        if found.size == 0:
+            raise SourceMisbehaved("the server announces an empty file")
+        filename = params.name or found.filename
+        if not filename:
+            raise ValidationFailed("params.name: the server gives no file name; name the file in params.name")
+        try:
+            key = model_key_for(params.type, filename)
+        except ValueError as exc:
+            raise ValidationFailed(f"params.name: {exc}" if params.name else f"the server's file name: {exc}") from None
+        if not params.overwrite and self.store.head(key.key) is not None:
+            raise ModelExists(f"{key.key} exists already; pass overwrite to replace it")
+        ranges = found.ranges and found.size is not None
+        # Without ranges the size may be unknown until the end: plan parts for the largest allowed.
+        plan = plan_parts(
+            found.size if ranges and found.size else self.settings.fetch_max_bytes, self.settings.fetch_part_bytes
+        )
+        metadata = {META_JOB_ID: job_id, META_SOURCE: ModelSource.URL.value, META_SOURCE_URL: _display(params.url)}
+        if params.sha256:
+            metadata[META_SHA256] = params.sha256
+        upload_id = self.uploads.create(key.key, metadata)
+        upload = {"upload_id": upload_id, "key": key.key, "size": found.size or 0, "part_size": plan.part_size}
+        if ranges:
+            self.store.put_bytes(
+                parts_key(job_id), json.dumps(plan_of({"upload": upload}).items()).encode(), "application/json"
+            )
+        moved = self.ledger.move(
+            job,
+            JobStatus.RUNNING,
+            allowed_from=[JobStatus.RUNNING],
+            fields={
+                "upload": upload,
+                "fetch_url": found.url,  # after redirects; may carry a signature, so not public
+                "source": {"filename": found.filename, "size": found.size, "ranges": ranges},
+                "progress": {"bytes_total": found.size or 0, "bytes_done": 0},
+            },
+        )
+        if moved is None:  # cancelled meanwhile (or a concurrent probe won): undo ours
+            self.uploads.abort(key.key, upload_id)
+            return self._probe_result(self._running(job_id))
+        logger.info("probed", extra={"job_id": job_id, "key": key.key, "size": found.size, "ranges": ranges})
+        return self._probe_result(moved)
+
+    def copy_part(self, job_id: str, part: int, start: int, end: int) -> dict[str, Any]:
+        """One ranged GET into one UploadPart; memory is one part."""
+        job = self._running(job_id)
+        upload = job["upload"]
+        length = end - start + 1
+        opened = self._source(FetchModelParams.model_validate(job["params"])).open(
+            job["fetch_url"], byte_range=(start, end)
+        )
+        try:
+            content_range = opened.content_range()
+            if opened.status != 206 or content_range is None or content_range[:2] != (start, end):
+                sent = opened.headers.get("Content-Range") or "the whole file"
+                raise SourceMisbehaved(f"part {part}: asked for bytes {start}-{end}, the server sent {sent}")
+            if content_range[2] != upload["size"]:
+                raise SourceMisbehaved(
+                    f"part {part}: the server now says the file is {content_range[2]} bytes, not {upload['size']}"
+                )
+            body = bytearray()
+            for chunk in opened.iter_chunks(limit=length):
+                body += chunk
+        finally:
+            opened.close()
+        if len(body) != length:
+            raise SourceFailed(f"part {part}: the connection ended after {len(body)} of {length} bytes")
+        etag = self.uploads.upload_part(upload["key"], upload["upload_id"], part, bytes(body))
+        self.ledger.progress(job, length)
+        return {"part": part, "etag": etag}
+
+    def stream(self, job_id: str, remaining_seconds: float) -> dict[str, Any]:
+        """A server without range support: the whole body, one part at a time, in one invocation."""
+        job = self._running(job_id)
+        upload = job["upload"]
+        deadline = time.monotonic() + remaining_seconds - _STREAM_MARGIN_SECONDS
+        part_size = int(upload["part_size"])
+        announced = job["source"].get("size")
+        limit = int(announced) if announced else self.settings.fetch_max_bytes
+        opened = self._source(FetchModelParams.model_validate(job["params"])).open(job["fetch_url"])
+        part, total, buffer = 1, 0, bytearray()
+        try:
+            for chunk in opened.iter_chunks(limit=limit):
+                buffer += chunk
+                total += len(chunk)
+                if len(buffer) >= part_size:
+                    self._stream_part(job, part, buffer[:part_size])
+                    del buffer[:part_size]
+                    part += 1
+                if time.monotonic() > deadline:
+                    raise errors.FetchTimedOut(
+                        f"the server does not support range requests and sent only {total} bytes before the "
+                        "function's time ran out; fetch from a server that supports ranges"
+                    )
+        except SourceMisbehaved:
+            if announced:
+                raise
+            raise FileTooLarge(f"the file is over the {self.settings.fetch_max_bytes}-byte limit") from None
+        finally:
+            opened.close()
+        if buffer or part == 1:
+            self._stream_part(job, part, buffer)
+        if announced and total != int(announced):
+            raise SourceFailed(f"the connection ended after {total} of {announced} bytes")
+        self.ledger.move(
+            job, JobStatus.RUNNING, allowed_from=[JobStatus.RUNNING], fields={"upload": upload | {"size": total}}
+        )
+        return {"bytes": total}
+
+    def _stream_part(self, job: dict[str, Any], part: int, body: bytearray) -> None:
+        upload = job["upload"]
+        self.uploads.upload_part(upload["key"], upload["upload_id"], part, bytes(body))
+        self.ledger.progress(job, len(body))
+
+    def complete(self, job_id: str) -> dict[str, Any]:
+        job = self._running(job_id)
+        if job.get("phase") == REGISTERING:
+            return {"key": job["upload"]["key"]}
+        upload = job["upload"]
+        plan = plan_of(job)
+        try:
+            held = self.uploads.list_parts(upload["key"], upload["upload_id"])
+        except UploadNotFound:
+            found = self.store.head(upload["key"])
+            if found is None or found.metadata.get(META_JOB_ID) != job_id:
+                raise
+            held = {}  # completed by an attempt whose answer was lost
+        if held:
+            problems = part_problems(plan, {n: p["etag"] for n, p in held.items()}, held)
+            if problems:
+                raise UploadPartsInvalid("; ".join(problems))
+            self.uploads.complete(upload["key"], upload["upload_id"], {n: p["etag"] for n, p in held.items()})
+        self.ledger.move(
+            job,
+            JobStatus.RUNNING,
+            allowed_from=[JobStatus.RUNNING],
+            fields={"phase": REGISTERING, "progress": {"bytes_total": plan.size, "bytes_done": plan.size}},
+        )
+        return {"key": upload["key"]}
+
+    def fail(self, job_id: str, failure: dict[str, Any]) -> dict[str, Any]:
+        """Abort the upload, delete anything written under ``models/``, fail the job with the cause."""
+        job = self.ledger.get(job_id)
+        if job is None:
+            return {"failed": False}
+        upload = job.get("upload")
+        if upload:
+            self.uploads.abort(upload["key"], upload["upload_id"])
+            written = self.store.head(upload["key"])
+            if written is not None and written.metadata.get(META_JOB_ID) == job_id and job.get("phase") != REGISTERING:
+                self.store.delete_if_unchanged(written)
+        error = _error_of(failure)
+        moved = self.ledger.move(
+            job, JobStatus.FAILED, allowed_from=[JobStatus.ACCEPTED, JobStatus.RUNNING], fields={"error": error}
+        )
+        logger.info("fetch failed", extra={"job_id": job_id, "code": error["code"], "recorded": moved is not None})
+        return {"failed": moved is not None, "error": error}
+
+    # ------------------------------------------------------------------ helpers
+    def _running(self, job_id: str) -> dict[str, Any]:
+        job = self.ledger.get(job_id)
+        if job is None:
+            raise errors.JobNotFound(f"job {job_id} does not exist")
+        if job["status"] != JobStatus.RUNNING.value:
+            raise JobAlreadyFinished(f"job {job_id} is {job['status']}; the fetch stops")
+        return job
+
+    def _source(self, params: FetchModelParams) -> HttpSource:
+        auth = self.secrets.auth_header(params.auth_secret) if params.auth_secret else None
+        return HttpSource(
+            self.policy, timeout=self.settings.fetch_connect_timeout_seconds, auth_header=auth, **self.source_options
+        )
+
+    def _probe_result(self, job: dict[str, Any]) -> dict[str, Any]:
+        source = job.get("source") or {}
+        return {
+            "job_id": job["job_id"],
+            "ranges": bool(source.get("ranges")),
+            "bucket": self.store.bucket,
+            "parts_key": parts_key(job["job_id"]),
+        }
+
+
+def _display(url: str) -> str:
+    return url.split("?", 1)[0].split("#", 1)[0][:1024]
+
+
+def _public_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: (_display(v) if k == "url" and isinstance(v, str) else v) for k, v in params.items()}
+
+
+def _error_of(failure: dict[str, Any]) -> dict[str, str]:
+    """The job error for a Step Functions failure: our exception's code and message, or the state's."""
+    name, cause = str(failure.get("Error") or "States.Runtime"), failure.get("Cause") or ""
+    message = str(cause)
+    try:
+        detail = json.loads(cause) if isinstance(cause, str) and cause.startswith("{") else {}
+    except ValueError:
+        detail = {}
+    if detail.get("errorMessage"):
+        name, message = str(detail.get("errorType") or name), str(detail["errorMessage"])
+    known = getattr(errors, name, None)
+    if isinstance(known, type) and issubclass(known, SdpipeError):
+        return {"code": known.code, "message": message}
+    if name == "States.Timeout":
+        return {
+            "code": "FETCH_TIMED_OUT",
+            "message": "a step of the fetch ran past its time limit (a slow or stalled server)",
+        }
+    return {"code": "FETCH_FAILED", "message": f"{name}: {message}"[:2000]}
