@@ -13,6 +13,7 @@ import click
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.contracts.models import ModelType
 from sdpipe.errors import SdpipeError
+from sdpipe.layout import MODEL_FOLDERS
 from sdpipe_client.client import JobFailed, Sdpipe, image_reference
 from sdpipe_client.formatting import print_endpoints, print_jobs, print_models
 from sdpipe_client.stack import LOCAL_STATE_FILE, read_local_state, stack_outputs
@@ -439,6 +440,177 @@ def endpoints_describe(settings: _Settings, name: str) -> None:
     except SdpipeError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(json.dumps(described, indent=2, default=str))
+
+
+# ---------------------------------------------------------------------- model intake
+def _transfer_progress() -> Any:
+    """Bytes, rate and ETA on stderr (stdout stays parseable: the result as one JSON line)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
+def _finish_upload(client: Sdpipe, result: Any, wait: bool) -> None:
+    if not wait or result.status != "RUNNING":
+        click.echo(json.dumps({"job_id": result.job_id, "key": result.key, "status": result.status}))
+        return
+    try:
+        job = client.wait(result.job_id, timeout_s=1800, poll_s=0.5)
+    except JobFailed as exc:
+        raise click.ClickException(exc.message) from exc
+    model = (job.get("outputs") or {}).get("model") or {}
+    click.echo(json.dumps({"job_id": result.job_id, "status": job["status"], "model": model}, default=str))
+
+
+@main.command("upload")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--type", "model_type", type=click.Choice([t.value for t in ModelType]), required=True)
+@click.option("--name", help="Name under the type's folder (subfolders allowed); default: the file's name.")
+@click.option("--sha256", help="Expected sha256 (default: computed here); registration verifies it.")
+@click.option("--overwrite", is_flag=True, help="Replace a model file of the same name.")
+@click.option("--concurrency", default=4, show_default=True, help="Parts sent at once (memory: this many parts).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the model is registered.")
+@click.pass_obj
+def upload(settings: _Settings, /, path: Path, model_type: str, **options: Any) -> None:
+    """Upload a model file in parallel parts; run it again to resume an interrupted upload."""
+    from sdpipe_client.transfer import Uploader
+
+    client = Sdpipe.for_stack(settings.stack)
+    size = path.stat().st_size
+    try:
+        with _transfer_progress() as progress:
+            sha256 = options["sha256"]
+            if not sha256:
+                from sdpipe_client.transfer import sha256_of
+
+                hashing = progress.add_task("sha256", total=size)
+                sha256 = sha256_of(path, lambda n: progress.advance(hashing, n))
+            task = progress.add_task(path.name, total=size)
+            result = Uploader(client, concurrency=options["concurrency"]).upload(
+                path,
+                ModelType(model_type),
+                name=options["name"],
+                sha256=sha256,
+                overwrite=options["overwrite"],
+                progress=lambda n: progress.advance(task, n),
+            )
+    except SdpipeError as exc:
+        raise click.ClickException(exc.message) from exc
+    _finish_upload(client, result, options["wait"])
+
+
+@main.command("sync")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Only list what would be uploaded.")
+@click.option("--concurrency", default=4, show_default=True, help="Parts sent at once.")
+@click.pass_obj
+def sync(settings: _Settings, /, folder: Path, dry_run: bool, concurrency: int) -> None:
+    """Upload every model file of a WebUI models/ folder not registered yet (by sha256)."""
+    from sdpipe_client.transfer import HashCache, Uploader, webui_models
+
+    client = Sdpipe.for_stack(settings.stack)
+    found = list(webui_models(folder))
+    if not found:
+        raise click.ClickException(
+            f"{folder} holds no model files in WebUI folders ({', '.join(sorted(MODEL_FOLDERS))})"
+        )
+    registered = {
+        (str(item.get("type")), str(item.get("sha256"))): item
+        for item in ModelsTable(client.outputs["ModelsTableName"]).list(None)
+        if item.get("status") == "ACTIVE"
+    }
+    cache = HashCache()
+    todo: list[tuple[Any, str, Any]] = []
+    skipped: list[tuple[Any, str, Any]] = []
+    try:
+        with _transfer_progress() as progress:
+            hashing = progress.add_task("sha256", total=sum(m.size for m in found))
+            for model in found:
+                sha256 = cache.sha256(model.path, lambda n: progress.advance(hashing, n))
+                same = registered.get((model.type.value, sha256))
+                (skipped if same else todo).append((model, sha256, same))
+            for model, _sha, same in skipped:
+                progress.console.print(
+                    f"skip    {model.type.value:12} {model.relative_name} (registered as {same['name']})"
+                )
+            if dry_run:
+                for model, _sha, _ in todo:
+                    progress.console.print(f"upload  {model.type.value:12} {model.relative_name}")
+                return
+            overall = progress.add_task(f"{len(todo)} files", total=sum(m.size for m, _, _ in todo))
+            uploader = Uploader(client, concurrency=concurrency)
+            results = []
+            for model, sha256, _ in todo:
+                result = uploader.upload(
+                    model.path,
+                    model.type,
+                    name=model.relative_name,
+                    sha256=sha256,
+                    overwrite=True,
+                    progress=lambda n: progress.advance(overall, n),
+                )
+                results.append((model, result))
+        failures = []
+        for model, result in results:
+            try:
+                client.wait(result.job_id, timeout_s=1800, poll_s=0.5)
+            except JobFailed as exc:
+                failures.append(f"{model.relative_name}: {exc.message}")
+    except SdpipeError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"{len(results)} uploaded, {len(skipped)} already registered, {len(failures)} rejected")
+    if failures:
+        raise click.ClickException("\n".join(failures))
+
+
+@main.command("fetch")
+@click.argument("url")
+@click.option("--type", "model_type", type=click.Choice([t.value for t in ModelType]), required=True)
+@click.option("--name", help="File name under the type's folder (default: the server's name for it).")
+@click.option("--sha256", help="Expected sha256; a mismatch fails the job and deletes the file.")
+@click.option("--auth-secret", help="Secrets Manager secret (<stack>/...) holding the site's API token.")
+@click.option("--overwrite", is_flag=True, help="Replace a model file of the same name.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the fetch until it ends.")
+@click.pass_obj
+def fetch(settings: _Settings, /, url: str, model_type: str, **options: Any) -> None:
+    """Bring a model file from a URL into the bucket (the FetchModel workflow) and register it."""
+    client = Sdpipe.for_stack(settings.stack)
+    params = {"url": url, "type": model_type, "overwrite": options["overwrite"]}
+    params |= {k: options[k] for k in ("name", "sha256", "auth_secret") if options[k]}
+    job_id = client.submit("fetch_model", params)
+    if not options["wait"]:
+        click.echo(job_id)
+        return
+    try:
+        with _transfer_progress() as progress:
+            task = progress.add_task(job_id, total=None)
+
+            def show(job: dict[str, Any] | None) -> None:
+                done = (job or {}).get("progress") or {}
+                progress.update(task, total=done.get("bytes_total") or None, completed=done.get("bytes_done", 0))
+
+            job = client.wait(job_id, timeout_s=6 * 3600, poll_s=1.0, on_poll=show)
+    except JobFailed as exc:
+        raise click.ClickException(exc.message) from exc
+    except SdpipeError as exc:
+        raise click.ClickException(exc.message) from exc
+    model = (job.get("outputs") or {}).get("model") or {}
+    click.echo(json.dumps({"job_id": job_id, "status": job["status"], "model": model}, default=str))
 
 
 if __name__ == "__main__":

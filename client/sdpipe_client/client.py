@@ -112,8 +112,12 @@ class Sdpipe:
         timeout_s: float = 600,
         poll_s: float = 0.25,
         on_change: Callable[[dict[str, Any] | None], None] | None = None,
+        on_poll: Callable[[dict[str, Any] | None], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll until the job is terminal; returns it, or raises ``JobFailed`` with its error."""
+        """Poll until the job is terminal; returns it, or raises ``JobFailed`` with its error.
+
+        ``on_change`` sees the job when its status changes, ``on_poll`` at every poll (progress).
+        """
         deadline = time.monotonic() + timeout_s
         last: str | None = None
         while True:
@@ -121,6 +125,8 @@ class Sdpipe:
             status = job.get("status") if job else None
             if status != last and on_change is not None:
                 on_change(job)
+            if on_poll is not None:
+                on_poll(job)
             last = status
             if job is not None and JobStatus(job["status"]).is_terminal:
                 if job["status"] != JobStatus.SUCCEEDED.value:
