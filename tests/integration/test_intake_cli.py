@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from sdpipe_client.cli import main
 from sdpipe_local.file_server import FileServer
-
 from tests.integration.test_uploads import big_lora, open_uploads
 
 
