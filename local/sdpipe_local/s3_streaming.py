@@ -1,5 +1,6 @@
-"""Stream S3 GetObject bodies on the local endpoint instead of letting moto copy them.
+"""S3 on the local endpoint where moto falls short: streamed GETs, checked UploadParts.
 
+Streaming:
 moto (5.2) answers every GetObject, ranged or not, by reading the whole object into memory and
 copying it; a 7 GB checkpoint would cost the local stack 14 GB per read and a 1 MiB header read
 would cost a full read. For plain GETs (no query string; an optional single byte range), this
@@ -10,7 +11,11 @@ range, from moto's stored buffer in fixed-size chunks.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote
@@ -128,3 +133,55 @@ def _read(key: Any, start: int, end: int) -> Iterator[bytes]:
             return
         position += len(chunk)
         yield chunk
+
+
+_BAD_DIGEST = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>BadDigest</Code>'
+    b"<Message>The Content-MD5 you specified did not match what we received.</Message></Error>"
+)
+_SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+
+
+class S3UploadPartMiddleware:
+    """UploadPart as S3 answers it where moto does not: a Content-MD5 that does not match the
+    body is refused with BadDigest (moto stores the part anyway), and tests can make the next
+    ``n`` part uploads fail with 503 SlowDown (``fail_parts``)."""
+
+    def __init__(self, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
+        self._app = app
+        self._failures = 0
+        self._lock = threading.Lock()
+
+    def fail_parts(self, count: int) -> None:
+        with self._lock:
+            self._failures = count
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        query = environ.get("QUERY_STRING", "")
+        if environ.get("REQUEST_METHOD") != "PUT" or "uploadId=" not in query or "partNumber=" not in query:
+            return self._app(environ, start_response)
+        with self._lock:
+            failing = self._failures > 0
+            self._failures -= 1 if failing else 0
+        if failing:
+            return _error(start_response, "503 Service Unavailable", _SLOW_DOWN)
+        expected = environ.get("HTTP_CONTENT_MD5")
+        chunked = "aws-chunked" in environ.get("HTTP_CONTENT_ENCODING", "") or environ.get(
+            "HTTP_X_AMZ_CONTENT_SHA256", ""
+        ).startswith("STREAMING-")
+        if expected and not chunked:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+            actual = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+            if actual != expected.strip():
+                return _error(start_response, "400 Bad Request", _BAD_DIGEST)
+            environ["wsgi.input"] = io.BytesIO(body)
+        return self._app(environ, start_response)
+
+
+def _error(start_response: StartResponse, status: str, body: bytes) -> Iterable[bytes]:
+    start_response(status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+    return [body]

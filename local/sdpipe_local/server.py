@@ -21,7 +21,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from sdpipe_local.lambda_runtime import LambdaRuntime
-from sdpipe_local.s3_streaming import S3StreamingGetMiddleware
+from sdpipe_local.s3_streaming import S3StreamingGetMiddleware, S3UploadPartMiddleware
 from sdpipe_local.sagemaker import LocalSageMaker, SageMakerError
 
 logger = logging.getLogger(__name__)
@@ -128,9 +128,8 @@ class LocalAwsServer:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._hosts: set[str] = set()
         moto_app = DomainDispatcherApplication(create_backend_app)
-        app = LambdaInvokeMiddleware(
-            SageMakerMiddleware(S3StreamingGetMiddleware(moto_app, self._hosts), sagemaker), runtime
-        )
+        self.s3_parts = S3UploadPartMiddleware(S3StreamingGetMiddleware(moto_app, self._hosts))
+        app = LambdaInvokeMiddleware(SageMakerMiddleware(self.s3_parts, sagemaker), runtime)
         self._server: BaseWSGIServer = make_server(
             "127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler
         )

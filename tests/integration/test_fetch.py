@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,3 +173,30 @@ def test_an_auth_token_from_secrets_manager_is_sent_to_the_first_host_only(clien
     )
     assert job["status"] == "SUCCEEDED"
     assert "tok-123" not in str(job)
+
+
+def test_s3_503s_on_parts_are_retried_by_the_workflow(client, files, stack):
+    server, _ = files
+    stack.server.s3_parts.fail_parts(2)
+    job_id = fetch(client, server.url("/files/style.safetensors"), name=f"slowdown-{uuid.uuid4().hex[:6]}.safetensors")
+    assert client.wait(job_id, timeout_s=90)["status"] == "SUCCEEDED"
+
+
+def test_a_slow_fetch_reports_progress_and_can_be_cancelled_leaving_nothing(client, files, stack):
+    _, root = files
+    name = f"slow-{uuid.uuid4().hex[:6]}.safetensors"
+    with FileServer(root, delay_s=0.25) as slow:  # about 4 MiB/s per connection
+        job_id = fetch(client, slow.url("/files/style.safetensors"), name=name)
+        deadline = time.monotonic() + 60
+        while (client.find_job(job_id) or {}).get("progress", {}).get("bytes_done", 0) == 0:
+            assert time.monotonic() < deadline, client.find_job(job_id)
+            time.sleep(0.2)
+        assert client.cancel_job(job_id)["status"] == "CANCELLED"
+        sfn = stack.client("stepfunctions")
+        arn = client.get_job(job_id)["execution_arn"]
+        while sfn.describe_execution(executionArn=arn)["status"] == "RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    job = client.get_job(job_id)
+    assert job["status"] == "CANCELLED" and 0 < job["progress"]["bytes_done"] < job["progress"]["bytes_total"]
+    assert nothing_left(stack, name)

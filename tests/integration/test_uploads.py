@@ -171,3 +171,21 @@ def test_abandoned_uploads_are_aborted_and_timed_out_by_the_sweeper(client, lora
     job = client.get_job(plan["job_id"])
     assert job["status"] == "TIMED_OUT" and "abandoned multipart upload was aborted" in job["error"]["message"]
     assert plan["key"] not in open_uploads(stack)
+
+
+def test_s3_refuses_a_part_whose_checksum_does_not_match(client, lora_file, stack):
+    plan = create(client, lora_file)
+    part = plan["parts"][0]
+    body = lora_file.read_bytes()[part["start"] : part["end"] + 1]
+    corrupted = b"\x00" + body[1:]
+    response = urllib3.request("PUT", part["url"], body=corrupted, headers={"Content-MD5": content_md5(body)})
+    assert response.status == 400 and b"BadDigest" in response.data
+    resumed = client.invoke_api(UPLOADS_API, {"operation": "resume_upload", "job_id": plan["job_id"]})
+    assert resumed["parts_done"] == []  # nothing was stored
+    client.invoke_api(UPLOADS_API, {"operation": "abort_upload", "job_id": plan["job_id"]})
+
+
+def test_parts_that_s3_answers_with_503_are_retried(client, lora_file, stack):
+    stack.server.s3_parts.fail_parts(2)
+    result = Uploader(client, backoff_s=0.05).upload(lora_file, ModelType.LORA)
+    assert client.wait(result.job_id, timeout_s=60)["status"] == "SUCCEEDED"
