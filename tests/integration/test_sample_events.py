@@ -42,6 +42,7 @@ SQS_FUNCTIONS = {
     "cancel_job": "CancelJobFunction",
     "request_files": "RequestFilesFunction",
     "endpoint_requests": "EndpointRequestsFunction",
+    "fetch_requests": "FetchRequestsFunction",
 }
 
 
@@ -69,6 +70,14 @@ def test_every_inference_sample_event_is_handled(stack):
     assert job("sample-event-cancel")["error"]["code"] == "JOB_NOT_FOUND"
     assert job("sample-event-deploy-bad-type")["error"]["code"] == "VALIDATION_ERROR"
     assert job("sample-event-delete-unknown")["error"]["code"] == "ENDPOINT_NOT_FOUND"
+    assert job("sample-event-fetch-ftp")["error"]["code"] == "URL_REJECTED"
+    fail_step = json.loads((SAMPLES / "fetch_steps" / "fail_unknown_job.json").read_text())
+    assert invoke_function(stack, "FetchStepsFunction", fail_step) == {"failed": False}
+    created = invoke_function(stack, "UploadsFunction", json.loads((SAMPLES / "uploads" / "create_upload.json").read_text()))
+    assert created["part_count"] == 3 and len(created["parts"]) == 3
+    for name in ("resume_upload.json", "complete_upload_unknown.json"):
+        answer = invoke_function(stack, "UploadsFunction", json.loads((SAMPLES / "uploads" / name).read_text()))
+        assert answer["error"]["code"] == "JOB_NOT_FOUND", name
     describe = json.loads((SAMPLES / "endpoint_steps" / "describe.json").read_text())
     assert invoke_function(stack, "EndpointStepsFunction", describe)["status"] == "Missing"
     scheduled = json.loads((SAMPLES / "sweep_jobs" / "scheduled.json").read_text())
