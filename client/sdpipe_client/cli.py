@@ -64,11 +64,27 @@ def local() -> None:
 @click.option(
     "--state-dir", default=".sdpipe-local", show_default=True, type=click.Path(file_okay=False, path_type=Path)
 )
+@click.option(
+    "--allow-fetch-from",
+    "allow_fetch_from",
+    multiple=True,
+    metavar="CIDR",
+    help="Let fetch_model connect to this private/loopback network (e.g. 127.0.0.1/32 for a local file "
+    "server). By default the local stack refuses them, as AWS does.",
+)
 @click.pass_obj
-def local_up(settings: _Settings, port: int, template: Path, state_dir: Path) -> None:
+def local_up(
+    settings: _Settings, port: int, template: Path, state_dir: Path, allow_fetch_from: tuple[str, ...]
+) -> None:
     """Start the stack in the foreground; Ctrl-C stops every process it started."""
     runner = _local_module("runner")
-    runner.run_foreground(template=template, port=port, state_dir=state_dir, stack_name=settings.stack)
+    runner.run_foreground(
+        template=template,
+        port=port,
+        state_dir=state_dir,
+        stack_name=settings.stack,
+        fetch_allowed_networks=allow_fetch_from,
+    )
 
 
 @local.command("outputs")

@@ -53,12 +53,16 @@ def print_jobs(jobs: Iterable[dict[str, Any]], console: Console | None = None) -
         note = f"{error.get('code')}: {error.get('message')}" if error else ""
         if not note and outputs.get("images"):
             note = f"{len(outputs['images'])} images, seeds {outputs.get('all_seeds')}"
+        progress = job.get("progress") or {}
+        if not note and progress.get("bytes_total"):
+            note = f"{progress.get('bytes_done', 0):,} of {progress['bytes_total']:,} bytes"
+        model = (job.get("model") or outputs.get("model") or {}).get("name")
         table.add_row(
             job.get("job_id", "?"),
             job.get("action", "?"),
             job.get("status", "?"),
             str(job.get("created_at", ""))[:19],
-            (job.get("model") or {}).get("name") or "-",
+            model or "-",
             note,
         )
     (console or Console()).print(table)

@@ -1,7 +1,9 @@
 """``make demo``: the main job end to end on the local stack, from nothing.
 
 Starts the stack; makes tiny SD1.x and SDXL checkpoints and drops them under
-models/Stable-diffusion/; prints the registered models and their events; starts a local
+models/Stable-diffusion/; prints the registered models and their events; uploads a LoRA with
+``sdpipe upload`` (chunked, resumable) and fetches another from a local HTTP server with
+``sdpipe fetch`` (the FetchModel workflow, with 127.0.0.1 explicitly allowed); starts a local
 asynchronous endpoint; runs ``sdpipe txt2img ... --wait --out out/`` exactly as a user would;
 shows the PNG Info of the images, checks that the same seed gives the same pixels, and lists
 the jobs and generation records. Returns a process exit status.
@@ -22,8 +24,9 @@ from rich.console import Console
 
 from sdpipe_local.assets import drop_checkpoint
 from sdpipe_local.events_listener import EventsListener
+from sdpipe_local.file_server import FileServer
 from sdpipe_local.stack import LocalStack
-from sdpipe_local.tiny_models import create_tiny_checkpoint
+from sdpipe_local.tiny_models import create_tiny_checkpoint, create_tiny_lora
 
 _TIMEOUT_S = 60
 OUT_DIR = Path("out")
@@ -82,6 +85,42 @@ def _register_models(stack: LocalStack, workdir: Path, console: Console) -> bool
             )
         )
     return len(models) == len(keys) and all(m["status"] == "ACTIVE" for m in models)
+
+
+def _intake(stack: LocalStack, workdir: Path, console: Console) -> bool:
+    """A chunked upload and a fetch from a URL, with the CLI, as a user runs them."""
+    env = dict(os.environ) | stack.environment() | {"SDPIPE_STACK_NAME": stack.stack_name}
+    site = workdir / "site"
+    site.mkdir()
+    uploaded = create_tiny_lora("sd1", workdir / "demo-ink-sd1.safetensors", seed=1)
+    create_tiny_lora("sd1", site / "demo-pencil-sd1.safetensors", seed=2)
+    commands = [["sdpipe", "upload", str(uploaded), "--type", "lora", "--name", "demo/ink-sd1.safetensors"]]
+    with FileServer(site) as server:
+        url = server.url("/download/demo-pencil-sd1.safetensors")  # a redirect, then ranges
+        commands.append(["sdpipe", "fetch", url, "--type", "lora", "--name", "demo/pencil-sd1.safetensors"])
+        for command in commands:
+            console.print(f"\n[bold]$ {' '.join(command)}[/]")
+            result = subprocess.run(
+                [sys.executable, "-m", "sdpipe_client.cli", *command[1:]],
+                env=env,
+                check=False,
+                capture_output=True,
+                text=True,
+            )
+            sys.stderr.write(result.stderr[-2000:])
+            if result.returncode != 0:
+                return False
+            answer = json.loads(result.stdout.strip().splitlines()[-1])
+            model = answer.get("model") or {}
+            console.print(
+                json.dumps(
+                    {"job_id": answer["job_id"], "status": answer["status"]}
+                    | {k: model.get(k) for k in ("name", "source", "family", "short_hash", "size")}
+                )
+            )
+            if answer["status"] != "SUCCEEDED":
+                return False
+    return True
 
 
 def _generate(stack: LocalStack, console: Console) -> bool:
@@ -144,10 +183,17 @@ def run() -> int:
     console = Console(width=None if sys.stdout.isatty() else 140)
     with (
         tempfile.TemporaryDirectory(prefix="sdpipe-demo-") as workdir,
-        LocalStack("template.yaml", state_dir=Path(workdir) / "state") as stack,
+        # Fetching from 127.0.0.1 (the demo's file server) is allowed explicitly; by default the
+        # local stack refuses private and loopback addresses, as the stack in AWS does.
+        LocalStack(
+            "template.yaml",
+            state_dir=Path(workdir) / "state",
+            parameter_overrides={"FetchAllowedNetworks": "127.0.0.1/32"},
+        ) as stack,
     ):
         console.print(f"[bold]local stack[/] up on {stack.endpoint_url}")
         ok = _register_models(stack, Path(workdir), console)
+        ok = ok and _intake(stack, Path(workdir), console)
         ok = ok and _generate(stack, console)
         console.print("\n[bold green]demo finished[/]" if ok else "\n[bold red]demo failed[/]")
         console.print("stopping the local stack")

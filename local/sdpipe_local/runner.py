@@ -12,7 +12,9 @@ from types import FrameType
 from sdpipe_local.stack import LocalStack
 
 
-def run_foreground(template: Path, port: int, state_dir: Path, stack_name: str) -> None:
+def run_foreground(
+    template: Path, port: int, state_dir: Path, stack_name: str, fetch_allowed_networks: tuple[str, ...] = ()
+) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
 
@@ -23,7 +25,10 @@ def run_foreground(template: Path, port: int, state_dir: Path, stack_name: str) 
     signal.signal(signal.SIGTERM, request_stop)
     print(f"starting the sdpipe local stack from {template} ...", flush=True)
     try:
-        stack = LocalStack(template, port=port, state_dir=state_dir, stack_name=stack_name).start()
+        overrides = {"FetchAllowedNetworks": ",".join(fetch_allowed_networks)} if fetch_allowed_networks else {}
+        stack = LocalStack(
+            template, port=port, state_dir=state_dir, stack_name=stack_name, parameter_overrides=overrides
+        ).start()
     except OSError as exc:
         sys.exit(f"cannot start the local stack: {exc} (is port {port} in use? try --port 0)")
     try:
@@ -34,6 +39,8 @@ def run_foreground(template: Path, port: int, state_dir: Path, stack_name: str) 
         print("# outputs (also: sdpipe local outputs --json, aws cloudformation describe-stacks):")
         for key, value in sorted(stack.outputs.items()):
             print(f"#   {key:34} {value}")
+        if fetch_allowed_networks:
+            print(f"# fetch_model may connect to {', '.join(fetch_allowed_networks)} (explicitly allowed)")
         print(f"# handler logs: {stack.state_dir / 'logs'}/<Function>.log")
         print("ready - press Ctrl-C to stop", flush=True)
         stop.wait()

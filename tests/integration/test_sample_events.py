@@ -73,7 +73,9 @@ def test_every_inference_sample_event_is_handled(stack):
     assert job("sample-event-fetch-ftp")["error"]["code"] == "URL_REJECTED"
     fail_step = json.loads((SAMPLES / "fetch_steps" / "fail_unknown_job.json").read_text())
     assert invoke_function(stack, "FetchStepsFunction", fail_step) == {"failed": False}
-    created = invoke_function(stack, "UploadsFunction", json.loads((SAMPLES / "uploads" / "create_upload.json").read_text()))
+    created = invoke_function(
+        stack, "UploadsFunction", json.loads((SAMPLES / "uploads" / "create_upload.json").read_text())
+    )
     assert created["part_count"] == 3 and len(created["parts"]) == 3
     for name in ("resume_upload.json", "complete_upload_unknown.json"):
         answer = invoke_function(stack, "UploadsFunction", json.loads((SAMPLES / "uploads" / name).read_text()))
