@@ -98,7 +98,8 @@ def measure(size_gib: int, workdir: Path) -> dict[str, Any]:
         s3.delete_object(Bucket=bucket, Key=f"bench/cli-{size_gib}g.bin")
         started = time.perf_counter()
         subprocess.run(
-            [str(BIN / "sdpipe"), "upload", str(source), "--type", "checkpoint", "--name", f"up-{size_gib}g.safetensors", "--no-wait"],
+            [str(BIN / "sdpipe"), "upload", str(source), "--type", "checkpoint",
+             "--name", f"up-{size_gib}g.safetensors", "--no-wait"],
             env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         upload_s = time.perf_counter() - started
@@ -125,16 +126,14 @@ def main() -> None:
         for size in args.sizes_gib:
             results.append(measure(size, Path(workdir)))
             print(json.dumps(results[-1]), flush=True)
-    print(
-        json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "results": results})
-    )
-    print(
-        f"{'size':>6} {'TransferMgr':>12} {'fetch':>10} {'ratio':>6} {'peak RSS':>9} {'s3 cp':>10} {'upload':>10} {'ratio':>6}"
-    )
+    machine = platform.processor() or platform.machine()
+    print(json.dumps({"machine": machine, "cpus": os.cpu_count(), "results": results}))
+    print("  size  TransferMgr      fetch  ratio  peak RSS      s3 cp     upload  ratio")
     for r in results:
         print(
-            f"{r['size_gib']:>4}Gi {r['transfer_manager_mib_s']:>8} MiB/s {r['fetch_mib_s']:>6} MiB/s {r['fetch_ratio']:>6}"
-            f" {r['fetch_worker_peak_rss_mb']:>6} MB {r['aws_s3_cp_mib_s']:>6} MiB/s {r['sdpipe_upload_mib_s']:>6} MiB/s {r['upload_ratio']:>6}"
+            f"{r['size_gib']:>4}Gi {r['transfer_manager_mib_s']:>6} MiB/s {r['fetch_mib_s']:>4} MiB/s"
+            f" {r['fetch_ratio']:>6} {r['fetch_worker_peak_rss_mb']:>6} MB {r['aws_s3_cp_mib_s']:>4} MiB/s"
+            f" {r['sdpipe_upload_mib_s']:>4} MiB/s {r['upload_ratio']:>6}"
         )
 
 
