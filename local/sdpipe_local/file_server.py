@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -30,14 +31,22 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _CHUNK = 1024 * 1024
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # Clients drop connections on purpose (a probe reads only the headers): not an error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 class FileServer:
     def __init__(self, root: Path, *, delay_s: float = 0.0, host: str = "127.0.0.1", port: int = 0) -> None:
         self.root = Path(root)
         self.delay_s = delay_s  # per chunk sent: a slow server
         self.hits: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
-        self._server.daemon_threads = True
+        self._server = _QuietServer((host, port), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, name="file-server", daemon=True)
 
     @property
