@@ -8,19 +8,13 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from sdpipe.adapters.clients import AwsClients, clients
+from sdpipe.adapters.clients import THROTTLING_CODES, AwsClients, clients, error_code
 from sdpipe.errors import Throttled, UploadNotFound
-
-_THROTTLING = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "503"})
 
 
 def content_md5(body: bytes) -> str:
     """The Content-MD5 header S3 checks a part against (rejecting it with BadDigest)."""
     return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class MultipartUploads:
@@ -95,15 +89,15 @@ class MultipartUploads:
         try:
             self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except ClientError as exc:
-            if _code(exc) in ("NoSuchUpload", "404"):
+            if error_code(exc) in ("NoSuchUpload", "404"):
                 return False
             raise self._translate(exc, key) from exc
         return True
 
     def _translate(self, exc: ClientError, key: str) -> Exception:
-        code = _code(exc)
+        code = error_code(exc)
         if code in ("NoSuchUpload", "404"):
             return UploadNotFound(f"the multipart upload of {key} no longer exists (completed, aborted or expired)")
-        if code in _THROTTLING:
+        if code in THROTTLING_CODES or code == "503":
             return Throttled(f"S3 throttled the upload of {key}: {code}")
         return exc

@@ -9,7 +9,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from sdpipe.adapters.clients import AwsClients, clients
+from sdpipe.adapters.clients import AwsClients, clients, error_code
 from sdpipe.errors import ObjectChanged
 
 
@@ -27,10 +27,6 @@ class ObjectInfo:
         return f'"{self.etag}"'
 
 
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
 class ObjectStore:
     def __init__(self, bucket: str, aws: AwsClients = clients) -> None:
         self.bucket = bucket
@@ -44,7 +40,7 @@ class ObjectStore:
         try:
             response = self._s3.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
         return ObjectInfo(
@@ -76,7 +72,7 @@ class ObjectStore:
                 Bucket=self.bucket, Key=info.key, Range=f"bytes={start}-{end}", IfMatch=info.quoted_etag
             )
         except ClientError as exc:
-            if _error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+            if error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
                 raise ObjectChanged(f"s3://{self.bucket}/{info.key} changed while being read") from exc
             raise
         return bytes(response["Body"].read())
@@ -86,7 +82,7 @@ class ObjectStore:
         try:
             response = self._s3.get_object(Bucket=self.bucket, Key=info.key, IfMatch=info.quoted_etag)
         except ClientError as exc:
-            if _error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+            if error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
                 raise ObjectChanged(f"s3://{self.bucket}/{info.key} changed while being read") from exc
             raise
         body = response["Body"]
@@ -103,7 +99,7 @@ class ObjectStore:
         try:
             response = self._s3.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
                 raise FileNotFoundError(f"s3://{self.bucket}/{key} does not exist") from None
             raise
         body = response["Body"]

@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ValidationError
 
 from sdpipe.adapters.autoscaling import EndpointScaling, ScalingPlan
+from sdpipe.adapters.clients import THROTTLING_CODES, error_code
 from sdpipe.adapters.endpoints_table import EndpointsTable
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.jobs_table import JobsTable
@@ -86,7 +87,6 @@ _SAGEMAKER_STATUS = {
     "DELETING": EndpointStatus.DELETING,
     "FAILED": EndpointStatus.FAILED,
 }
-_THROTTLING = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
 
 
 def sagemaker_name(stack_name: str, name: str) -> str:
@@ -318,7 +318,7 @@ class EndpointLifecycle:
         try:
             return steps[str(step)](payload)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _THROTTLING:
+            if error_code(exc) in THROTTLING_CODES:
                 raise Throttled(str(exc)) from exc
             raise
 

@@ -19,9 +19,8 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from sdpipe import errors
-from sdpipe.adapters.events import EventPublisher
+from sdpipe.adapters.clients import THROTTLING_CODES, error_code
 from sdpipe.adapters.http_source import HttpSource
-from sdpipe.adapters.jobs_table import JobsTable
 from sdpipe.adapters.multipart import MultipartUploads
 from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.adapters.secrets import AuthSecrets
@@ -51,7 +50,6 @@ from sdpipe.settings import FetchSettings, fetch_settings
 
 logger = Logger(child=True)
 
-_THROTTLING = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded"})
 # Stop streaming this long before the function's timeout, to fail with a clear message instead.
 _STREAM_MARGIN_SECONDS = 30
 
@@ -77,10 +75,7 @@ class ModelFetcher:
         settings = fetch_settings()
         return cls(
             settings=settings,
-            ledger=JobLedger(
-                JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
-                EventPublisher(settings.events_topic_arn),
-            ),
+            ledger=JobLedger.from_settings(settings),
             store=ObjectStore(settings.assets_bucket_name),
             uploads=MultipartUploads(settings.assets_bucket_name),
             workflows=Workflows(),
@@ -166,7 +161,7 @@ class ModelFetcher:
         try:
             return steps[step]()
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _THROTTLING:
+            if error_code(exc) in THROTTLING_CODES:
                 raise Throttled(str(exc)) from exc
             raise
 

@@ -20,9 +20,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ValidationError
 
-from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.generations_table import GenerationsTable
-from sdpipe.adapters.jobs_table import JobsTable
 from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.contracts.events import utc_now
 from sdpipe.contracts.jobs import JobStatus
@@ -56,10 +54,7 @@ class InferenceCompletion:
     def from_settings(cls) -> InferenceCompletion:
         settings = job_settings()
         return cls(
-            ledger=JobLedger(
-                JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
-                EventPublisher(settings.events_topic_arn),
-            ),
+            ledger=JobLedger.from_settings(settings),
             store=ObjectStore(settings.assets_bucket_name),
             generations=GenerationsTable(settings.generations_table_name),
         )

@@ -27,9 +27,7 @@ from aws_lambda_powertools import Logger
 from pydantic import ValidationError
 
 from sdpipe.adapters.endpoints_table import IN_SERVICE, EndpointsTable
-from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.inference_runtime import AsyncInference
-from sdpipe.adapters.jobs_table import JobsTable
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.contracts.inference import (
@@ -126,11 +124,7 @@ class InferenceIntake:
     def from_settings(cls, claim_seconds: int) -> InferenceIntake:
         settings = job_settings()
         return cls(
-            ledger=JobLedger(
-                JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
-                EventPublisher(settings.events_topic_arn),
-                lease_seconds=claim_seconds,
-            ),
+            ledger=JobLedger.from_settings(settings, lease_seconds=claim_seconds),
             models=ModelsTable(settings.models_table_name),
             endpoints=EndpointsTable(settings.endpoints_table_name),
             store=ObjectStore(settings.assets_bucket_name),

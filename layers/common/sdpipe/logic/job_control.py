@@ -8,8 +8,6 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from pydantic import ValidationError
 
-from sdpipe.adapters.events import EventPublisher
-from sdpipe.adapters.jobs_table import JobsTable
 from sdpipe.adapters.multipart import MultipartUploads
 from sdpipe.contracts.events import utc_now
 from sdpipe.contracts.jobs import Action, CancelJobParams, JobStatus
@@ -42,10 +40,7 @@ class JobControl:
     def from_settings(cls) -> JobControl:
         settings = job_settings()
         return cls(
-            JobLedger(
-                JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
-                EventPublisher(settings.events_topic_arn),
-            ),
+            JobLedger.from_settings(settings),
             MultipartUploads(settings.assets_bucket_name),
         )
 

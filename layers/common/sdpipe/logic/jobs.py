@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 
@@ -26,6 +26,18 @@ from sdpipe.contracts.jobs import OPEN_STATUSES, JobStatus
 from sdpipe.logic.parallel import io_pool
 
 logger = Logger(child=True)
+
+
+class JobTablesSettings(Protocol):
+    """What a ledger is built from (JobSettings, RegistrationSettings, ...)."""
+
+    @property
+    def jobs_table_name(self) -> str: ...
+    @property
+    def endpoints_table_name(self) -> str: ...
+    @property
+    def events_topic_arn(self) -> str: ...
+
 
 EVENT_FOR_STATUS: dict[JobStatus, EventType] = {
     JobStatus.ACCEPTED: EventType.JOB_ACCEPTED,
@@ -61,6 +73,14 @@ class JobLedger:
     # How long the writer of an event has to publish it before another delivery may.
     lease_seconds: int = 60
     _background: list[Future[None]] = field(default_factory=list)
+
+    @classmethod
+    def from_settings(cls, settings: JobTablesSettings, lease_seconds: int = 60) -> JobLedger:
+        return cls(
+            JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
+            EventPublisher(settings.events_topic_arn),
+            lease_seconds=lease_seconds,
+        )
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         return self.table.get(job_id)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from aws_lambda_powertools import Logger
 
 from sdpipe.adapters.events import EventPublisher
-from sdpipe.adapters.jobs_table import JobsTable
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.adapters.object_store import ObjectInfo, ObjectStore
 from sdpipe.contracts.events import Event, EventType, utc_now
@@ -58,10 +57,7 @@ class Registrar:
                 pickle_cap=settings.pickle_scan_cap_bytes,
                 chunk_size=settings.hash_chunk_bytes,
             ),
-            ledger=JobLedger(
-                JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
-                EventPublisher(settings.events_topic_arn),
-            ),
+            ledger=JobLedger.from_settings(settings),
             lease_seconds=lease_seconds,
         )
 

@@ -15,8 +15,6 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from sdpipe.adapters.events import EventPublisher
-from sdpipe.adapters.jobs_table import JobsTable
 from sdpipe.adapters.multipart import MultipartUploads
 from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.contracts.events import utc_now
@@ -65,10 +63,7 @@ class ModelUploads:
     def from_settings(cls) -> ModelUploads:
         settings = upload_settings()
         return cls(
-            ledger=JobLedger(
-                JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
-                EventPublisher(settings.events_topic_arn),
-            ),
+            ledger=JobLedger.from_settings(settings),
             store=ObjectStore(settings.assets_bucket_name),
             uploads=MultipartUploads(settings.assets_bucket_name),
             settings=settings,
