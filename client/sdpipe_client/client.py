@@ -68,7 +68,9 @@ class Sdpipe:
 
         An ``{"error": ...}`` answer is raised as ``SdpipeError`` with the error's code.
         """
-        response = self.aws.get("lambda").invoke(
+        # Patient: completing an upload of many GiB may keep the function busy for minutes, and a
+        # timed-out invoke would be retried by botocore while the first one still runs.
+        response = self.aws.get_patient("lambda").invoke(
             FunctionName=self.outputs[function_output], Payload=json.dumps(request).encode()
         )
         payload: dict[str, Any] = json.loads(response["Payload"].read() or b"{}")

@@ -26,6 +26,12 @@ class AwsClients:
     def get(self, service: str) -> Any:
         return self._cached(service, lambda: boto3.session.Session().client(service, config=_CONFIG))  # type: ignore[call-overload]
 
+    def get_patient(self, service: str) -> Any:
+        """A client that waits up to 15 minutes for an answer (S3 completing a multipart upload of
+        many GiB answers late; AWS keeps the connection alive meanwhile, the local stack does not)."""
+        config = _CONFIG.merge(Config(read_timeout=900))
+        return self._cached(f"patient:{service}", lambda: boto3.session.Session().client(service, config=config))  # type: ignore[call-overload]
+
     def get_resource(self, service: str) -> Any:
         """A boto3 resource (DynamoDB's Table does the type marshalling for us)."""
         return self._cached(f"resource:{service}", lambda: boto3.session.Session().resource(service, config=_CONFIG))  # type: ignore[call-overload]

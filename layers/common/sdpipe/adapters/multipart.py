@@ -12,7 +12,7 @@ from sdpipe.adapters.clients import THROTTLING_CODES, AwsClients, clients, error
 from sdpipe.errors import Throttled, UploadNotFound
 
 
-def content_md5(body: bytes) -> str:
+def content_md5(body: bytes | bytearray) -> str:
     """The Content-MD5 header S3 checks a part against (rejecting it with BadDigest)."""
     return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
 
@@ -60,7 +60,7 @@ class MultipartUploads:
                 return parts
             marker = int(response["NextPartNumberMarker"])
 
-    def upload_part(self, key: str, upload_id: str, part: int, body: bytes) -> str:
+    def upload_part(self, key: str, upload_id: str, part: int, body: bytes | bytearray) -> str:
         try:
             response = self._s3.upload_part(
                 Bucket=self.bucket,
@@ -77,7 +77,7 @@ class MultipartUploads:
     def complete(self, key: str, upload_id: str, etags: dict[int, str]) -> str:
         parts = [{"PartNumber": n, "ETag": f'"{etags[n]}"'} for n in sorted(etags)]
         try:
-            response = self._s3.complete_multipart_upload(
+            response = self._aws.get_patient("s3").complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
         except ClientError as exc:

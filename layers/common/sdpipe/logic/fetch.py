@@ -241,7 +241,7 @@ class ModelFetcher:
             opened.close()
         if len(body) != length:
             raise SourceFailed(f"part {part}: the connection ended after {len(body)} of {length} bytes")
-        etag = self.uploads.upload_part(upload["key"], upload["upload_id"], part, bytes(body))
+        etag = self.uploads.upload_part(upload["key"], upload["upload_id"], part, body)
         self.ledger.progress(job, length)
         return {"part": part, "etag": etag}
 
@@ -285,7 +285,7 @@ class ModelFetcher:
 
     def _stream_part(self, job: dict[str, Any], part: int, body: bytearray) -> None:
         upload = job["upload"]
-        self.uploads.upload_part(upload["key"], upload["upload_id"], part, bytes(body))
+        self.uploads.upload_part(upload["key"], upload["upload_id"], part, body)
         self.ledger.progress(job, len(body))
 
     def complete(self, job_id: str) -> dict[str, Any]:
