@@ -45,6 +45,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_registration.py
 	$(BIN)/python bench/bench_inference.py
+	$(BIN)/python bench/bench_intake.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .sdpipe-local
