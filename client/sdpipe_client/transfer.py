@@ -27,6 +27,7 @@ from sdpipe.contracts.jobs import JobStatus
 from sdpipe.contracts.models import ModelType
 from sdpipe.errors import SdpipeError
 from sdpipe.layout import MODEL_EXTENSIONS, MODEL_FOLDERS
+from sdpipe.logic.uploads import REGISTERING
 from sdpipe_client.client import Sdpipe
 
 UPLOADS_API = "UploadsFunctionName"
@@ -141,7 +142,7 @@ class Uploader:
             # That attempt ended (failed, aborted, timed out): start a fresh one.
         else:
             raise SdpipeError(f"{path}: too many earlier upload attempts")
-        if plan.get("phase") == "registering":
+        if plan.get("phase") == REGISTERING:
             if progress:
                 progress(size)
             return UploadResult(plan["job_id"], plan["key"], status, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -189,3 +190,21 @@ def test_parts_that_s3_answers_with_503_are_retried(client, lora_file, stack):
     stack.server.s3_parts.fail_parts(2)
     result = Uploader(client, backoff_s=0.05).upload(lora_file, ModelType.LORA)
     assert client.wait(result.job_id, timeout_s=60)["status"] == "SUCCEEDED"
+
+
+def test_a_file_naming_a_job_it_does_not_belong_to_finishes_nothing(client, lora_file, stack):
+    plan = create(client, lora_file)
+    spoof = f"models/Lora/spoof-{uuid.uuid4().hex[:6]}.safetensors"
+    stack.client("s3").put_object(
+        Bucket=stack.outputs["AssetsBucketName"],
+        Key=spoof,
+        Body=big_lora(1),
+        Metadata={"sdpipe-job-id": plan["job_id"], "sdpipe-source": "upload"},
+    )
+    deadline = time.monotonic() + 30
+    table = stack.resource("dynamodb").Table(stack.outputs["ModelsTableName"])
+    while not [i for i in table.scan()["Items"] if i.get("s3_key") == spoof and i.get("status") == "ACTIVE"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert client.get_job(plan["job_id"])["status"] == "RUNNING"  # still waiting for its own parts
+    client.invoke_api(UPLOADS_API, {"operation": "abort_upload", "job_id": plan["job_id"]})

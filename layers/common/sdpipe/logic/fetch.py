@@ -170,6 +170,7 @@ class ModelFetcher:
         job = self._running(job_id)
         params = FetchModelParams.model_validate(job["params"])
         if job.get("upload"):  # a retried probe: the upload is open already
+            self._write_parts(job)
             return self._probe_result(job)
         source = self._source(params)
         found = source.probe(params.url)
@@ -196,10 +197,6 @@ class ModelFetcher:
             metadata[META_SHA256] = params.sha256
         upload_id = self.uploads.create(key.key, metadata)
         upload = {"upload_id": upload_id, "key": key.key, "size": found.size or 0, "part_size": plan.part_size}
-        if ranges:
-            self.store.put_bytes(
-                parts_key(job_id), json.dumps(plan_of({"upload": upload}).items()).encode(), "application/json"
-            )
         moved = self.ledger.move(
             job,
             JobStatus.RUNNING,
@@ -214,6 +211,7 @@ class ModelFetcher:
         if moved is None:  # cancelled meanwhile (or a concurrent probe won): undo ours
             self.uploads.abort(key.key, upload_id)
             return self._probe_result(self._running(job_id))
+        self._write_parts(moved)
         logger.info("probed", extra={"job_id": job_id, "key": key.key, "size": found.size, "ranges": ranges})
         return self._probe_result(moved)
 
@@ -346,6 +344,12 @@ class ModelFetcher:
         return HttpSource(
             self.policy, timeout=self.settings.fetch_connect_timeout_seconds, auth_header=auth, **self.source_options
         )
+
+    def _write_parts(self, job: dict[str, Any]) -> None:
+        """The part list the distributed Map reads (too long for the state payload)."""
+        if (job.get("source") or {}).get("ranges"):
+            items = json.dumps(plan_of(job).items()).encode()
+            self.store.put_bytes(parts_key(job["job_id"]), items, "application/json")
 
     def _probe_result(self, job: dict[str, Any]) -> dict[str, Any]:
         source = job.get("source") or {}
