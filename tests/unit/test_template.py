@@ -24,7 +24,7 @@ PSEUDO = {
 }
 REQUIRED_OUTPUTS = {
     "AssetsBucketName", "RequestsTopicArn", "EventsTopicArn", "ModelsTableName", "DatasetsTableName",
-    "JobsTableName", "EndpointsTableName", "GenerationsTableName",
+    "JobsTableName", "EndpointsTableName", "GenerationsTableName", "UploadsFunctionName", "FetchModelStateMachineArn",
 }  # fmt: skip
 
 
@@ -60,6 +60,17 @@ def test_translated_template_passes_cfn_lint():
 def test_outputs_name_everything_a_client_needs():
     translated = translate(ROOT / "template.yaml", {}, PSEUDO)
     assert set(translated.outputs) >= REQUIRED_OUTPUTS
+
+
+def test_fetching_from_private_networks_is_off_unless_configured():
+    """The local stack (samconfig's local parameters included) protects like AWS by default."""
+    from sdpipe_local.template import samconfig_parameters
+
+    translated = translate(ROOT / "template.yaml", samconfig_parameters(ROOT), PSEUDO)
+    for function in ("FetchRequestsFunction", "FetchStepsFunction"):
+        variables = translated.resources[function]["Properties"]["Environment"]["Variables"]
+        assert variables["FETCH_ALLOWED_NETWORKS"] == {"Ref": "FetchAllowedNetworks"}, function
+    assert translated.parameters["FetchAllowedNetworks"] == ""
 
 
 def test_no_wildcard_iam_actions_or_admin_policies():
