@@ -11,11 +11,10 @@ from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter
 
-from sdpipe.errors import SdpipeError
+from sdpipe.lambda_support import answer_direct
 from sdpipe.logic.job_control import JobControl, public_view
-from sdpipe.logic.requests import validation_message
 
 logger = Logger()
 tracer = Tracer()
@@ -44,16 +43,13 @@ _Request = TypeAdapter(Annotated[GetJob | ListJobs | CancelJob, Field(discrimina
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    try:
-        request = _Request.validate_python(event)
-    except ValidationError as exc:
-        return {"error": {"code": "VALIDATION_ERROR", "message": validation_message(exc)}}
+    return answer_direct(event, _Request, _answer)
+
+
+def _answer(request: GetJob | ListJobs | CancelJob) -> dict[str, Any]:
     control = JobControl.from_settings()
-    try:
-        if isinstance(request, GetJob):
-            return {"job": public_view(control.get(request.job_id))}
-        if isinstance(request, ListJobs):
-            return {"jobs": [public_view(job) for job in control.recent(request.action, request.limit)]}
-        return {"job": public_view(control.cancel(request.job_id, request.reason))}
-    except SdpipeError as exc:
-        return {"error": exc.to_error()}
+    if isinstance(request, GetJob):
+        return {"job": public_view(control.get(request.job_id))}
+    if isinstance(request, ListJobs):
+        return {"jobs": [public_view(job) for job in control.recent(request.action, request.limit)]}
+    return {"job": public_view(control.cancel(request.job_id, request.reason))}

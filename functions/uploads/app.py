@@ -13,11 +13,10 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from sdpipe.contracts.uploads import AbortUpload, CompleteUpload, CreateUpload, ResumeUpload, UploadRequest
-from sdpipe.errors import SdpipeError
-from sdpipe.logic.requests import validation_message
+from sdpipe.lambda_support import answer_direct
 from sdpipe.logic.uploads import ModelUploads
 
 logger = Logger()
@@ -28,19 +27,15 @@ _Request: TypeAdapter[CreateUpload | ResumeUpload | CompleteUpload | AbortUpload
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    try:
-        request = _Request.validate_python(event)
-    except ValidationError as exc:
-        return {"error": {"code": "VALIDATION_ERROR", "message": validation_message(exc)}}
+    return answer_direct(event, _Request, _answer)
+
+
+def _answer(request: CreateUpload | ResumeUpload | CompleteUpload | AbortUpload) -> dict[str, Any]:
     uploads = ModelUploads.from_settings()
-    try:
-        if isinstance(request, CreateUpload):
-            return uploads.create(request)
-        if isinstance(request, ResumeUpload):
-            return uploads.resume(request)
-        if isinstance(request, CompleteUpload):
-            return uploads.complete(request)
-        return uploads.abort(request)
-    except SdpipeError as exc:
-        logger.info("refused", extra={"operation": request.operation, "code": exc.code})
-        return {"error": exc.to_error()}
+    if isinstance(request, CreateUpload):
+        return uploads.create(request)
+    if isinstance(request, ResumeUpload):
+        return uploads.resume(request)
+    if isinstance(request, CompleteUpload):
+        return uploads.complete(request)
+    return uploads.abort(request)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import TypeAdapter, ValidationError
+
+from sdpipe.errors import SdpipeError
 
 # A claim must outlast the invocation that holds it by a little, never less.
 _LEASE_MARGIN_SECONDS = 5
@@ -22,3 +27,23 @@ def action_attribute(record: SQSRecord) -> str | None:
     attribute = (record.raw_event.get("messageAttributes") or {}).get("action") or {}
     value = attribute.get("stringValue")
     return str(value) if value is not None else None
+
+
+_Request = TypeVar("_Request")
+
+
+def answer_direct(
+    event: dict[str, Any], request_type: TypeAdapter[_Request], handle: Callable[[_Request], dict[str, Any]]
+) -> dict[str, Any]:
+    """A directly invoked function's answer: ``handle``'s, or ``{"error": {"code", "message"}}``
+    for a request that does not validate or a domain error (never a Lambda function error)."""
+    from sdpipe.logic.requests import validation_message
+
+    try:
+        request = request_type.validate_python(event)
+    except ValidationError as exc:
+        return {"error": {"code": "VALIDATION_ERROR", "message": validation_message(exc)}}
+    try:
+        return handle(request)
+    except SdpipeError as exc:
+        return {"error": exc.to_error()}

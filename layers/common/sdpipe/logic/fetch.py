@@ -88,11 +88,7 @@ class ModelFetcher:
     # ------------------------------------------------------------------ requests
     def handle_message(self, body: str, attribute_action: str | None, message_id: str) -> str:
         parsed = parse_request(body, attribute_action, message_id)
-        existing = self.ledger.get(parsed.job_id)
-        if existing is not None:  # a duplicate delivery: finish what a stopped worker left
-            self.ledger.flush(existing)
-            if existing.get("status") == JobStatus.ACCEPTED.value:
-                self._start(existing)
+        if self.ledger.resume_duplicate(parsed.job_id, self._start):
             return parsed.job_id
         try:
             if parsed.error is not None or parsed.envelope is None:

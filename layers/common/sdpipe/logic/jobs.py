@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -135,6 +135,17 @@ class JobLedger:
             else:
                 self._publish(job_id, event_id, event)
         return item
+
+    def resume_duplicate(self, job_id: str, start: Callable[[dict[str, Any]], None]) -> bool:
+        """A request delivered again: publish what a stopped worker left and, if its job was
+        accepted but never started, ``start`` it. False when there is no such job yet."""
+        existing = self.get(job_id)
+        if existing is None:
+            return False
+        self.flush(existing)
+        if existing.get("status") == JobStatus.ACCEPTED.value:
+            start(existing)
+        return True
 
     def drain(self) -> None:
         """Wait for events being published in the background (before the invocation ends)."""
