@@ -164,3 +164,7 @@ def main() -> None:  # pragma: no cover - a convenience for trying fetch by hand
     with FileServer(root, port=int(os.environ.get("SDPIPE_FILE_SERVER_PORT", "8765"))) as server:
         print(f"serving {root} at {server.url('/files/')}", flush=True)
         threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
