@@ -631,3 +631,13 @@ def fetch(settings: _Settings, /, url: str, model_type: str, **options: Any) -> 
 
 if __name__ == "__main__":
     main()
+
+
+def _register_training_commands() -> None:
+    from sdpipe_client.training_cli import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_training_commands()

@@ -86,3 +86,61 @@ def print_endpoints(endpoints: Iterable[dict[str, Any]], console: Console | None
             str(note),
         )
     (console or Console()).print(table)
+
+
+def print_datasets(datasets: Iterable[Any], console: Console | None = None) -> None:
+    """``DatasetRecord``s as a table: one row each."""
+    table = Table(show_lines=False)
+    for column in ("DATASET", "STATUS", "CONCEPTS", "IMAGES", "CAPTIONS", "STEPS/EPOCH", "RESOLUTIONS", "PROBLEMS"):
+        table.add_column(column, overflow="fold")
+    for record in datasets:
+        concepts = ", ".join(f"{c.concept} x{c.repeats}" for c in record.concepts) or "-"
+        resolutions = ", ".join(f"{r} ({n})" for r, n in list(record.resolutions.items())[:4]) or "-"
+        if len(record.resolutions) > 4:
+            resolutions += f", +{len(record.resolutions) - 4} more"
+        problems = str(len(record.problems)) if record.problems else "-"
+        if record.error:
+            problems = f"{record.error['code']}: {record.error['message']}"
+        table.add_row(
+            record.name,
+            record.status.value,
+            concepts,
+            str(record.images),
+            str(record.captions),
+            str(record.steps_per_epoch_at_batch_1),
+            resolutions,
+            problems,
+        )
+    (console or Console()).print(table)
+
+
+def print_dataset(record: Any, console: Console | None = None) -> None:
+    """One ``DatasetRecord`` in full: its concepts, then every problem found."""
+    console = console or Console()
+    console.print(f"[bold]{record.name}[/bold]  {record.status.value}  s3 prefix {record.prefix}")
+    if record.error:
+        console.print(f"[red]{record.error['code']}: {record.error['message']}[/red]")
+    console.print(
+        f"{record.images} images, {record.captions} captions, {human_size(record.bytes)}; "
+        f"{record.steps_per_epoch_at_batch_1} steps per epoch at batch size 1"
+    )
+    concepts = Table(show_lines=False)
+    for column in ("FOLDER", "CONCEPT", "REPEATS", "IMAGES", "CAPTIONS", "RESOLUTIONS"):
+        concepts.add_column(column, overflow="fold")
+    for concept in record.concepts:
+        concepts.add_row(
+            concept.folder,
+            concept.concept,
+            str(concept.repeats),
+            str(concept.images),
+            str(concept.captions),
+            ", ".join(f"{r} ({n})" for r, n in concept.resolutions.items()) or "-",
+        )
+    console.print(concepts)
+    if record.problems:
+        problems = Table(show_lines=False, title="problems")
+        for column in ("SEVERITY", "PATH", "CODE", "MESSAGE"):
+            problems.add_column(column, overflow="fold")
+        for problem in record.problems:
+            problems.add_row(problem.severity.value, problem.path, problem.code, problem.message)
+        console.print(problems)

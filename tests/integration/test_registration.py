@@ -218,17 +218,3 @@ def test_companion_files_and_other_prefixes_are_ignored(models):
 def test_nothing_lands_in_the_dead_letter_queue(models):
     # Every bad input above was answered with REJECTED, not with a failed message.
     assert models.queue_depths()[1] == 0
-
-
-@pytest.mark.parametrize(("key", "queue"), [("datasets/mystyle/10_style/a.png", "DatasetObjectsQueueUrl")])
-def test_dataset_drops_are_kept_for_their_consumer(stack, models, key, queue):
-    models.put(key, b"{}")
-    sqs = stack.client("sqs")
-    bodies = [
-        json.loads(m["Body"])
-        for m in sqs.receive_message(QueueUrl=stack.outputs[queue], MaxNumberOfMessages=10, WaitTimeSeconds=2).get(
-            "Messages", []
-        )
-    ]
-    keys = [r["s3"]["object"]["key"] for b in bodies for r in b.get("Records", [])]
-    assert key.replace("/", "%2F") in keys or key in keys

@@ -232,3 +232,33 @@ class FetchTimedOut(SdpipeError):
     """A fetch could not finish in the time a function has (a slow server without range support)."""
 
     code = "FETCH_TIMED_OUT"
+
+
+class DatasetNotFound(SdpipeError):
+    """No registered dataset of that name (it was never marked ready, or was deleted)."""
+
+    code = "DATASET_NOT_FOUND"
+
+
+class DatasetNotUsable(SdpipeError):
+    """The dataset was inspected and rejected (its problems say why)."""
+
+    code = "DATASET_NOT_USABLE"
+
+
+class TrainingFailed(SdpipeError):
+    """The training job ended Failed (SageMaker's reason and the last log lines say why)."""
+
+    code = "TRAINING_FAILED"
+
+
+class TrainingTimedOut(SdpipeError):
+    """The training job ran past its max_runtime_seconds and was stopped."""
+
+    code = "TRAINING_TIMED_OUT"
+
+
+class NoLoraOutput(SdpipeError):
+    """The training job finished but its model artefact holds no LoRA file."""
+
+    code = "NO_LORA_OUTPUT"

@@ -90,6 +90,17 @@ class FetchSettings(JobSettings):
     fetch_deadline_seconds: int = Field(default=6 * 3600, ge=60)
 
 
+class DatasetSettings(BaseSettings):
+    """Dataset registration (RegisterDataset) and the CLI's datasets commands."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    assets_bucket_name: str = Field(min_length=3)
+    datasets_table_name: str = Field(min_length=3)
+    events_topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:")
+    dataset_max_images: int = Field(default=20_000, ge=1)
+
+
 class RequestFilesSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
@@ -119,6 +130,11 @@ def job_settings() -> JobSettings:
 @lru_cache(maxsize=1)
 def endpoint_settings() -> EndpointSettings:
     return _load(EndpointSettings)
+
+
+@lru_cache(maxsize=1)
+def dataset_settings() -> DatasetSettings:
+    return _load(DatasetSettings)
 
 
 @lru_cache(maxsize=1)

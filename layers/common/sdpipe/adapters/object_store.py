@@ -20,6 +20,7 @@ class ObjectInfo:
     etag: str  # without the quotes S3 puts around it
     # User metadata (x-amz-meta-*, lower-case names): who wrote the object and what to check.
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
+    last_modified: str = field(default="", compare=False)  # ISO-8601, second precision
 
     @property
     def quoted_etag(self) -> str:
@@ -48,7 +49,32 @@ class ObjectStore:
             size=int(response["ContentLength"]),
             etag=response["ETag"].strip('"'),
             metadata={k.lower(): v for k, v in (response.get("Metadata") or {}).items()},
+            last_modified=_iso(response.get("LastModified")),
         )
+
+    def list_prefix(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix``, in key order (without user metadata)."""
+        for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield ObjectInfo(
+                    key=item["Key"],
+                    size=int(item["Size"]),
+                    etag=str(item.get("ETag", "")).strip('"'),
+                    last_modified=_iso(item.get("LastModified")),
+                )
+
+    def delete_keys(self, keys: list[str]) -> int:
+        """Delete ``keys`` (1,000 per request); how many were deleted."""
+        deleted = 0
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            response = self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise RuntimeError(f"could not delete {first.get('Key')}: {first.get('Code')} {first.get('Message')}")
+            deleted += len(batch)
+        return deleted
 
     def delete_if_unchanged(self, info: ObjectInfo) -> bool:
         """Delete exactly the version ``info`` describes; False when the key now holds another.
@@ -123,6 +149,10 @@ class ObjectStore:
 
     def open_ranged(self, info: ObjectInfo, block_size: int = 1024 * 1024) -> RangedReader:
         return RangedReader(self, info, block_size)
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if value is not None and hasattr(value, "isoformat") else ""
 
 
 class RangedReader(io.RawIOBase):

@@ -22,6 +22,7 @@ class EventType(StrEnum):
     MODEL_DELETED = "model.deleted"
     DATASET_REGISTERED = "dataset.registered"
     DATASET_REJECTED = "dataset.rejected"
+    DATASET_DELETED = "dataset.deleted"
     ENDPOINT_STATUS = "endpoint.status"
 
 
@@ -43,6 +44,7 @@ class Event(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
     model: dict[str, Any] | None = None
     endpoint: dict[str, Any] | None = None  # endpoint.status: the Endpoints record as announced
+    dataset: dict[str, Any] | None = None  # dataset.*: the Datasets record's summary
 
     def attributes(self) -> dict[str, str]:
         """SNS message attributes for filtered subscriptions."""
@@ -51,6 +53,8 @@ class Event(BaseModel):
             attrs["action"] = self.action
         if self.model and self.model.get("type"):
             attrs["model_type"] = str(self.model["type"])
+        if self.dataset and self.dataset.get("name"):
+            attrs["dataset"] = str(self.dataset["name"])
         if self.endpoint and self.endpoint.get("name"):
             attrs["endpoint"] = str(self.endpoint["name"])
         return attrs
