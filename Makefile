@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --constraint constraints.txt
 STAMP := $(VENV)/.installed-stamp
-PACKAGES := pyproject.toml constraints.txt layers/common/pyproject.toml local/pyproject.toml client/pyproject.toml images/inference/pyproject.toml
+PACKAGES := pyproject.toml constraints.txt layers/common/pyproject.toml local/pyproject.toml client/pyproject.toml images/inference/pyproject.toml images/training/pyproject.toml
 
 .PHONY: all venv demo test test-unit lint format bench local clean validate
 
@@ -15,7 +15,7 @@ $(STAMP): $(PACKAGES)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: the plain name would pull the multi-GB CUDA build.
 	$(PIP) --quiet torch==2.13.0
-	$(PIP) --quiet -e layers/common -e "local[tiny]" -e images/inference -e client -e .
+	$(PIP) --quiet -e layers/common -e "local[tiny]" -e images/inference -e images/training -e client -e .
 	touch $(STAMP)
 
 venv: $(STAMP)

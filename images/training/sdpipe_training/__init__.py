@@ -1,0 +1,1 @@
+"""The SageMaker training container: LoRA training over SageMaker's ``/opt/ml`` contract."""

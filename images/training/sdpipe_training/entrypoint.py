@@ -1,0 +1,170 @@
+"""The training container's entrypoint (SageMaker runs it with ``train`` as its argument).
+
+Hyperparameters (strings): ``engine`` (kohya|builtin), ``family`` (sd1|sdxl), ``checkpoint`` (the
+file in the ``model`` channel), ``model_config`` (its diffusers config folder there, or empty for
+the image's own for the family), and the base model's ``base_model_name``/``base_model_sha256``/
+``base_model_legacy_hash`` (recorded in the LoRA's metadata). The ``config`` channel holds the
+Kohya config and dataset config. LoRA files go to ``/opt/ml/model``; a failure's reason goes to
+``/opt/ml/output/failure``; SIGTERM (StopTrainingJob, or the max runtime) stops the run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import tomllib
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from sdpipe.logic.kohya_config import CHANNEL_CONFIG, CHANNEL_MODEL, CONFIG_FILE, DATASET_CONFIG_FILE
+from sdpipe_training.sagemaker_env import SageMakerPaths
+
+
+class TrainingError(Exception):
+    """A failure whose message is the job's FailureReason."""
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """sd-scripts reads a config file's tables as one flat set of options."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= flatten(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def run(paths: SageMakerPaths, stop: threading.Event) -> list[Path]:
+    hyperparameters = paths.hyperparameters()
+    engine, family = hyperparameters.get("engine", "builtin"), hyperparameters.get("family", "sd1")
+    config_dir = paths.channel(CHANNEL_CONFIG)
+    try:
+        config_text = paths.relocate((config_dir / CONFIG_FILE).read_text())
+        dataset_text = paths.relocate((config_dir / DATASET_CONFIG_FILE).read_text())
+    except FileNotFoundError as exc:
+        raise TrainingError(f"the config channel lacks {Path(exc.filename).name}") from None
+    paths.model_dir.mkdir(parents=True, exist_ok=True)
+    if engine == "kohya":
+        _run_kohya(paths, family, config_text, dataset_text, stop)
+    elif engine == "builtin":
+        _run_builtin(paths, hyperparameters, family, config_text=config_text, dataset_text=dataset_text, stop=stop)
+    else:
+        raise TrainingError(f"unknown engine {engine!r} (kohya or builtin)")
+    written = sorted(paths.model_dir.glob("*.safetensors"))
+    if not written and not stop.is_set():
+        raise TrainingError("training ended without writing a LoRA file to /opt/ml/model")
+    return written
+
+
+def _run_builtin(
+    paths: SageMakerPaths,
+    hyperparameters: dict[str, str],
+    family: str,
+    *,
+    config_text: str,
+    dataset_text: str,
+    stop: threading.Event,
+) -> None:
+    from sdpipe_training.builtin import BaseModel, TrainingRun, train
+    from sdpipe_training.dataset import DatasetConfig
+
+    options = flatten(tomllib.loads(config_text))
+    options["output_dir"] = str(paths.model_dir)
+    checkpoint = paths.channel(CHANNEL_MODEL) / hyperparameters["checkpoint"]
+    if not checkpoint.is_file():
+        raise TrainingError(f"the model channel lacks the checkpoint {hyperparameters['checkpoint']}")
+    config = _model_config(paths, hyperparameters, family)
+    try:
+        dataset = DatasetConfig.from_toml(dataset_text)
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"dataset: {exc}") from None
+    base = BaseModel(
+        path=checkpoint,
+        config=config,
+        name=hyperparameters.get("base_model_name", ""),
+        sha256=hyperparameters.get("base_model_sha256", ""),
+        legacy_hash=hyperparameters.get("base_model_legacy_hash", ""),
+    )
+    train(TrainingRun(family=family, base=base, options=options, dataset=dataset, output_dir=paths.model_dir,
+                      stop=stop, log=_log))  # fmt: skip
+
+
+def _model_config(paths: SageMakerPaths, hyperparameters: dict[str, str], family: str) -> Path:
+    """The checkpoint's own diffusers config folder, else the image's for its family."""
+    own = hyperparameters.get("model_config")
+    if own and (paths.channel(CHANNEL_MODEL) / own / "model_index.json").is_file():
+        return paths.channel(CHANNEL_MODEL) / own
+    bundled = Path(os.environ.get("SDPIPE_CONFIGS_DIR", "/opt/sdpipe/configs")) / family
+    if (bundled / "model_index.json").is_file():
+        return bundled
+    raise TrainingError(f"no diffusers config for the checkpoint (none beside it, none bundled for {family})")
+
+
+def _run_kohya(paths: SageMakerPaths, family: str, config_text: str, dataset_text: str, stop: threading.Event) -> None:
+    from sdpipe_training.kohya import kohya_command
+
+    work = paths.output_data_dir / "config"
+    work.mkdir(parents=True, exist_ok=True)
+    dataset_file = work / DATASET_CONFIG_FILE
+    dataset_file.write_text(dataset_text)
+    config_file = work / CONFIG_FILE
+    config_file.write_text(config_text)
+    precision = str(flatten(tomllib.loads(config_text)).get("mixed_precision", "no"))
+    command = kohya_command(family, config_file, precision)
+    _log("running " + " ".join(command))
+    tail: deque[str] = deque(maxlen=20)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        assert process.stdout is not None
+        watcher = threading.Thread(target=_terminate_when, args=(stop, process), daemon=True)
+        watcher.start()
+        for line in process.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            tail.append(line.rstrip())
+        code = process.wait()
+    if code != 0 and not stop.is_set():
+        raise TrainingError(f"sd-scripts exited with status {code}: " + " | ".join(tail)[-900:])
+
+
+def _terminate_when(stop: threading.Event, process: subprocess.Popen[str]) -> None:
+    stop.wait()
+    process.terminate()
+
+
+def main() -> None:
+    paths = SageMakerPaths.from_environment()
+    stop = threading.Event()
+
+    def on_stop(signum: int, _frame: Any) -> None:
+        _log(f"signal {signum}: stopping")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    try:
+        written = run(paths, stop)
+    except Exception as exc:
+        from sdpipe_training.builtin import TrainingStopped
+
+        if isinstance(exc, TrainingStopped):
+            _log("training stopped before it finished")
+            sys.exit(0)
+        traceback.print_exc()
+        reason = str(exc) if isinstance(exc, TrainingError) else f"{type(exc).__name__}: {exc}"
+        paths.write_failure(reason)
+        _log(f"training failed: {reason}")
+        sys.exit(1)
+    _log("wrote " + ", ".join(p.name for p in written))
+
+
+if __name__ == "__main__":
+    main()
