@@ -1,5 +1,6 @@
-"""Local stand-in for SageMaker real-time models, endpoint configs, endpoints and asynchronous
-invocation, honouring SageMaker's contracts with real processes.
+"""Local stand-in for SageMaker real-time models, endpoint configs, endpoints, asynchronous
+invocation and (in ``sagemaker_training``) training jobs, honouring SageMaker's contracts with
+real processes.
 
 - CreateEndpoint starts the inference container's code (``sdpipe_inference.server``) as a local
   process on a free port, with the model's container environment. The endpoint is ``Creating``
@@ -30,6 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from sdpipe_local.sagemaker_training import TRAINING_OPERATIONS, LocalTrainingJobs, TrainingError
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +110,11 @@ class LocalSageMaker:
         self._endpoints: dict[str, _Endpoint] = {}
         self._throttled: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.training = LocalTrainingJobs(client, environment, state_dir, self._arn)
 
     # ------------------------------------------------------------------ control plane
     def handles(self, operation: str) -> bool:
-        return operation in _HANDLED
+        return operation in _HANDLED or operation in TRAINING_OPERATIONS
 
     def throttle(self, operation: str, times: int) -> None:
         """Answer the next ``times`` calls of ``operation`` with ThrottlingException (fault tests)."""
@@ -122,8 +126,14 @@ class LocalSageMaker:
             if self._throttled.get(operation, 0) > 0:
                 self._throttled[operation] -= 1
                 raise SageMakerError("ThrottlingException", "Rate exceeded")
-        handler = getattr(self, "_" + "".join("_" + c.lower() if c.isupper() else c for c in operation).lstrip("_"))
-        result: dict[str, Any] = handler(body)
+        method = "".join("_" + c.lower() if c.isupper() else c for c in operation).lstrip("_")
+        if operation in TRAINING_OPERATIONS:
+            try:
+                answer: dict[str, Any] = getattr(self.training, method)(body)
+            except TrainingError as exc:
+                raise SageMakerError(exc.code, exc.message) from None
+            return answer
+        result: dict[str, Any] = getattr(self, "_" + method)(body)
         return result
 
     def _arn(self, kind: str, name: str) -> str:
@@ -443,6 +453,7 @@ class LocalSageMaker:
             self._client("sns").publish(TopicArn=topic, Message=json.dumps(message))
 
     def close(self) -> None:
+        self.training.close()
         for endpoint in list(self._endpoints.values()):
             endpoint.stop()
         self._endpoints.clear()
