@@ -629,10 +629,6 @@ def fetch(settings: _Settings, /, url: str, model_type: str, **options: Any) -> 
     click.echo(json.dumps({"job_id": job_id, "status": job["status"], "model": model}, default=str))
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _register_training_commands() -> None:
     from sdpipe_client.training_cli import COMMANDS
 
@@ -641,3 +637,7 @@ def _register_training_commands() -> None:
 
 
 _register_training_commands()
+
+
+if __name__ == "__main__":
+    main()

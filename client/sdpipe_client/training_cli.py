@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from sdpipe.errors import SdpipeError
-from sdpipe_client.client import Sdpipe
+from sdpipe_client.client import JobFailed, Sdpipe
 from sdpipe_client.datasets import Datasets, plan_dataset
 from sdpipe_client.formatting import print_dataset, print_datasets
 
@@ -110,4 +110,90 @@ def datasets_delete(settings: _Settings, name: str, yes: bool) -> None:
     click.echo(f"deleted dataset {name} ({deleted} files)")
 
 
-COMMANDS: list[Any] = [datasets]
+def _config(path: Path | None, overrides: tuple[str, ...]) -> dict[str, Any]:
+    """Kohya options from a TOML file (its tables are flattened, as sd-scripts does) and --set."""
+    import tomllib
+
+    config: dict[str, Any] = {}
+    if path is not None:
+        try:
+            document = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise click.BadParameter(f"{path}: {exc}", param_hint="--config") from None
+        for key, value in document.items():
+            config |= value if isinstance(value, dict) else {key: value}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--set")
+        try:
+            config[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            config[key.strip()] = raw  # a bare word: a string
+    return config
+
+
+@click.command("train")
+@click.option("--base-model", required=True, help="Registered checkpoint (name, 'name [hash]' or sha256 prefix).")
+@click.option("--dataset", required=True, help="Registered dataset name.")
+@click.option("--family", type=click.Choice(["sd1", "sdxl"]), required=True)
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Kohya train_network options as TOML (sd-scripts' --config_file form).")  # fmt: skip
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="One Kohya option (repeatable).")
+@click.option("--engine", type=click.Choice(["kohya", "builtin"]), help="Default: the stack's DefaultTrainingEngine.")
+@click.option("--instance-type", help="SageMaker instance type (default: the stack's TrainingInstanceType).")
+@click.option("--max-runtime", "max_runtime_seconds", type=int, help="Seconds before SageMaker stops the job.")
+@click.option("--request-id", help="Idempotency key (default: random); the same id never trains twice.")
+@click.option("--wait/--no-wait", default=False, show_default=True, help="Follow the job: status, step and loss.")
+@click.option("--timeout", default=24 * 3600, show_default=True, help="Seconds --wait waits.")
+@click.pass_obj
+def train(settings: _Settings, /, **options: Any) -> None:
+    """Train a LoRA (Kohya train_network) on a SageMaker training job; every saved LoRA is registered."""
+    params: dict[str, Any] = {
+        "base_model": options["base_model"],
+        "dataset": options["dataset"],
+        "family": options["family"],
+        "config": _config(options["config_file"], options["overrides"]),
+    }
+    params |= {k: options[k] for k in ("engine", "instance_type", "max_runtime_seconds") if options[k]}
+    client = Sdpipe.for_stack(settings.stack)
+    try:
+        job_id = client.submit("train_lora", params, request_id=options["request_id"])
+    except SdpipeError as exc:
+        raise click.ClickException(exc.message) from exc
+    if not options["wait"]:
+        click.echo(job_id)
+        return
+    console = Console(stderr=True)
+    console.print(f"job {job_id} (cancel with: sdpipe jobs cancel {job_id})")
+    last: dict[str, Any] = {}
+
+    def show(job: dict[str, Any] | None) -> None:
+        if job is None:
+            return
+        progress = job.get("progress") or {}
+        seen = {"status": job.get("status"), **progress}
+        if seen == last:
+            return
+        last.clear()
+        last.update(seen)
+        line = str(job.get("status"))
+        if progress.get("step"):
+            line += f"  step {progress['step']}/{progress.get('total_steps', '?')}"
+            if progress.get("epoch"):
+                line += f"  epoch {progress['epoch']}/{progress.get('epochs', '?')}"
+            line += f"  loss {progress.get('loss', float('nan')):.4f}"
+        console.print(line)
+
+    try:
+        job = client.wait(job_id, timeout_s=options["timeout"], poll_s=1.0, on_poll=show)
+    except JobFailed as exc:
+        raise click.ClickException(exc.message) from exc
+    except SdpipeError as exc:
+        raise click.ClickException(exc.message) from exc
+    for model in (job.get("outputs") or {}).get("models", []):
+        console.print(f"registered {model.get('title')}  {model.get('s3_key')}")
+    click.echo(json.dumps({"job_id": job_id, "status": job["status"], "outputs": job.get("outputs")}, default=str))
+
+
+COMMANDS: list[Any] = [datasets, train]

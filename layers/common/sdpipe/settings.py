@@ -90,6 +90,22 @@ class FetchSettings(JobSettings):
     fetch_deadline_seconds: int = Field(default=6 * 3600, ge=60)
 
 
+class TrainingSettings(JobSettings):
+    """``train_lora``: the TrainLora workflow and the SageMaker training jobs it runs."""
+
+    stack_name: str = Field(min_length=1, max_length=22)  # training jobs are <stack>-<job id>
+    datasets_table_name: str = Field(min_length=3)
+    train_lora_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
+    training_image_uri: str = Field(min_length=1)
+    # Only the workflow steps create training jobs; TrainRequests has no need of the role.
+    training_role_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::")
+    training_instance_type: str = Field(default="ml.g5.2xlarge", pattern=r"^ml\.")
+    training_volume_gb: int = Field(default=100, ge=1, le=16384)
+    training_max_runtime_seconds: int = Field(default=86400, ge=60)
+    training_poll_seconds: int = Field(default=60, ge=1, le=3600)
+    default_training_engine: str = Field(default="kohya", pattern=r"^(kohya|builtin)$")
+
+
 class DatasetSettings(BaseSettings):
     """Dataset registration (RegisterDataset) and the CLI's datasets commands."""
 
@@ -130,6 +146,11 @@ def job_settings() -> JobSettings:
 @lru_cache(maxsize=1)
 def endpoint_settings() -> EndpointSettings:
     return _load(EndpointSettings)
+
+
+@lru_cache(maxsize=1)
+def training_settings() -> TrainingSettings:
+    return _load(TrainingSettings)
 
 
 @lru_cache(maxsize=1)

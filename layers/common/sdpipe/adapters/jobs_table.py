@@ -135,6 +135,10 @@ class JobsTable(DynamoTable):
         response = self._table.update_item(Key={"job_id": job_id}, ReturnValues="ALL_NEW", **update.request())
         return dict(from_dynamo(response["Attributes"]).get("progress") or {})
 
+    def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        update = UpdateBuilder().set("progress", progress)
+        self._table.update_item(Key={"job_id": job_id}, **update.request())
+
     def take_progress_slot(self, job_id: str, now: float, interval: float) -> bool:
         """True for at most one caller per ``interval`` seconds: the one that announces progress."""
         update = UpdateBuilder().set("progress_announced_at", to_dynamo(now))

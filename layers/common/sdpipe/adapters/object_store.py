@@ -139,6 +139,12 @@ class ObjectStore:
         self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
         return self.uri(key)
 
+    def upload_stream(self, key: str, source: Any, metadata: dict[str, str], content_type: str) -> None:
+        """Upload a readable stream of unknown length (multipart as it grows; memory stays bounded)."""
+        self._s3.upload_fileobj(
+            _ForwardOnly(source), self.bucket, key, ExtraArgs={"Metadata": metadata, "ContentType": content_type}
+        )
+
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
@@ -149,6 +155,17 @@ class ObjectStore:
 
     def open_ranged(self, info: ObjectInfo, block_size: int = 1024 * 1024) -> RangedReader:
         return RangedReader(self, info, block_size)
+
+
+class _ForwardOnly:
+    """Only ``read``: streams that claim to seek but cannot (a member of a streamed tar) are
+    uploaded as the non-seekable streams they are."""
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+
+    def read(self, size: int = -1) -> bytes:
+        return bytes(self._source.read(size))
 
 
 def _iso(value: Any) -> str:

@@ -100,3 +100,41 @@ class SageMakerEndpoints:
             except ClientError as exc:
                 if not _missing(exc):
                     raise
+
+
+class SageMakerTraining:
+    """Training jobs: create (idempotent), describe, stop."""
+
+    def __init__(self, aws: AwsClients = clients) -> None:
+        self._aws = aws
+
+    @property
+    def _sagemaker(self) -> Any:
+        return self._aws.get("sagemaker")
+
+    def create(self, request: dict[str, Any]) -> None:
+        """CreateTrainingJob; a job of that name existing already (a retried step) is fine."""
+        try:
+            self._sagemaker.create_training_job(**request)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceInUse":
+                raise
+
+    def describe(self, name: str) -> dict[str, Any] | None:
+        try:
+            described: dict[str, Any] = self._sagemaker.describe_training_job(TrainingJobName=name)
+        except ClientError as exc:
+            if "not found" in str(exc.response.get("Error", {}).get("Message", "")).lower():
+                return None
+            raise
+        return described
+
+    def stop(self, name: str) -> bool:
+        """StopTrainingJob; False when the job is not running (finished, or never created)."""
+        try:
+            self._sagemaker.stop_training_job(TrainingJobName=name)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound"):
+                return False
+            raise
+        return True

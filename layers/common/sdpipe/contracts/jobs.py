@@ -46,6 +46,7 @@ SUPPORTED_ACTIONS = frozenset(
         Action.IMG2IMG,
         Action.CANCEL_JOB,
         Action.FETCH_MODEL,
+        Action.TRAIN_LORA,
         Action.DEPLOY_ENDPOINT,
         Action.UPDATE_ENDPOINT,
         Action.DELETE_ENDPOINT,

@@ -73,6 +73,8 @@ class ModelRecord(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     details: dict[str, str] = Field(default_factory=dict)
     error: ModelError | None = None
+    # For a LoRA trained by sdpipe: the job, the base model's sha256 and the dataset.
+    training: dict[str, str] | None = None
     created_at: datetime
     updated_at: datetime
 

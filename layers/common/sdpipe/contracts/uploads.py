@@ -16,6 +16,10 @@ META_JOB_ID = "sdpipe-job-id"
 META_SOURCE = "sdpipe-source"
 META_SHA256 = "sdpipe-sha256"
 META_SOURCE_URL = "sdpipe-source-url"
+# A LoRA written by a training job: the job, the base model's sha256 and the dataset trained on.
+META_TRAINING_JOB = "sdpipe-training-job"
+META_BASE_MODEL = "sdpipe-base-model-sha256"
+META_DATASET = "sdpipe-dataset"
 
 
 def _lower(value: str | None) -> str | None:

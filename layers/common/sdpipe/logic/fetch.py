@@ -46,10 +46,15 @@ from sdpipe.logic.part_plan import plan_parts
 from sdpipe.logic.requests import parse_request, record_failure, validation_message
 from sdpipe.logic.uploads import REGISTERING, part_problems, plan_of
 from sdpipe.logic.url_policy import UrlPolicy, check_url
+from sdpipe.logic.workflow_errors import error_of_failure
 from sdpipe.settings import FetchSettings, fetch_settings
 
 logger = Logger(child=True)
 
+_FETCH_TIMEOUT = {
+    "code": "FETCH_TIMED_OUT",
+    "message": "a step of the fetch ran past its time limit (a slow or stalled server)",
+}
 # Stop streaming this long before the function's timeout, to fail with a clear message instead.
 _STREAM_MARGIN_SECONDS = 30
 
@@ -319,7 +324,7 @@ class ModelFetcher:
             written = self.store.head(upload["key"])
             if written is not None and written.metadata.get(META_JOB_ID) == job_id and job.get("phase") != REGISTERING:
                 self.store.delete_if_unchanged(written)
-        error = _error_of(failure)
+        error = error_of_failure(failure, fallback_code="FETCH_FAILED", timeout=_FETCH_TIMEOUT)
         moved = self.ledger.move(
             job, JobStatus.FAILED, allowed_from=[JobStatus.ACCEPTED, JobStatus.RUNNING], fields={"error": error}
         )
@@ -363,24 +368,3 @@ def _display(url: str) -> str:
 
 def _public_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: (_display(v) if k == "url" and isinstance(v, str) else v) for k, v in params.items()}
-
-
-def _error_of(failure: dict[str, Any]) -> dict[str, str]:
-    """The job error for a Step Functions failure: our exception's code and message, or the state's."""
-    name, cause = str(failure.get("Error") or "States.Runtime"), failure.get("Cause") or ""
-    message = str(cause)
-    try:
-        detail = json.loads(cause) if isinstance(cause, str) and cause.startswith("{") else {}
-    except ValueError:
-        detail = {}
-    if detail.get("errorMessage"):
-        name, message = str(detail.get("errorType") or name), str(detail["errorMessage"])
-    known = getattr(errors, name, None)
-    if isinstance(known, type) and issubclass(known, SdpipeError):
-        return {"code": known.code, "message": message}
-    if name == "States.Timeout":
-        return {
-            "code": "FETCH_TIMED_OUT",
-            "message": "a step of the fetch ran past its time limit (a slow or stalled server)",
-        }
-    return {"code": "FETCH_FAILED", "message": f"{name}: {message}"[:2000]}

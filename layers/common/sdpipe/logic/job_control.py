@@ -9,6 +9,7 @@ from aws_lambda_powertools import Logger
 from pydantic import ValidationError
 
 from sdpipe.adapters.multipart import MultipartUploads
+from sdpipe.adapters.sagemaker import SageMakerTraining
 from sdpipe.contracts.events import utc_now
 from sdpipe.contracts.jobs import Action, CancelJobParams, JobStatus
 from sdpipe.errors import JobAlreadyFinished, JobNotCancellable, JobNotFound, SdpipeError, ValidationFailed
@@ -35,6 +36,8 @@ class JobControl:
     ledger: JobLedger
     # Upload and fetch jobs hold a multipart upload; ending such a job early aborts it.
     uploads: MultipartUploads | None = None
+    # A train_lora job runs a SageMaker training job; ending the job early stops it.
+    training: SageMakerTraining | None = None
 
     @classmethod
     def from_settings(cls) -> JobControl:
@@ -42,6 +45,7 @@ class JobControl:
         return cls(
             JobLedger.from_settings(settings),
             MultipartUploads(settings.assets_bucket_name),
+            SageMakerTraining(),
         )
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -64,6 +68,7 @@ class JobControl:
             )
         finished = self._finish(job_id, JobStatus.CANCELLED, {"code": "CANCELLED", "message": reason})
         self._abort_upload(finished)
+        self._stop_training(finished)
         return finished
 
     def handle_cancel_request(self, body: str, attribute_action: str | None, message_id: str) -> None:
@@ -112,6 +117,7 @@ class JobControl:
             except JobAlreadyFinished:
                 continue
             self._abort_upload(finished)
+            self._stop_training(finished)
             timed_out.append(job["job_id"])
         return timed_out
 
@@ -122,6 +128,13 @@ class JobControl:
             return
         if self.uploads.abort(upload["key"], upload["upload_id"]):
             logger.info("multipart upload aborted", extra={"job_id": job["job_id"], "key": upload["key"]})
+
+    def _stop_training(self, job: dict[str, Any]) -> None:
+        """Stop the training job of a train_lora job that ended early (its workflow then sees it
+        Stopped and ends; the job keeps the status it was given here)."""
+        name = (job.get("training") or {}).get("name")
+        if name and self.training is not None and self.training.stop(name):
+            logger.info("training job stopped", extra={"job_id": job["job_id"], "training_job": name})
 
     def _finish(self, job_id: str, status: JobStatus, error: dict[str, str]) -> dict[str, Any]:
         for _ in range(_MAX_RACES):

@@ -264,6 +264,23 @@ class JobLedger:
             )
         return progress
 
+    def report(self, job: dict[str, Any], progress: dict[str, Any], interval: float = 1.0) -> None:
+        """Replace the job's ``progress`` (a training step and loss); announce it as ``progress``
+        does, at most once per ``interval``."""
+        self.table.set_progress(job["job_id"], progress)
+        if self.table.take_progress_slot(job["job_id"], time.time(), interval):
+            self.publisher.publish(
+                Event(
+                    type=EventType.JOB_PROGRESS,
+                    status=str(job["status"]),
+                    job_id=job["job_id"],
+                    action=job.get("action"),
+                    request_id=job.get("request_id"),
+                    outputs={"progress": progress},
+                    context=job.get("context") or {},
+                )
+            )
+
     def _stored(self, event: Event) -> dict[str, Any]:
         return {"event": event.model_dump(mode="json"), "lease_until": int(time.time()) + self.lease_seconds}
 

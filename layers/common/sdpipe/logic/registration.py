@@ -19,7 +19,14 @@ from sdpipe.contracts.events import Event, EventType, utc_now
 from sdpipe.contracts.jobs import JobStatus
 from sdpipe.contracts.models import ModelError, ModelRecord, ModelSource, ModelStatus
 from sdpipe.contracts.s3_events import S3EventNotification, S3EventRecord
-from sdpipe.contracts.uploads import META_JOB_ID, META_SHA256, META_SOURCE
+from sdpipe.contracts.uploads import (
+    META_BASE_MODEL,
+    META_DATASET,
+    META_JOB_ID,
+    META_SHA256,
+    META_SOURCE,
+    META_TRAINING_JOB,
+)
 from sdpipe.errors import ModelRejected, Sha256Mismatch
 from sdpipe.layout import COMPANION_EXTENSIONS, ModelKey, parse_model_key
 from sdpipe.logic.inspection import InspectionLimits, inspect_model
@@ -171,6 +178,7 @@ class Registrar:
             "size": info.size,
             "etag": info.etag,
             "source": _source(info),
+            "training": _training(info),
             "created_at": now,
             "updated_at": utc_now(),
         }
@@ -240,6 +248,14 @@ def _source(info: ObjectInfo) -> ModelSource:
         return ModelSource(info.metadata.get(META_SOURCE, ModelSource.DROP.value))
     except ValueError:
         return ModelSource.DROP
+
+
+def _training(info: ObjectInfo) -> dict[str, str] | None:
+    """What a LoRA trained by sdpipe was trained from (its object metadata)."""
+    if _source(info) is not ModelSource.TRAINING:
+        return None
+    fields = {"job_id": META_TRAINING_JOB, "base_model_sha256": META_BASE_MODEL, "dataset": META_DATASET}
+    return {name: info.metadata[key] for name, key in fields.items() if info.metadata.get(key)}
 
 
 def _stored(event: Event, event_id: str) -> dict[str, object]:

@@ -1,0 +1,490 @@
+"""``train_lora``: Kohya LoRA training on SageMaker training jobs, through the TrainLora workflow.
+
+A request becomes a job and an execution named after it. The workflow's steps (``step``):
+``prepare`` resolves the base model (an ACTIVE checkpoint of the family) and the dataset (a
+registered one) and writes the Kohya config, the dataset config and the model channel's manifest
+under ``jobs/<job_id>/``; ``create`` calls CreateTrainingJob; ``poll`` reads DescribeTrainingJob
+and the end of the log (the job's step and loss) until the job ends; ``register`` unpacks
+``model.tar.gz`` and registers every LoRA in it through the normal registration path; ``fail``
+records why it ended otherwise (SageMaker's reason and the log's last lines, the max runtime, a
+stop). ``cancel_job`` stops the training job (see ``JobControl``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
+from sdpipe import errors
+from sdpipe.adapters.clients import THROTTLING_CODES, error_code
+from sdpipe.adapters.datasets_table import DatasetsTable
+from sdpipe.adapters.models_table import ModelsTable
+from sdpipe.adapters.object_store import ObjectStore
+from sdpipe.adapters.sagemaker import SageMakerTraining
+from sdpipe.adapters.training_logs import TrainingLogs
+from sdpipe.adapters.workflows import Workflows
+from sdpipe.contracts.datasets import DatasetRecord, dataset_prefix
+from sdpipe.contracts.jobs import JobStatus
+from sdpipe.contracts.models import ModelFamily, ModelSource, ModelStatus, ModelType
+from sdpipe.contracts.training import TrainLoraParams, builtin_problems
+from sdpipe.contracts.uploads import META_BASE_MODEL, META_DATASET, META_SOURCE, META_TRAINING_JOB
+from sdpipe.errors import (
+    DatasetNotFound,
+    DatasetNotUsable,
+    JobAlreadyFinished,
+    ModelExists,
+    ModelNotUsable,
+    NoLoraOutput,
+    SdpipeError,
+    Throttled,
+    TrainingFailed,
+    TrainingTimedOut,
+    ValidationFailed,
+)
+from sdpipe.layout import ModelKey, model_key_for, parse_model_key
+from sdpipe.logic.jobs import JobLedger
+from sdpipe.logic.kohya_config import (
+    CHANNEL_CONFIG,
+    CHANNEL_DATASET,
+    CHANNEL_MODEL,
+    CONFIG_FILE,
+    DATASET_CONFIG_FILE,
+    build_kohya_files,
+)
+from sdpipe.logic.model_refs import resolve_model
+from sdpipe.logic.registration import Registrar
+from sdpipe.logic.requests import parse_request, record_failure, validation_message
+from sdpipe.logic.workflow_errors import error_of_failure
+from sdpipe.settings import TrainingSettings, training_settings
+
+logger = Logger(child=True)
+
+# SageMaker scrapes these from the log into the job's metrics (both engines' progress lines).
+METRIC_DEFINITIONS = [
+    {"Name": "train:loss", "Regex": r"(?:avr_)?loss=([0-9.eE+-]+)"},
+    {"Name": "train:step", "Regex": r"step=(\d+)/"},
+]
+_BUILTIN_PROGRESS = re.compile(r"step=(\d+)/(\d+)(?: epoch=(\d+)/(\d+))? loss=([0-9.eE+-]+|nan)")
+_KOHYA_PROGRESS = re.compile(r"(\d+)/(\d+) \[[^\]]*avr_loss=([0-9.eE+-]+|nan)")
+_LOG_LINES = 20
+# How long the register step waits for a registration another worker holds (then it is retried).
+_REGISTRATION_WAIT_S = 120
+_MAX_MODEL_BYTES = 4 * 1024 * 1024 * 1024  # a LoRA file larger than this is not a LoRA
+# Checkpoint files in the model channel: the file and its diffusers config folder beside it.
+_CONFIG_SUFFIX = ".config/"
+
+
+def training_job_name(stack_name: str, job_id: str) -> str:
+    return f"{stack_name}-{job_id}"
+
+
+@dataclass
+class LoraTraining:
+    settings: TrainingSettings
+    ledger: JobLedger
+    store: ObjectStore
+    models: ModelsTable
+    datasets: DatasetsTable
+    workflows: Workflows
+    sagemaker: SageMakerTraining
+    logs: TrainingLogs
+
+    @classmethod
+    def from_settings(cls) -> LoraTraining:
+        settings = training_settings()
+        return cls(
+            settings=settings,
+            ledger=JobLedger.from_settings(settings),
+            store=ObjectStore(settings.assets_bucket_name),
+            models=ModelsTable(settings.models_table_name),
+            datasets=DatasetsTable(settings.datasets_table_name),
+            workflows=Workflows(),
+            sagemaker=SageMakerTraining(),
+            logs=TrainingLogs(),
+        )
+
+    # ------------------------------------------------------------------ requests
+    def handle_message(self, body: str, attribute_action: str | None, message_id: str) -> str:
+        parsed = parse_request(body, attribute_action, message_id)
+        if self.ledger.resume_duplicate(parsed.job_id, self._start):
+            return parsed.job_id
+        try:
+            if parsed.error is not None or parsed.envelope is None:
+                raise parsed.error or ValidationFailed("unreadable request")
+            params = self.validate(parsed.envelope.params)
+        except SdpipeError as exc:
+            record_failure(self.ledger, parsed, exc, {"params": parsed.envelope.params if parsed.envelope else {}})
+            return parsed.job_id
+        job = self.ledger.create(
+            job_id=parsed.job_id,
+            request_id=parsed.request_id,
+            action=parsed.action,
+            status=JobStatus.ACCEPTED,
+            # The sweeper must not time out a job SageMaker is still allowed to run.
+            deadline_seconds=int(params.max_runtime_seconds or 0) + 3 * 3600,
+            fields={"context": parsed.context, "params": params.model_dump(mode="json", exclude_none=True)},
+        )
+        if job is not None:
+            self._start(job)
+        return parsed.job_id
+
+    def validate(self, raw: dict[str, Any]) -> TrainLoraParams:
+        """The request's params with the stack's defaults filled in; an error names each problem."""
+        try:
+            params = TrainLoraParams.model_validate(raw)
+        except ValidationError as exc:
+            raise ValidationFailed(validation_message(exc, "params")) from None
+        params = params.model_copy(
+            update={
+                "engine": params.engine or self.settings.default_training_engine,
+                "instance_type": params.instance_type or self.settings.training_instance_type,
+                "max_runtime_seconds": params.max_runtime_seconds or self.settings.training_max_runtime_seconds,
+            }
+        )
+        if params.engine == "builtin":
+            problems = builtin_problems(params.config)
+            if problems:
+                raise ValidationFailed("; ".join(f"params.{p}" for p in problems))
+        return params
+
+    def _start(self, job: dict[str, Any]) -> None:
+        if self.settings.train_lora_state_machine_arn is None:
+            raise errors.ConfigurationError("TRAIN_LORA_STATE_MACHINE_ARN is not set")
+        # ``outcome`` is filled by each poll; a step that fails first records it empty.
+        execution_input = {"job_id": job["job_id"], "poll_seconds": self.settings.training_poll_seconds, "outcome": {}}
+        arn = self.workflows.start(self.settings.train_lora_state_machine_arn, job["job_id"], execution_input)
+        self.ledger.move(job, JobStatus.QUEUED, allowed_from=[JobStatus.ACCEPTED], fields={"execution_arn": arn})
+
+    # ------------------------------------------------------------------ workflow steps
+    def step(self, event: dict[str, Any]) -> dict[str, Any]:
+        step, job_id = str(event.get("step")), str((event.get("training") or {}).get("job_id"))
+        steps = {
+            "prepare": lambda: self.prepare(job_id),
+            "create": lambda: self.create(job_id),
+            "poll": lambda: self.poll(job_id),
+            "register": lambda: self.register(job_id),
+            "fail": lambda: self.fail(job_id, event.get("training") or {}),
+        }
+        if step not in steps:
+            raise ValueError(f"unknown training step {step!r}")
+        try:
+            return steps[step]()
+        except ClientError as exc:
+            if error_code(exc) in THROTTLING_CODES:
+                raise Throttled(str(exc)) from exc
+            raise
+
+    def prepare(self, job_id: str) -> dict[str, Any]:
+        """Resolve the base model and the dataset; write the configs and the model manifest."""
+        job = self._open(job_id)
+        params = TrainLoraParams.model_validate(job["params"])
+        family = ModelFamily(params.family)
+        base = resolve_model(params.base_model, ModelType.CHECKPOINT, self.models, family, field="params.base_model")
+        if base.get("family") != family.value:
+            raise ModelNotUsable(
+                f"params.base_model {params.base_model!r} is a checkpoint of unknown family; "
+                f"training needs a recognised {family.value} checkpoint"
+            )
+        dataset = self._dataset(params.dataset)
+        output_name = params.config.output_name or f"{params.dataset}-{job_id[2:10]}"
+        final_key = model_key_for(ModelType.LORA, f"{output_name}.safetensors").key
+        existing = self.store.head(final_key)
+        if existing is not None and existing.metadata.get(META_TRAINING_JOB) != job_id:
+            raise ModelExists(f"{final_key} exists already; choose another config.output_name")
+        files = build_kohya_files(params.config, dataset, base["filename"], output_name)
+        prefix = f"jobs/{job_id}/"
+        self.store.put_bytes(prefix + f"{CHANNEL_CONFIG}/{CONFIG_FILE}", files.config_toml.encode(), "application/toml")
+        self.store.put_bytes(
+            prefix + f"{CHANNEL_CONFIG}/{DATASET_CONFIG_FILE}", files.dataset_toml.encode(), "application/toml"
+        )
+        self.store.put_bytes(prefix + "model.manifest", json.dumps(self._manifest(base)).encode(), "application/json")
+        training = {
+            "name": training_job_name(self.settings.stack_name, job_id),
+            "output_name": output_name,
+            "base_model": {k: base.get(k) for k in ("name", "sha256", "short_hash", "legacy_hash", "family", "s3_key")},
+            "dataset": {"name": dataset.name, "images": dataset.images, "marker_version": dataset.marker_version},
+            "total_steps": files.total_steps,
+        }
+        self.ledger.move(job, JobStatus(job["status"]), allowed_from=[JobStatus(job["status"])],
+                         fields={"training": training})  # fmt: skip
+        logger.info("prepared", extra={"job_id": job_id, "training_job": training["name"]})
+        return {"training_job_name": training["name"]}
+
+    def _dataset(self, name: str) -> DatasetRecord:
+        item = self.datasets.get(name)
+        if item is None:
+            raise DatasetNotFound(
+                f"params.dataset {name!r} is not registered (upload it with `sdpipe datasets upload`, or drop "
+                f"{dataset_prefix(name)}_READY)"
+            )
+        dataset = DatasetRecord.model_validate(item)
+        if not dataset.is_usable:
+            reason = (dataset.error or {}).get("message", "see `sdpipe datasets describe`")
+            raise DatasetNotUsable(f"params.dataset {name!r} was rejected: {reason}")
+        return dataset
+
+    def _manifest(self, base: dict[str, Any]) -> list[Any]:
+        """The model channel: the checkpoint and, when it has one, its diffusers config folder."""
+        key = str(base["s3_key"])
+        folder, filename = key.rsplit("/", 1)
+        stem = filename.rsplit(".", 1)[0]
+        configs = [info.key[len(folder) + 1 :] for info in self.store.list_prefix(f"{folder}/{stem}{_CONFIG_SUFFIX}")]
+        return [{"prefix": self.store.uri(folder + "/")}, filename, *configs]
+
+    def create(self, job_id: str) -> dict[str, Any]:
+        job = self._open(job_id)
+        params = TrainLoraParams.model_validate(job["params"])
+        training = job["training"]
+        base_file = str(training["base_model"]["s3_key"]).rsplit("/", 1)[1]
+        stem = base_file.rsplit(".", 1)[0]
+        if self.settings.training_role_arn is None:
+            raise errors.ConfigurationError("TRAINING_ROLE_ARN is not set")
+        prefix = self.store.uri(f"jobs/{job_id}/")
+        request = {
+            "TrainingJobName": training["name"],
+            "AlgorithmSpecification": {
+                "TrainingImage": self.settings.training_image_uri,
+                "TrainingInputMode": "File",
+                "MetricDefinitions": METRIC_DEFINITIONS,
+            },
+            "RoleArn": self.settings.training_role_arn,
+            "HyperParameters": {
+                "engine": str(params.engine),
+                "family": params.family,
+                "checkpoint": base_file,
+                "model_config": stem + _CONFIG_SUFFIX.rstrip("/"),
+                "base_model_name": str(training["base_model"]["name"]),
+                "base_model_sha256": str(training["base_model"]["sha256"]),
+                "base_model_legacy_hash": str(training["base_model"].get("legacy_hash") or ""),
+            },
+            "InputDataConfig": [
+                _channel(CHANNEL_MODEL, "ManifestFile", prefix + "model.manifest"),
+                _channel(CHANNEL_DATASET, "S3Prefix", self.store.uri(dataset_prefix(params.dataset))),
+                _channel(CHANNEL_CONFIG, "S3Prefix", prefix + f"{CHANNEL_CONFIG}/"),
+            ],
+            "OutputDataConfig": {"S3OutputPath": prefix + "output"},
+            "ResourceConfig": {
+                "InstanceType": params.instance_type,
+                "InstanceCount": 1,
+                "VolumeSizeInGB": self.settings.training_volume_gb,
+            },
+            "StoppingCondition": {"MaxRuntimeInSeconds": params.max_runtime_seconds},
+            "Tags": [{"Key": "sdpipe:job-id", "Value": job_id}],
+        }
+        self.sagemaker.create(request)
+        if self._job(job_id)["status"] not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
+            self.sagemaker.stop(training["name"])  # cancelled while the job was being created
+            raise JobAlreadyFinished(f"job {job_id} was cancelled; its training job is stopped")
+        return {"training_job_name": training["name"]}
+
+    def poll(self, job_id: str) -> dict[str, Any]:
+        """SageMaker's status of the training job; the job moves RUNNING and shows step and loss."""
+        job = self._job(job_id)
+        name = job["training"]["name"]
+        described = self.sagemaker.describe(name)
+        if described is None:
+            raise TrainingFailed(f"training job {name} does not exist")
+        status, secondary = described["TrainingJobStatus"], described.get("SecondaryStatus", "")
+        if JobStatus(job["status"]).is_terminal:
+            return {"status": status, "secondary": secondary, "job_status": job["status"]}
+        if secondary == "Training" and job["status"] == JobStatus.QUEUED.value:
+            moved = self.ledger.move(job, JobStatus.RUNNING, allowed_from=[JobStatus.QUEUED])
+            job = moved or self._job(job_id)
+        progress = self._progress(name, job)
+        if progress:
+            self.ledger.report(job, progress)
+        return {"status": status, "secondary": secondary, "job_status": job["status"]}
+
+    def _progress(self, name: str, job: dict[str, Any]) -> dict[str, Any] | None:
+        for line in reversed(self.logs.tail(name, _LOG_LINES)):
+            if match := _BUILTIN_PROGRESS.search(line):
+                step, total, epoch, epochs, loss = match.groups()
+            elif match := _KOHYA_PROGRESS.search(line):
+                (step, total, loss), epoch, epochs = match.groups(), None, None
+            else:
+                continue
+            progress: dict[str, Any] = {"step": int(step), "total_steps": int(total), "loss": float(loss)}
+            if epoch:
+                progress |= {"epoch": int(epoch), "epochs": int(epochs or 0)}
+            return None if progress == job.get("progress") else progress
+        return None
+
+    def register(self, job_id: str) -> dict[str, Any]:
+        """Register every LoRA in the model artefact; the job SUCCEEDED with them as its models."""
+        job = self._job(job_id)
+        if JobStatus(job["status"]).is_terminal:
+            return {"models": (job.get("outputs") or {}).get("models", [])}
+        training = job["training"]
+        described = self.sagemaker.describe(training["name"]) or {}
+        artefact = str((described.get("ModelArtifacts") or {}).get("S3ModelArtifacts") or "")
+        key = self.store.key_of(artefact)
+        if key is None:
+            raise NoLoraOutput(f"the training job reports no model artefact in this bucket ({artefact or 'none'})")
+        metadata = {
+            META_SOURCE: ModelSource.TRAINING.value,
+            META_TRAINING_JOB: job_id,
+            META_BASE_MODEL: str(training["base_model"]["sha256"]),
+            META_DATASET: str(training["dataset"]["name"]),
+        }
+        keys = self._unpack(key, metadata)
+        if not keys:
+            raise NoLoraOutput("the training job finished, but its model.tar.gz holds no .safetensors LoRA file")
+        registrar = Registrar.from_settings(lease_seconds=300)
+        records = [self._registered(registrar, model_key) for model_key in keys]
+        models = [
+            {
+                k: r.get(k)
+                for k in ("name", "filename", "s3_key", "status", "sha256", "short_hash", "tensor_hash", "family")
+            }
+            | {"title": f"{r.get('name')} [{r.get('short_hash')}]", "error": r.get("error")}
+            for r in records
+        ]
+        outputs = {
+            "models": models,
+            "training_job_name": training["name"],
+            "billable_seconds": described.get("BillableTimeInSeconds"),
+            "metrics": {m["MetricName"]: m["Value"] for m in described.get("FinalMetricDataList") or []},
+        }
+        rejected = [m for m in models if m["status"] != ModelStatus.ACTIVE.value]
+        if rejected:
+            first = rejected[0]
+            error = {
+                "code": "MODEL_REJECTED",
+                "message": f"{first['s3_key']}: {(first.get('error') or {}).get('message')}",
+            }
+            self.ledger.move(job, JobStatus.FAILED, allowed_from=[JobStatus.QUEUED, JobStatus.RUNNING],
+                             fields={"outputs": outputs, "error": error})  # fmt: skip
+        else:
+            self.ledger.move(job, JobStatus.SUCCEEDED, allowed_from=[JobStatus.QUEUED, JobStatus.RUNNING],
+                             fields={"outputs": outputs})  # fmt: skip
+        return {"models": [m["s3_key"] for m in models]}
+
+    def _registered(self, registrar: Registrar, model_key: ModelKey) -> dict[str, Any]:
+        """Register the file here (the S3 event's registration may get there first: then wait for
+        it); the settled Models item."""
+        registrar.on_created(model_key)
+        info = self.store.head(model_key.key)
+        deadline = time.monotonic() + _REGISTRATION_WAIT_S
+        while True:
+            item = registrar.table.get(model_key.model_id) or {}
+            settled = item.get("status") in (ModelStatus.ACTIVE.value, ModelStatus.REJECTED.value)
+            if settled and info is not None and item.get("etag") == info.etag:
+                return item
+            if time.monotonic() > deadline:
+                raise Throttled(f"{model_key.key} is still being registered; the step is retried")
+            time.sleep(0.5)
+
+    def _unpack(self, key: str, metadata: dict[str, str]) -> list[Any]:
+        """Stream the artefact; each ``.safetensors`` member into ``models/Lora/``; their keys."""
+        info = self.store.head(key)
+        if info is None:
+            raise NoLoraOutput(f"the model artefact s3://{self.store.bucket}/{key} does not exist")
+        written = []
+        stream = io.BufferedReader(_ChunkReader(self.store.iter_chunks(info, 8 * 1024 * 1024)))
+        with tarfile.open(fileobj=stream, mode="r|gz") as archive:
+            for member in archive:
+                name = member.name.rsplit("/", 1)[-1]
+                if not member.isfile() or not name.endswith(".safetensors") or member.size > _MAX_MODEL_BYTES:
+                    continue
+                target = model_key_for(ModelType.LORA, name).key
+                existing = self.store.head(target)
+                if existing is not None and existing.metadata.get(META_TRAINING_JOB) != metadata[META_TRAINING_JOB]:
+                    raise ModelExists(f"{target} exists already and was not written by this job; it is left alone")
+                source = archive.extractfile(member)
+                if source is None:
+                    continue
+                self.store.upload_stream(target, source, metadata, "application/octet-stream")
+                parsed = parse_model_key(target)
+                if parsed is not None:
+                    written.append(parsed)
+        return written
+
+    def fail(self, job_id: str, training: dict[str, Any]) -> dict[str, Any]:
+        """End the job for a step's error or for how the training job ended (Failed or Stopped)."""
+        job = self.ledger.get(job_id)
+        if job is None or JobStatus(job["status"]).is_terminal:
+            return {"recorded": False}
+        name = (job.get("training") or {}).get("name")
+        outcome = training.get("outcome") or {}
+        failure = training.get("failure")
+        status = JobStatus.FAILED
+        if failure:
+            error = error_of_failure(failure, fallback_code="TRAINING_FAILED")
+            if name and outcome.get("status") in ("InProgress", "Stopping", None):
+                self.sagemaker.stop(name)  # a step failed while SageMaker still trains: do not leave it running
+        elif outcome.get("status") == "Stopped" and outcome.get("secondary") == "MaxRuntimeExceeded":
+            seconds = job["params"].get("max_runtime_seconds")
+            error = TrainingTimedOut(
+                f"the training ran past max_runtime_seconds ({seconds}) and was stopped"
+            ).to_error()
+        elif outcome.get("status") == "Stopped":
+            status = JobStatus.CANCELLED
+            error = {"code": "CANCELLED", "message": "the training job was stopped outside sdpipe"}
+        else:
+            described = (self.sagemaker.describe(name) if name else None) or {}
+            reason = described.get("FailureReason") or "SageMaker gives no reason"
+            tail = self.logs.tail(name, _LOG_LINES) if name else []
+            error = TrainingFailed(f"{reason}" + ("\nlast log lines:\n" + "\n".join(tail) if tail else "")).to_error()
+        moved = self.ledger.move(
+            job,
+            status,
+            allowed_from=[JobStatus.ACCEPTED, JobStatus.QUEUED, JobStatus.RUNNING],
+            fields={"error": error},
+        )
+        logger.info("training ended", extra={"job_id": job_id, "code": error["code"], "recorded": moved is not None})
+        return {"recorded": moved is not None, "error": error}
+
+    # ------------------------------------------------------------------ helpers
+    def _job(self, job_id: str) -> dict[str, Any]:
+        job = self.ledger.get(job_id)
+        if job is None:
+            raise errors.JobNotFound(f"job {job_id} does not exist")
+        return job
+
+    def _open(self, job_id: str) -> dict[str, Any]:
+        job = self._job(job_id)
+        if JobStatus(job["status"]).is_terminal:
+            raise JobAlreadyFinished(f"job {job_id} is {job['status']}; the training workflow stops")
+        return job
+
+
+def _channel(name: str, data_type: str, uri: str) -> dict[str, Any]:
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {"S3DataType": data_type, "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
+        },
+        "InputMode": "File",
+    }
+
+
+class _ChunkReader(io.RawIOBase):
+    """A read-only stream over an iterator of chunks (for tarfile's streaming mode)."""
+
+    def __init__(self, chunks: Any) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while not self._buffer:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._buffer = chunk
+        count = min(len(view), len(self._buffer))
+        view[:count] = self._buffer[:count]
+        self._buffer = self._buffer[count:]
+        return count

@@ -1,0 +1,31 @@
+"""The job error for a Step Functions failure caught by a workflow's ``Catch`` (``$.failure``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sdpipe import errors
+from sdpipe.errors import SdpipeError
+
+
+def error_of_failure(
+    failure: dict[str, Any], *, fallback_code: str, timeout: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Our exception's code and message when a Lambda step raised one (its ``Cause`` is the
+    Lambda error JSON), ``timeout`` for ``States.Timeout``, else ``fallback_code`` with the state's
+    own error and cause."""
+    name, cause = str(failure.get("Error") or "States.Runtime"), failure.get("Cause") or ""
+    message = str(cause)
+    try:
+        detail = json.loads(cause) if isinstance(cause, str) and cause.startswith("{") else {}
+    except ValueError:
+        detail = {}
+    if detail.get("errorMessage"):
+        name, message = str(detail.get("errorType") or name), str(detail["errorMessage"])
+    known = getattr(errors, name, None)
+    if isinstance(known, type) and issubclass(known, SdpipeError):
+        return {"code": known.code, "message": message}
+    if name == "States.Timeout" and timeout is not None:
+        return dict(timeout)
+    return {"code": fallback_code, "message": f"{name}: {message}"[:2000]}

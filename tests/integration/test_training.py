@@ -1,0 +1,218 @@
+"""train_lora on the local stack: the TrainLora workflow, the SageMaker training stand-in running the
+builtin engine as a process, every saved LoRA registered; and each way a training ends badly."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from click.testing import CliRunner
+from safetensors import safe_open
+
+from sdpipe.adapters.clients import clients
+from sdpipe_client.cli import main
+from sdpipe_client.client import JobFailed, Sdpipe
+from sdpipe_client.datasets import Datasets, plan_dataset
+from sdpipe_client.stack import StackOutputs
+from sdpipe_local.assets import create_tiny_dataset, drop_checkpoint
+from sdpipe_local.events_listener import EventsListener
+from tests.integration.test_inference_flow import wait_active
+
+QUICK = {"resolution": 64, "network_dim": 4, "network_alpha": 4, "learning_rate": 1e-3, "train_batch_size": 2}
+
+
+@pytest.fixture(scope="module")
+def training(sdpipe_stack, tiny_checkpoints, tmp_path_factory):
+    stack = sdpipe_stack
+    patch = pytest.MonkeyPatch()
+    for name, value in stack.environment().items():
+        patch.setenv(name, value)
+    clients.reset()
+    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
+    for family in ("sd1", "sdxl"):
+        drop_checkpoint(
+            s3, bucket, tiny_checkpoints[family], f"models/Stable-diffusion/train/base-{family}.safetensors"
+        )
+    client = Sdpipe(StackOutputs(stack.outputs))
+    folder = tmp_path_factory.mktemp("dataset")
+    Datasets(client).upload(
+        plan_dataset(create_tiny_dataset(folder, concept="mystyle", repeats=2, count=4), "trainset")
+    )
+    for family in ("sd1", "sdxl"):
+        wait_active(stack, f"models/Stable-diffusion/train/base-{family}.safetensors")
+    yield stack, client
+    patch.undo()
+    clients.reset()
+
+
+def train(client: Sdpipe, **params) -> str:
+    request = {"base_model": "base-sd1", "dataset": "trainset", "family": "sd1", "config": dict(QUICK)}
+    for key, value in params.items():
+        if key == "config":
+            request["config"] |= value
+        else:
+            request[key] = value
+    return client.submit("train_lora", request)
+
+
+@pytest.fixture
+def job_listener(training) -> EventsListener:
+    stack, _ = training
+    return EventsListener(stack, stack.outputs["EventsTopicArn"], {"type": [{"prefix": "job."}]})
+
+
+def job_events(listener: EventsListener, job_id: str, until: set[str], timeout: float = 30) -> list[dict]:
+    listener.wait_for(lambda events: any(e["job_id"] == job_id and e["type"] in until for e in events), timeout)
+    return [e for e in listener.events if e["job_id"] == job_id]
+
+
+def test_cli_trains_registers_every_saved_lora_and_the_lora_works(training, job_listener, tmp_path):
+    stack, client = training
+    output_name = f"mystyle-{uuid.uuid4().hex[:6]}"
+    config = tmp_path / "lora.toml"
+    config.write_text(
+        "[network]\nnetwork_dim = 4\nnetwork_alpha = 4\n\n[training]\nresolution = 64\nmax_train_epochs = 2\n"
+        f'save_every_n_epochs = 1\nlearning_rate = 1e-3\noutput_name = "{output_name}"\n'
+    )
+    result = CliRunner().invoke(
+        main,
+        ["--stack", stack.stack_name, "train", "--base-model", "base-sd1", "--dataset", "trainset", "--family", "sd1",
+         "--config", str(config), "--set", "train_batch_size=2", "--wait", "--timeout", "300"],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "RUNNING" in result.stderr and "loss" in result.stderr  # status and loss shown while it trains
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "SUCCEEDED"
+    models = summary["outputs"]["models"]
+    assert sorted(m["s3_key"] for m in models) == [
+        f"models/Lora/{output_name}-000001.safetensors",
+        f"models/Lora/{output_name}.safetensors",
+    ]
+    assert all(m["status"] == "ACTIVE" and m["family"] == "sd1" for m in models)
+    record = wait_active(stack, f"models/Lora/{output_name}.safetensors")
+    assert record["source"] == "training"
+    assert record["training"]["dataset"] == "trainset" and record["training"]["job_id"] == summary["job_id"]
+    base = wait_active(stack, "models/Stable-diffusion/train/base-sd1.safetensors")
+    assert record["training"]["base_model_sha256"] == base["sha256"]
+    local = tmp_path / "trained.safetensors"
+    stack.client("s3").download_file(stack.outputs["AssetsBucketName"], record["s3_key"], str(local))
+    with safe_open(str(local), "pt") as trained:
+        metadata, keys = trained.metadata(), list(trained.keys())
+    assert metadata["ss_network_dim"] == "4" and metadata["ss_new_sd_model_hash"] == base["sha256"]
+    assert metadata["ss_num_epochs"] == "2" and json.loads(metadata["ss_dataset_dirs"])["2_mystyle"]["n_repeats"] == 2
+    assert metadata["sshs_model_hash"].startswith(record["tensor_hash"])
+    assert any(k.startswith("lora_unet_") for k in keys) and any(k.startswith("lora_te_text_model_") for k in keys)
+    events = job_events(job_listener, summary["job_id"], {"job.succeeded"})
+    assert [e["type"] for e in events if e["type"] != "job.progress"] == [
+        "job.accepted",
+        "job.running",
+        "job.succeeded",
+    ]
+
+
+def test_sdxl_trains_with_kohya_names(training):
+    stack, client = training
+    name = f"xl-{uuid.uuid4().hex[:6]}"
+    job = client.wait(
+        train(client, base_model="base-sdxl", family="sdxl", config={"max_train_steps": 2, "output_name": name}),
+        timeout_s=300,
+    )
+    [model] = job["outputs"]["models"]
+    assert model["family"] == "sdxl"
+    record = wait_active(stack, model["s3_key"])
+    assert record["metadata"].get("ss_base_model_version") == "sdxl_base_v1-0"
+
+
+@pytest.mark.parametrize(
+    ("params", "code", "named"),
+    [
+        ({"config": {"network_dimension": 8}}, "VALIDATION_ERROR", "network_dimension"),
+        ({"config": {"output_dir": "/tmp"}}, "VALIDATION_ERROR", "output_dir"),
+        ({"config": {"network_dim": 0}}, "VALIDATION_ERROR", "params.config.network_dim"),
+        ({"config": {"optimizer_type": "AdamW8bit"}}, "VALIDATION_ERROR", "optimizer_type"),
+        ({"family": "sdxl"}, "MODEL_NOT_USABLE", "sd1"),
+        ({"base_model": "no-such-model"}, "MODEL_NOT_FOUND", "no-such-model"),
+        ({"dataset": "never-uploaded"}, "DATASET_NOT_FOUND", "never-uploaded"),
+    ],
+)
+def test_bad_requests_fail_with_the_reason(training, job_listener, params, code, named):
+    stack, client = training
+    job_id = train(client, **params)
+    with pytest.raises(JobFailed) as failure:
+        client.wait(job_id, timeout_s=60)
+    job = client.get_job(job_id)
+    assert job["error"]["code"] == code and named in job["error"]["message"]
+    assert failure.value.code == code
+    assert job_events(job_listener, job_id, {"job.failed"})[-1]["type"] == "job.failed"
+
+
+def test_a_rejected_dataset_cannot_be_trained_on(training):
+    stack, client = training
+    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
+    s3.put_object(Bucket=bucket, Key="datasets/broken-set/3_x/a.png", Body=b"not an image")
+    s3.put_object(Bucket=bucket, Key="datasets/broken-set/_READY", Body=b"")
+    Datasets(client).wait("broken-set")
+    with pytest.raises(JobFailed):
+        client.wait(train(client, dataset="broken-set"), timeout_s=60)
+
+
+def test_a_crashing_training_fails_with_sagemakers_reason_and_the_log(training):
+    stack, client = training
+    # clip_skip past the tiny text encoder's two layers makes the process crash mid-training.
+    job_id = train(client, config={"clip_skip": 9, "max_train_steps": 2})
+    with pytest.raises(JobFailed):
+        client.wait(job_id, timeout_s=300)
+    error = client.get_job(job_id)["error"]
+    assert error["code"] == "TRAINING_FAILED"
+    assert "AlgorithmError" in error["message"] and "last log lines" in error["message"]
+
+
+def test_max_runtime_stops_the_training_and_fails_the_job(training):
+    stack, client = training
+    job_id = train(client, max_runtime_seconds=60, config={"max_train_steps": 100_000})
+    with pytest.raises(JobFailed):
+        client.wait(job_id, timeout_s=240)
+    job = client.get_job(job_id)
+    assert job["error"]["code"] == "TRAINING_TIMED_OUT"
+    described = stack.client("sagemaker").describe_training_job(TrainingJobName=job["training"]["name"])
+    assert (described["TrainingJobStatus"], described["SecondaryStatus"]) == ("Stopped", "MaxRuntimeExceeded")
+
+
+def test_cancel_stops_a_running_training(training):
+    stack, client = training
+    job_id = train(client, config={"max_train_steps": 100_000})
+    deadline = time.monotonic() + 120
+    while (client.find_job(job_id) or {}).get("status") != "RUNNING":
+        assert time.monotonic() < deadline, "the training never started"
+        time.sleep(0.5)
+    result = CliRunner().invoke(main, ["--stack", stack.stack_name, "jobs", "cancel", job_id], catch_exceptions=False)
+    assert result.exit_code == 0 and "CANCELLED" in result.stdout
+    name = client.get_job(job_id)["training"]["name"]
+    sagemaker = stack.client("sagemaker")
+    deadline = time.monotonic() + 60
+    while sagemaker.describe_training_job(TrainingJobName=name)["TrainingJobStatus"] != "Stopped":
+        assert time.monotonic() < deadline, "the training job was not stopped"
+        time.sleep(0.5)
+    time.sleep(3)  # the workflow sees Stopped and ends without touching the job
+    job = client.get_job(job_id)
+    assert job["status"] == "CANCELLED" and not (job.get("outputs") or {}).get("models")
+
+
+def test_a_duplicate_request_trains_once(training):
+    stack, client = training
+    request_id = f"dup-{uuid.uuid4().hex}"
+    params = {
+        "base_model": "base-sd1",
+        "dataset": "trainset",
+        "family": "sd1",
+        "config": QUICK | {"max_train_steps": 2},
+    }
+    for _ in range(2):
+        client.submit("train_lora", params, request_id=request_id)
+    job = client.wait(client.submit("train_lora", params, request_id=request_id), timeout_s=300)
+    summaries = stack.client("sagemaker").list_training_jobs()["TrainingJobSummaries"]
+    assert [s["TrainingJobName"] for s in summaries].count(job["training"]["name"]) == 1
+    assert len(job["outputs"]["models"]) == 1
