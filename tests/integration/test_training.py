@@ -3,7 +3,9 @@ builtin engine as a process, every saved LoRA registered; and each way a trainin
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import time
 import uuid
 
@@ -12,6 +14,16 @@ from click.testing import CliRunner
 from safetensors import safe_open
 
 from sdpipe.adapters.clients import clients
+from sdpipe.adapters.datasets_table import DatasetsTable
+from sdpipe.adapters.models_table import ModelsTable
+from sdpipe.adapters.object_store import ObjectStore
+from sdpipe.adapters.training_logs import TrainingLogs
+from sdpipe.adapters.workflows import Workflows
+from sdpipe.contracts.jobs import JobStatus
+from sdpipe.errors import NoLoraOutput
+from sdpipe.logic.jobs import JobLedger
+from sdpipe.logic.training import LoraTraining
+from sdpipe.settings import TrainingSettings
 from sdpipe_client.cli import main
 from sdpipe_client.client import JobFailed, Sdpipe
 from sdpipe_client.datasets import Datasets, plan_dataset
@@ -69,7 +81,7 @@ def job_events(listener: EventsListener, job_id: str, until: set[str], timeout: 
 
 
 def test_cli_trains_registers_every_saved_lora_and_the_lora_works(training, job_listener, tmp_path):
-    stack, client = training
+    stack, _ = training
     output_name = f"mystyle-{uuid.uuid4().hex[:6]}"
     config = tmp_path / "lora.toml"
     config.write_text(
@@ -139,7 +151,7 @@ def test_sdxl_trains_with_kohya_names(training):
     ],
 )
 def test_bad_requests_fail_with_the_reason(training, job_listener, params, code, named):
-    stack, client = training
+    _, client = training
     job_id = train(client, **params)
     with pytest.raises(JobFailed) as failure:
         client.wait(job_id, timeout_s=60)
@@ -160,7 +172,7 @@ def test_a_rejected_dataset_cannot_be_trained_on(training):
 
 
 def test_a_crashing_training_fails_with_sagemakers_reason_and_the_log(training):
-    stack, client = training
+    _, client = training
     # clip_skip past the tiny text encoder's two layers makes the process crash mid-training.
     job_id = train(client, config={"clip_skip": 9, "max_train_steps": 2})
     with pytest.raises(JobFailed):
@@ -216,3 +228,68 @@ def test_a_duplicate_request_trains_once(training):
     summaries = stack.client("sagemaker").list_training_jobs()["TrainingJobSummaries"]
     assert [s["TrainingJobName"] for s in summaries].count(job["training"]["name"]) == 1
     assert len(job["outputs"]["models"]) == 1
+
+
+def test_a_training_job_without_a_lora_in_its_output_fails_the_job(training, job_listener):
+    """The register step and the workflow's failure step, in-process against the stack, with a
+    SageMaker whose Completed job left a model.tar.gz holding no LoRA."""
+    stack, _ = training
+    bucket = stack.outputs["AssetsBucketName"]
+    job_id = f"j-nolora{uuid.uuid4().hex[:8]}"
+    key = f"jobs/{job_id}/output/model.tar.gz"
+    artefact = io.BytesIO()
+    with tarfile.open(fileobj=artefact, mode="w:gz") as archive:
+        notes = b"only a log"
+        member = tarfile.TarInfo("notes.txt")
+        member.size = len(notes)
+        archive.addfile(member, io.BytesIO(notes))
+    stack.client("s3").put_object(Bucket=bucket, Key=key, Body=artefact.getvalue())
+
+    class CompletedWithoutLora:
+        def describe(self, name: str) -> dict:
+            return {"TrainingJobStatus": "Completed", "ModelArtifacts": {"S3ModelArtifacts": f"s3://{bucket}/{key}"}}
+
+        def stop(self, name: str) -> bool:
+            return False
+
+    outputs = stack.outputs
+    settings = TrainingSettings(
+        assets_bucket_name=bucket,
+        models_table_name=outputs["ModelsTableName"],
+        events_topic_arn=outputs["EventsTopicArn"],
+        jobs_table_name=outputs["JobsTableName"],
+        endpoints_table_name=outputs["EndpointsTableName"],
+        generations_table_name=outputs["GenerationsTableName"],
+        datasets_table_name=outputs["DatasetsTableName"],
+        stack_name=stack.stack_name,
+        training_image_uri="sdpipe-training:local",
+    )
+    steps = LoraTraining(
+        settings=settings,
+        ledger=JobLedger.from_settings(settings),
+        store=ObjectStore(bucket),
+        models=ModelsTable(outputs["ModelsTableName"]),
+        datasets=DatasetsTable(outputs["DatasetsTableName"]),
+        workflows=Workflows(),
+        sagemaker=CompletedWithoutLora(),  # type: ignore[arg-type]
+        logs=TrainingLogs(),
+    )
+    steps.ledger.create(
+        job_id=job_id,
+        request_id=job_id,
+        action="train_lora",
+        status=JobStatus.RUNNING,
+        deadline_seconds=600,
+        fields={
+            "params": {"base_model": "base-sd1", "dataset": "trainset", "family": "sd1"},
+            "training": {"name": f"sdpipe-{job_id}", "base_model": {"sha256": "0" * 64}, "dataset": {"name": "d"}},
+        },
+    )
+    with pytest.raises(NoLoraOutput) as raised:
+        steps.register(job_id)
+    cause = json.dumps({"errorType": "NoLoraOutput", "errorMessage": str(raised.value)})
+    steps.fail(job_id, {"failure": {"Error": "NoLoraOutput", "Cause": cause}, "outcome": {"status": "Completed"}})
+    job = steps.ledger.get(job_id)
+    assert job["status"] == "FAILED" and job["error"]["code"] == "NO_LORA_OUTPUT"
+    assert "holds no .safetensors LoRA" in job["error"]["message"]
+    assert job_events(job_listener, job_id, {"job.failed"})[-1]["error"]["code"] == "NO_LORA_OUTPUT"

@@ -1,0 +1,134 @@
+"""train_lora params and the Kohya configs generated from them, checked against sd-scripts' own
+option names (at the commit the training image pins) - sd-scripts itself cannot run here."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from sdpipe.contracts.datasets import Concept, DatasetRecord, DatasetStatus
+from sdpipe.contracts.training import LoraConfig, TrainLoraParams, builtin_problems
+from sdpipe.logic.kohya_config import build_kohya_files, to_toml
+from sdpipe_training.entrypoint import flatten
+from sdpipe_training.kohya import SD_SCRIPTS_COMMIT, kohya_command
+
+SD_SCRIPTS = json.loads((Path(__file__).parents[1] / "data" / "sd_scripts_options.json").read_text())
+
+
+def dataset(*concepts: tuple[str, str, int, int]) -> DatasetRecord:
+    now = datetime.now(UTC)
+    return DatasetRecord(
+        name="mystyle",
+        prefix="datasets/mystyle/",
+        status=DatasetStatus.REGISTERED,
+        concepts=[Concept(folder=f, concept=c, repeats=r, images=n, captions=n) for f, c, r, n in concepts],
+        images=sum(c[3] for c in concepts),
+        steps_per_epoch_at_batch_1=sum(c[2] * c[3] for c in concepts),
+        marker_version="v",
+        registered_at=now,
+        updated_at=now,
+    )
+
+
+def test_the_image_pins_the_commit_the_options_were_taken_from():
+    assert SD_SCRIPTS["commit"] == SD_SCRIPTS_COMMIT
+    dockerfile = (Path(__file__).parents[2] / "images" / "training" / "Dockerfile").read_text()
+    assert f"SD_SCRIPTS_COMMIT={SD_SCRIPTS_COMMIT}" in dockerfile
+
+
+def test_every_option_sdpipe_accepts_is_an_sd_scripts_option():
+    options = set(SD_SCRIPTS["train_network_options"])
+    dataset_keys = set(SD_SCRIPTS["dataset_config"]["general"])
+    accepted = set(LoraConfig.model_fields) - {"resolution", "train_batch_size"}  # dataset-config keys
+    assert accepted - options - dataset_keys == set()
+
+
+def test_the_generated_configs_use_only_sd_scripts_keys():
+    config = LoraConfig.model_validate(
+        {"network_dim": 32, "network_alpha": 16, "resolution": "1024,768", "max_train_epochs": 4,
+         "save_every_n_epochs": 2, "optimizer_type": "AdamW8bit", "enable_bucket": True, "min_bucket_reso": 256,
+         "shuffle_caption": True, "keep_tokens": 1, "network_args": ["conv_dim=4"], "noise_offset": 0.05}
+    )  # fmt: skip
+    files = build_kohya_files(
+        config, dataset(("10_mystyle", "mystyle", 10, 20), ("3_other", "other", 3, 5)), "base.safetensors", "out"
+    )
+    options = flatten(tomllib.loads(files.config_toml))
+    assert set(options) - set(SD_SCRIPTS["train_network_options"]) == set()
+    assert options["network_module"] == "networks.lora"
+    assert options["pretrained_model_name_or_path"] == "/opt/ml/input/data/model/base.safetensors"
+    assert options["output_dir"] == "/opt/ml/model" and options["save_model_as"] == "safetensors"
+    assert options["dataset_config"] == "/opt/ml/input/data/config/dataset.toml"
+    assert options["network_args"] == ["conv_dim=4"] and options["optimizer_type"] == "AdamW8bit"
+    described = tomllib.loads(files.dataset_toml)
+    assert set(described["general"]) <= set(SD_SCRIPTS["dataset_config"]["general"])
+    assert described["general"]["caption_extension"] == ".txt"  # not Kohya's default .caption
+    [entry] = described["datasets"]
+    assert set(entry) - {"subsets"} <= set(SD_SCRIPTS["dataset_config"]["datasets"])
+    assert entry["resolution"] == [1024, 768] and entry["enable_bucket"] is True
+    assert [(s["image_dir"], s["num_repeats"], s["class_tokens"]) for s in entry["subsets"]] == [
+        ("/opt/ml/input/data/dataset/10_mystyle", 10, "mystyle"),
+        ("/opt/ml/input/data/dataset/3_other", 3, "other"),
+    ]
+    for subset in entry["subsets"]:
+        assert set(subset) <= set(SD_SCRIPTS["dataset_config"]["subsets"])
+    assert files.total_steps == 4 * (20 * 10 + 5 * 3)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_the_kohya_command(family, tmp_path):
+    command = kohya_command(family, tmp_path / "config.toml", "bf16", Path("/opt/sd-scripts"), Path("/venv"))
+    assert command[:2] == ["/venv/bin/accelerate", "launch"]
+    script = "sdxl_train_network.py" if family == "sdxl" else "train_network.py"
+    assert command[command.index("--mixed_precision") + 1] == "bf16"
+    assert f"/opt/sd-scripts/{script}" in command
+    flags = [c[2:] for c in command[command.index(f"/opt/sd-scripts/{script}") + 1 :] if c.startswith("--")]
+    assert set(flags) <= set(SD_SCRIPTS["train_network_options"])
+
+
+def test_defaults_that_matter_are_explicit():
+    files = build_kohya_files(LoraConfig(), dataset(("10_a", "a", 10, 4)), "m.safetensors", "out")
+    options = flatten(tomllib.loads(files.config_toml))
+    assert options["network_dim"] == 16 and options["network_alpha"] == 8.0 and options["learning_rate"] == 1e-4
+    assert options["max_train_epochs"] == 10  # not sd-scripts' 1600 steps
+    assert tomllib.loads(files.dataset_toml)["general"]["caption_extension"] == ".txt"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"network_dimension": 8}, "unknown Kohya option 'network_dimension'"),
+        ({"output_dir": "/tmp"}, "output_dir: set by sdpipe"),
+        ({"pretrained_model_name_or_path": "x"}, "set by sdpipe"),
+        ({"network_dim": 0}, "greater than or equal to 1"),
+        ({"learning_rate": 5}, "less than or equal to 1"),
+        ({"resolution": "500"}, "multiple of 8"),
+        ({"resolution": "huge"}, "a size in pixels"),
+        ({"caption_extension": ".caption"}, "'.txt'"),
+        ({"max_train_epochs": 2, "max_train_steps": 10}, "not both"),
+        ({"optimizer_type": "Adam9000"}, "optimizer_type"),
+    ],
+)
+def test_bad_configs_are_refused_by_name(config, message):
+    with pytest.raises(ValidationError, match=message):
+        TrainLoraParams.model_validate({"base_model": "m", "dataset": "d", "family": "sd1", "config": config})
+
+
+def test_the_builtin_engine_refuses_what_it_does_not_implement():
+    assert builtin_problems(LoraConfig()) == []
+    problems = builtin_problems(LoraConfig(optimizer_type="Prodigy", enable_bucket=True, network_dropout=0.1))
+    assert any("enable_bucket" in p for p in problems) and any("network_dropout" in p for p in problems)
+    assert any("optimizer_type: Prodigy" in p for p in problems)
+    assert builtin_problems(LoraConfig(enable_bucket=False)) == []  # given, but the default: harmless
+
+
+def test_toml_round_trips():
+    document = {
+        "a": {"x": 1, "y": 2.5, "z": 'it\'s "quoted" \\ é', "flag": True, "items": ["p", "q"]},
+        "datasets": [{"resolution": [512, 768], "subsets": [{"image_dir": "/d/1"}, {"image_dir": "/d/2"}]}],
+    }
+    assert tomllib.loads(to_toml(document)) == document
