@@ -43,6 +43,7 @@ SQS_FUNCTIONS = {
     "request_files": "RequestFilesFunction",
     "endpoint_requests": "EndpointRequestsFunction",
     "fetch_requests": "FetchRequestsFunction",
+    "train_requests": "TrainRequestsFunction",
 }
 
 
@@ -71,6 +72,10 @@ def test_every_inference_sample_event_is_handled(stack):
     assert job("sample-event-deploy-bad-type")["error"]["code"] == "VALIDATION_ERROR"
     assert job("sample-event-delete-unknown")["error"]["code"] == "ENDPOINT_NOT_FOUND"
     assert job("sample-event-fetch-ftp")["error"]["code"] == "URL_REJECTED"
+    unknown_option = job("sample-event-train-unknown-option")["error"]
+    assert unknown_option["code"] == "VALIDATION_ERROR" and "network_dimension" in unknown_option["message"]
+    train_fail = json.loads((SAMPLES / "train_steps" / "fail_unknown_job.json").read_text())
+    assert invoke_function(stack, "TrainStepsFunction", train_fail) == {"recorded": False}
     fail_step = json.loads((SAMPLES / "fetch_steps" / "fail_unknown_job.json").read_text())
     assert invoke_function(stack, "FetchStepsFunction", fail_step) == {"failed": False}
     created = invoke_function(
@@ -94,3 +99,15 @@ def test_request_envelope_samples_are_valid_envelopes():
 
     for sample in sorted((SAMPLES / "requests").glob("*.json")):
         RequestEnvelope.model_validate_json(sample.read_text())
+
+
+def test_dataset_marker_sample_registers_the_folder(stack):
+    """events/register_dataset: the marker of a folder holding nothing is registered as rejected."""
+    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
+    s3.put_object(Bucket=bucket, Key="datasets/sample-event-dataset/_READY", Body=b"")
+    sample = json.loads((SAMPLES / "register_dataset" / "marker_dropped.json").read_text())
+    assert invoke_function(stack, "RegisterDatasetFunction", sample) == {"batchItemFailures": []}
+    item = stack.resource("dynamodb").Table(stack.outputs["DatasetsTableName"]).get_item(
+        Key={"name": "sample-event-dataset"}, ConsistentRead=True
+    )["Item"]
+    assert item["status"] == "REJECTED" and item["error"]["code"] == "EMPTY_DATASET"
