@@ -6,7 +6,10 @@ models/Stable-diffusion/; prints the registered models and their events; uploads
 ``sdpipe fetch`` (the FetchModel workflow, with 127.0.0.1 explicitly allowed); starts a local
 asynchronous endpoint; runs ``sdpipe txt2img ... --wait --out out/`` exactly as a user would;
 shows the PNG Info of the images, checks that the same seed gives the same pixels, and lists
-the jobs and generation records. Returns a process exit status.
+the jobs and generation records; then makes a small captioned dataset, uploads it with ``sdpipe
+datasets upload``, trains a tiny LoRA on it with ``sdpipe train --wait`` (the builtin engine, run by
+the local SageMaker training stand-in) and generates with ``<lora:mystyle-demo:1>`` to show the
+picture change against the same seed without it. Returns a process exit status.
 """
 
 from __future__ import annotations
@@ -168,6 +171,61 @@ def _generate(stack: LocalStack, console: Console) -> bool:
     return len(runs[0]) == 2 and all(identical) and len(rows) == 4
 
 
+LORA_TOML = """\
+# Kohya train_network options (sd-scripts' --config_file form); a tiny run for the tiny model.
+[network]
+network_dim = 4
+network_alpha = 4
+
+[training]
+resolution = 64
+train_batch_size = 4
+max_train_epochs = 2
+save_every_n_epochs = 1
+learning_rate = 1e-3
+output_name = "mystyle-demo"
+"""
+
+
+def _train(stack: LocalStack, workdir: Path, console: Console) -> bool:
+    """A captioned dataset, a LoRA trained on it with the builtin engine, and the LoRA at work."""
+    from sdpipe_local.assets import create_tiny_dataset
+
+    env = dict(os.environ) | stack.environment() | {"SDPIPE_STACK_NAME": stack.stack_name}
+    folder = create_tiny_dataset(workdir / "dataset", concept="mystyle", repeats=10, count=4, size=64)
+    config = workdir / "lora.toml"
+    config.write_text(LORA_TOML)
+    console.print(f"\n[bold]{config}[/]\n{LORA_TOML}")
+    commands = [
+        ["sdpipe", "datasets", "upload", str(folder), "--name", "mystyle", "--replace"],
+        ["sdpipe", "train", "--base-model", "tiny-sd1", "--dataset", "mystyle", "--family", "sd1",
+         "--config", str(config), "--wait"],
+    ]  # fmt: skip
+    for command in commands:
+        console.print(f"\n[bold]$ {' '.join(command)}[/]")
+        result = subprocess.run([sys.executable, "-m", "sdpipe_client.cli", *command[1:]], env=env, check=False)
+        if result.returncode != 0:
+            return False
+    images = []
+    for prompt in ("a red fox in snow", "a red fox in snow <lora:mystyle-demo:1>"):
+        out = OUT_DIR / ("lora" if "<lora" in prompt else "no-lora")
+        command = ["sdpipe", "txt2img", prompt, "--model", "tiny-sd1", "--steps", "4", "--width", "64",
+                   "--height", "64", "--seed", "42", "--wait", "--out", str(out)]  # fmt: skip
+        console.print(f"\n[bold]$ {' '.join(_quoted(c) for c in command)}[/]")
+        earlier = set(out.glob("*.png"))
+        result = subprocess.run([sys.executable, "-m", "sdpipe_client.cli", *command[1:]], env=env, check=False)
+        made = sorted(set(out.glob("*.png")) - earlier)
+        if result.returncode != 0 or len(made) != 1:
+            return False
+        images.append(made[0])
+    differs = _pixels(images[0]) != _pixels(images[1])
+    console.print(
+        f"\nsame seed with and without <lora:mystyle-demo:1>: {'different' if differs else 'IDENTICAL'} images "
+        f"({images[0]} vs {images[1]})"
+    )
+    return differs
+
+
 def _pixels(path: Path) -> bytes:
     from PIL import Image
 
@@ -195,6 +253,7 @@ def run() -> int:
         ok = _register_models(stack, Path(workdir), console)
         ok = ok and _intake(stack, Path(workdir), console)
         ok = ok and _generate(stack, console)
+        ok = ok and _train(stack, Path(workdir), console)
         console.print("\n[bold green]demo finished[/]" if ok else "\n[bold red]demo failed[/]")
         console.print("stopping the local stack")
         return 0 if ok else 1
