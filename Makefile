@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_registration.py
 	$(BIN)/python bench/bench_inference.py
 	$(BIN)/python bench/bench_intake.py
+	$(BIN)/python bench/bench_training.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .sdpipe-local
