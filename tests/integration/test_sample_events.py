@@ -107,7 +107,9 @@ def test_dataset_marker_sample_registers_the_folder(stack):
     s3.put_object(Bucket=bucket, Key="datasets/sample-event-dataset/_READY", Body=b"")
     sample = json.loads((SAMPLES / "register_dataset" / "marker_dropped.json").read_text())
     assert invoke_function(stack, "RegisterDatasetFunction", sample) == {"batchItemFailures": []}
-    item = stack.resource("dynamodb").Table(stack.outputs["DatasetsTableName"]).get_item(
-        Key={"name": "sample-event-dataset"}, ConsistentRead=True
-    )["Item"]
+    item = (
+        stack.resource("dynamodb")
+        .Table(stack.outputs["DatasetsTableName"])
+        .get_item(Key={"name": "sample-event-dataset"}, ConsistentRead=True)["Item"]
+    )
     assert item["status"] == "REJECTED" and item["error"]["code"] == "EMPTY_DATASET"

@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from sdpipe import errors
-from sdpipe.adapters.clients import THROTTLING_CODES, error_code
 from sdpipe.adapters.http_source import HttpSource
 from sdpipe.adapters.multipart import MultipartUploads
 from sdpipe.adapters.object_store import ObjectStore
@@ -32,10 +30,8 @@ from sdpipe.errors import (
     FileTooLarge,
     JobAlreadyFinished,
     ModelExists,
-    SdpipeError,
     SourceFailed,
     SourceMisbehaved,
-    Throttled,
     UploadNotFound,
     UploadPartsInvalid,
     ValidationFailed,
@@ -43,10 +39,10 @@ from sdpipe.errors import (
 from sdpipe.layout import model_key_for
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.part_plan import plan_parts
-from sdpipe.logic.requests import parse_request, record_failure, validation_message
+from sdpipe.logic.requests import accept_workflow_request, validation_message
 from sdpipe.logic.uploads import REGISTERING, part_problems, plan_of
 from sdpipe.logic.url_policy import UrlPolicy, check_url
-from sdpipe.logic.workflow_errors import error_of_failure
+from sdpipe.logic.workflow_errors import error_of_failure, run_step
 from sdpipe.settings import FetchSettings, fetch_settings
 
 logger = Logger(child=True)
@@ -92,28 +88,14 @@ class ModelFetcher:
 
     # ------------------------------------------------------------------ requests
     def handle_message(self, body: str, attribute_action: str | None, message_id: str) -> str:
-        parsed = parse_request(body, attribute_action, message_id)
-        if self.ledger.resume_duplicate(parsed.job_id, self._start):
-            return parsed.job_id
-        try:
-            if parsed.error is not None or parsed.envelope is None:
-                raise parsed.error or ValidationFailed("unreadable request")
-            params = self._validate(parsed.envelope.params)
-        except SdpipeError as exc:
-            params_given = parsed.envelope.params if parsed.envelope else {}
-            record_failure(self.ledger, parsed, exc, {"params": _public_params(params_given)})
-            return parsed.job_id
-        job = self.ledger.create(
-            job_id=parsed.job_id,
-            request_id=parsed.request_id,
-            action=parsed.action,
-            status=JobStatus.ACCEPTED,
-            deadline_seconds=self.settings.fetch_deadline_seconds,
-            fields={"context": parsed.context, "params": params.model_dump(mode="json", exclude_none=True)},
+        return accept_workflow_request(
+            self.ledger,
+            (body, attribute_action, message_id),
+            validate=self._validate,
+            start=self._start,
+            deadline_seconds=lambda _: self.settings.fetch_deadline_seconds,
+            public_params=_public_params,  # a URL's query may hold a signature
         )
-        if job is not None:
-            self._start(job)
-        return parsed.job_id
 
     def _validate(self, raw: dict[str, Any]) -> FetchModelParams:
         try:
@@ -157,14 +139,7 @@ class ModelFetcher:
             "complete": lambda: self.complete(payload["job_id"]),
             "fail": lambda: self.fail(payload["job_id"], payload.get("failure") or {}),
         }
-        if step not in steps:
-            raise ValueError(f"unknown fetch step {step!r}")
-        try:
-            return steps[step]()
-        except ClientError as exc:
-            if error_code(exc) in THROTTLING_CODES:
-                raise Throttled(str(exc)) from exc
-            raise
+        return run_step("fetch", step, steps)
 
     def probe(self, job_id: str) -> dict[str, Any]:
         """Check the URL, learn size, name and range support, and open the multipart upload."""

@@ -249,25 +249,16 @@ class JobLedger:
         published directly rather than through the job's stored events.
         """
         progress = self.table.add_progress(job["job_id"], done_delta)
-        now = time.time()
-        if self.table.take_progress_slot(job["job_id"], now, interval):
-            self.publisher.publish(
-                Event(
-                    type=EventType.JOB_PROGRESS,
-                    status=str(job["status"]),
-                    job_id=job["job_id"],
-                    action=job.get("action"),
-                    request_id=job.get("request_id"),
-                    outputs={"progress": progress},
-                    context=job.get("context") or {},
-                )
-            )
+        self._announce_progress(job, progress, interval)
         return progress
 
     def report(self, job: dict[str, Any], progress: dict[str, Any], interval: float = 1.0) -> None:
         """Replace the job's ``progress`` (a training step and loss); announce it as ``progress``
         does, at most once per ``interval``."""
         self.table.set_progress(job["job_id"], progress)
+        self._announce_progress(job, progress, interval)
+
+    def _announce_progress(self, job: dict[str, Any], progress: dict[str, Any], interval: float) -> None:
         if self.table.take_progress_slot(job["job_id"], time.time(), interval):
             self.publisher.publish(
                 Event(

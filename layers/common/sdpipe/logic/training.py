@@ -21,11 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from sdpipe import errors
-from sdpipe.adapters.clients import THROTTLING_CODES, error_code
 from sdpipe.adapters.datasets_table import DatasetsTable
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.adapters.object_store import ObjectStore
@@ -44,7 +42,6 @@ from sdpipe.errors import (
     ModelExists,
     ModelNotUsable,
     NoLoraOutput,
-    SdpipeError,
     Throttled,
     TrainingFailed,
     TrainingTimedOut,
@@ -62,8 +59,8 @@ from sdpipe.logic.kohya_config import (
 )
 from sdpipe.logic.model_refs import resolve_model
 from sdpipe.logic.registration import Registrar
-from sdpipe.logic.requests import parse_request, record_failure, validation_message
-from sdpipe.logic.workflow_errors import error_of_failure
+from sdpipe.logic.requests import accept_workflow_request, validation_message
+from sdpipe.logic.workflow_errors import error_of_failure, run_step
 from sdpipe.settings import TrainingSettings, training_settings
 
 logger = Logger(child=True)
@@ -114,28 +111,14 @@ class LoraTraining:
 
     # ------------------------------------------------------------------ requests
     def handle_message(self, body: str, attribute_action: str | None, message_id: str) -> str:
-        parsed = parse_request(body, attribute_action, message_id)
-        if self.ledger.resume_duplicate(parsed.job_id, self._start):
-            return parsed.job_id
-        try:
-            if parsed.error is not None or parsed.envelope is None:
-                raise parsed.error or ValidationFailed("unreadable request")
-            params = self.validate(parsed.envelope.params)
-        except SdpipeError as exc:
-            record_failure(self.ledger, parsed, exc, {"params": parsed.envelope.params if parsed.envelope else {}})
-            return parsed.job_id
-        job = self.ledger.create(
-            job_id=parsed.job_id,
-            request_id=parsed.request_id,
-            action=parsed.action,
-            status=JobStatus.ACCEPTED,
+        return accept_workflow_request(
+            self.ledger,
+            (body, attribute_action, message_id),
+            validate=self.validate,
+            start=self._start,
             # The sweeper must not time out a job SageMaker is still allowed to run.
-            deadline_seconds=int(params.max_runtime_seconds or 0) + 3 * 3600,
-            fields={"context": parsed.context, "params": params.model_dump(mode="json", exclude_none=True)},
+            deadline_seconds=lambda params: int(params.max_runtime_seconds or 0) + 3 * 3600,
         )
-        if job is not None:
-            self._start(job)
-        return parsed.job_id
 
     def validate(self, raw: dict[str, Any]) -> TrainLoraParams:
         """The request's params with the stack's defaults filled in; an error names each problem."""
@@ -174,14 +157,7 @@ class LoraTraining:
             "register": lambda: self.register(job_id),
             "fail": lambda: self.fail(job_id, event.get("training") or {}),
         }
-        if step not in steps:
-            raise ValueError(f"unknown training step {step!r}")
-        try:
-            return steps[step]()
-        except ClientError as exc:
-            if error_code(exc) in THROTTLING_CODES:
-                raise Throttled(str(exc)) from exc
-            raise
+        return run_step("training", step, steps)
 
     def prepare(self, job_id: str) -> dict[str, Any]:
         """Resolve the base model and the dataset; write the configs and the model manifest."""

@@ -1,12 +1,29 @@
-"""The job error for a Step Functions failure caught by a workflow's ``Catch`` (``$.failure``)."""
+"""Workflow steps as Lambda tasks: running one, and the job error for a caught failure."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from sdpipe import errors
-from sdpipe.errors import SdpipeError
+from sdpipe.adapters.clients import THROTTLING_CODES, error_code
+from sdpipe.errors import SdpipeError, Throttled
+
+
+def run_step(workflow: str, step: str, steps: dict[str, Callable[[], dict[str, Any]]]) -> dict[str, Any]:
+    """Run ``steps[step]``; AWS throttling is raised as ``Throttled``, which the ASL retries with
+    backoff (other errors go to the workflow's ``Catch``)."""
+    if step not in steps:
+        raise ValueError(f"unknown {workflow} step {step!r}")
+    try:
+        return steps[step]()
+    except ClientError as exc:
+        if error_code(exc) in THROTTLING_CODES:
+            raise Throttled(str(exc)) from exc
+        raise
 
 
 def error_of_failure(
