@@ -132,3 +132,28 @@ def test_toml_round_trips():
         "datasets": [{"resolution": [512, 768], "subsets": [{"image_dir": "/d/1"}, {"image_dir": "/d/2"}]}],
     }
     assert tomllib.loads(to_toml(document)) == document
+
+
+class _Logs:
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def tail(self, name: str, lines: int) -> list[str]:
+        return self.lines[-lines:]
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (["training sd1 LoRA: …", "step=3/9 epoch=1/2 loss=0.500000 lr=1.000e-04", "saved x"],
+         {"step": 3, "total_steps": 9, "loss": 0.5, "epoch": 1, "epochs": 2}),
+        (["steps:   4%|▍ | 4/100 [00:03<01:20, 1.19it/s, avr_loss=0.15]\rsteps:   5%|▌ | 5/100 [00:04<01:19,"
+          " 1.2it/s, avr_loss=0.142]"], {"step": 5, "total_steps": 100, "loss": 0.142}),
+        (["loading the model"], None),
+    ],
+)  # fmt: skip
+def test_step_and_loss_are_read_from_either_engines_log(lines, expected):
+    from sdpipe.logic.training import LoraTraining
+
+    reader = LoraTraining(*([None] * 7), logs=_Logs(lines))  # type: ignore[arg-type]
+    assert reader._progress("job", {}) == expected

@@ -282,9 +282,10 @@ class LoraTraining:
 
     def _progress(self, name: str, job: dict[str, Any]) -> dict[str, Any] | None:
         for line in reversed(self.logs.tail(name, _LOG_LINES)):
-            if match := _BUILTIN_PROGRESS.search(line):
+            # sd-scripts' tqdm bar rewrites itself with '\r': the last update in a line counts.
+            if match := _last(_BUILTIN_PROGRESS, line):
                 step, total, epoch, epochs, loss = match.groups()
-            elif match := _KOHYA_PROGRESS.search(line):
+            elif match := _last(_KOHYA_PROGRESS, line):
                 (step, total, loss), epoch, epochs = match.groups(), None, None
             else:
                 continue
@@ -431,6 +432,13 @@ class LoraTraining:
         if JobStatus(job["status"]).is_terminal:
             raise JobAlreadyFinished(f"job {job_id} is {job['status']}; the training workflow stops")
         return job
+
+
+def _last(pattern: re.Pattern[str], line: str) -> re.Match[str] | None:
+    found = None
+    for found in pattern.finditer(line):  # noqa: B007 - the loop keeps the last match
+        pass
+    return found
 
 
 def _channel(name: str, data_type: str, uri: str) -> dict[str, Any]:
