@@ -70,6 +70,7 @@ class LocalStack:
         self.server: LocalAwsServer | None = None
         self.provisioned: ProvisionedStack | None = None
         self._pollers: list[SqsPoller] = []
+        self._previous_moto_port: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> LocalStack:
@@ -86,7 +87,9 @@ class LocalStack:
         # Containers get what Lambdas get: the local endpoint and credentials, nothing else.
         self.sagemaker = LocalSageMaker(self.client, base_environment, self.state_dir, REGION, ACCOUNT_ID)
         self.server = LocalAwsServer(self.runtime, self.sagemaker, self._port)
-        # moto's Step Functions interpreter calls the other services on this port.
+        # moto's Step Functions interpreter calls the other services on this port (process-wide:
+        # a second stack in the same process takes it over until it stops, then gives it back).
+        self._previous_moto_port = os.environ.get("MOTO_PORT")
         os.environ["MOTO_PORT"] = str(self.server.port)
         self.server.start()
         with LocalStack._running_lock:
@@ -139,6 +142,10 @@ class LocalStack:
                 self._moto_api("reset", {})
             self.server.stop()
             self.server = None
+            if self._previous_moto_port is None:
+                os.environ.pop("MOTO_PORT", None)
+            else:
+                os.environ["MOTO_PORT"] = self._previous_moto_port
         state = self.state_dir / STATE_FILE
         if state.exists():
             state.unlink()
