@@ -247,8 +247,7 @@ def bench_publish_to_running(repeats: int) -> dict[str, Any]:
             os.environ.update(stack.environment())
             clients.reset()
             client = Sdpipe(StackOutputs(stack.outputs))
-            checkpoint = create_tiny_checkpoint("sd1", workdir / "bench-sd1.safetensors", seed=0)
-            del checkpoint
+            create_tiny_checkpoint("sd1", workdir / "bench-sd1.safetensors", seed=0)
             drop_checkpoint(stack.client("s3"), stack.outputs["AssetsBucketName"], workdir / "bench-sd1.safetensors",
                             "models/Stable-diffusion/bench-sd1.safetensors")  # fmt: skip
             concept = create_tiny_dataset(workdir / "data", count=4)

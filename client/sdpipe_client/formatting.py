@@ -56,10 +56,10 @@ def print_jobs(jobs: Iterable[dict[str, Any]], console: Console | None = None) -
         progress = job.get("progress") or {}
         if not note and progress.get("bytes_total"):
             note = f"{progress.get('bytes_done', 0):,} of {progress['bytes_total']:,} bytes"
+        if not note and outputs.get("models"):  # a finished training: what it registered
+            note = ", ".join(str(m.get("title") or m.get("name")) for m in outputs["models"])
         if not note and progress.get("step"):
             note = f"step {progress['step']}/{progress.get('total_steps', '?')}, loss {progress.get('loss', 0):.4f}"
-        if not note and outputs.get("models"):
-            note = ", ".join(str(m.get("title") or m.get("name")) for m in outputs["models"])
         model = (job.get("model") or outputs.get("model") or {}).get("name")
         table.add_row(
             job.get("job_id", "?"),
