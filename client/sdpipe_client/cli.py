@@ -629,14 +629,14 @@ def fetch(settings: _Settings, /, url: str, model_type: str, **options: Any) -> 
     click.echo(json.dumps({"job_id": job_id, "status": job["status"], "model": model}, default=str))
 
 
-def _register_training_commands() -> None:
-    from sdpipe_client.training_cli import COMMANDS
+def _register_commands() -> None:
+    from sdpipe_client import images_cli, training_cli
 
-    for command in COMMANDS:
+    for command in (*training_cli.COMMANDS, *images_cli.COMMANDS):
         main.add_command(command)
 
 
-_register_training_commands()
+_register_commands()
 
 
 if __name__ == "__main__":

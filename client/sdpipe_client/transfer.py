@@ -23,11 +23,10 @@ from typing import Any
 import urllib3
 
 from sdpipe.adapters.multipart import content_md5
-from sdpipe.contracts.jobs import JobStatus
+from sdpipe.contracts.jobs import REGISTERING, JobStatus
 from sdpipe.contracts.models import ModelType
 from sdpipe.errors import SdpipeError
 from sdpipe.layout import MODEL_EXTENSIONS, MODEL_FOLDERS
-from sdpipe.logic.uploads import REGISTERING
 from sdpipe_client.client import Sdpipe
 
 UPLOADS_API = "UploadsFunctionName"

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import TypeAdapter
 
 from sdpipe.contracts.uploads import AbortUpload, CompleteUpload, CreateUpload, ResumeUpload, UploadRequest
 from sdpipe.lambda_support import answer_direct
 from sdpipe.logic.uploads import ModelUploads
+from sdpipe.tracing import make_tracer
 
 logger = Logger()
-tracer = Tracer()
+tracer = make_tracer()
 _Request: TypeAdapter[CreateUpload | ResumeUpload | CompleteUpload | AbortUpload] = TypeAdapter(UploadRequest)
 
 

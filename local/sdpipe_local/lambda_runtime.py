@@ -2,7 +2,8 @@
 
 Each function gets its own pool of warm worker processes (execution environments). A worker runs
 the real handler with exactly the environment the template gives the function, plus the
-variables the Lambda runtime itself sets. One invocation at a time per worker; the template's
+variables the Lambda runtime itself sets, and the temporary credentials of the function's own
+execution role (so IAM decides what it may do, as in AWS). One invocation at a time per worker; the template's
 timeout is enforced by killing the worker, which is then replaced (a cold start, as in Lambda).
 """
 
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from sdpipe_local.credentials import LAMBDA, RoleSessions
+
 logger = logging.getLogger(__name__)
 
 _READY_TIMEOUT_S = 60
@@ -37,6 +40,7 @@ class FunctionSpec:
     environment: dict[str, str]
     timeout_s: int
     memory_mb: int
+    role_arn: str
     max_concurrency: int = 4
 
 
@@ -75,6 +79,7 @@ class FunctionPool:
     spec: FunctionSpec
     base_environment: dict[str, str]
     log_path: Path
+    sessions: RoleSessions
     _idle: list[_Worker] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _slots: threading.Semaphore | None = None
@@ -87,6 +92,8 @@ class FunctionPool:
         spec = self.spec
         env = dict(self.base_environment)
         env.update(spec.environment)
+        # What Lambda gives every execution environment: its execution role's temporary credentials.
+        env.update(self.sessions.credentials(spec.role_arn, LAMBDA, spec.name).environment())
         env.update(
             {
                 "AWS_LAMBDA_FUNCTION_NAME": spec.name,
@@ -184,15 +191,16 @@ class FunctionPool:
 class LambdaRuntime:
     """All functions of the stack, addressable by name, ARN or logical id."""
 
-    def __init__(self, base_environment: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, base_environment: dict[str, str], log_dir: Path, sessions: RoleSessions) -> None:
         self._base_environment = base_environment
         self._log_dir = log_dir
+        self._sessions = sessions
         self._pools: dict[str, FunctionPool] = {}
         self._aliases: dict[str, str] = {}
 
     def add(self, spec: FunctionSpec) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        pool = FunctionPool(spec, self._base_environment, self._log_dir / f"{spec.logical_id}.log")
+        pool = FunctionPool(spec, self._base_environment, self._log_dir / f"{spec.logical_id}.log", self._sessions)
         self._pools[spec.name] = pool
         for alias in (spec.arn, spec.logical_id, f"{spec.arn}:$LATEST"):
             self._aliases[alias] = spec.name

@@ -49,6 +49,7 @@ _CREATORS = {
     "AWS::Lambda::EventSourceMapping": "_event_source_mapping",
     "AWS::StepFunctions::StateMachine": "_state_machine",
     "AWS::Events::Rule": "_rule",
+    "AWS::ECR::Repository": "_repository",
 }
 
 
@@ -75,6 +76,8 @@ class ProvisionedStack:
     schedules: list[ScheduleSpec]
     outputs: dict[str, str]
     output_descriptions: dict[str, str]
+    # ECR repositories whose resource Metadata names a Dockerfile: (logical id, name, URI, Dockerfile)
+    repository_images: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 class Provisioner:
@@ -97,6 +100,7 @@ class Provisioner:
         self._state_machines: list[StateMachineSpec] = []
         self._schedules: list[ScheduleSpec] = []
         self._bucket_notifications: list[tuple[str, Any]] = []
+        self._repository_images: list[tuple[str, str, str, str]] = []
         pseudo = {
             "AWS::Region": region,
             "AWS::AccountId": account_id,
@@ -155,7 +159,14 @@ class Provisioner:
             outputs[name] = str(self._resolver.resolve(output["Value"]))
             descriptions[name] = output.get("Description", "")
         return ProvisionedStack(
-            self._created, self._functions, self._mappings, self._state_machines, self._schedules, outputs, descriptions
+            self._created,
+            self._functions,
+            self._mappings,
+            self._state_machines,
+            self._schedules,
+            outputs,
+            descriptions,
+            self._repository_images,
         )
 
     def _create(self, logical_id: str, resource: dict[str, Any]) -> None:
@@ -331,6 +342,8 @@ class Provisioner:
             # SAM policy templates omit Version (IAM then assumes 2008-10-17); moto insists on it.
             document = {"Version": "2012-10-17", **policy["PolicyDocument"]}
             iam.put_role_policy(RoleName=name, PolicyName=policy["PolicyName"], PolicyDocument=json.dumps(document))
+        for policy_arn in p.get("ManagedPolicyArns", []):
+            iam.attach_role_policy(RoleName=name, PolicyArn=policy_arn)
         return Created(ref=name, attributes={"Arn": arn, "RoleId": name})
 
     # ------------------------------------------------------------------ Lambda
@@ -361,6 +374,7 @@ class Provisioner:
                 environment=environment,
                 timeout_s=int(p.get("Timeout", 3)),
                 memory_mb=int(p.get("MemorySize", 128)),
+                role_arn=str(p["Role"]),
                 max_concurrency=int(p.get("ReservedConcurrentExecutions") or 4),
             )
         )
@@ -373,9 +387,15 @@ class Provisioner:
             return Created(ref=logical_id)
         queue = next(c for c in self._created.values() if c.attributes.get("Arn") == source)
         scaling = p.get("ScalingConfig", {})
+        function = next((f for f in self._functions if p["FunctionName"] in (f.name, f.arn)), None)
+        if function is None:
+            raise ValueError(
+                f"{logical_id} maps {source} to {p['FunctionName']}, which is not a function of this template"
+            )
         self._mappings.append(
             SqsMappingSpec(
-                function_name=p["FunctionName"],
+                function_name=function.name,
+                role_arn=function.role_arn,
                 queue_arn=source,
                 queue_url=queue.attributes["QueueUrl"],
                 batch_size=int(p.get("BatchSize", 10)),
@@ -409,6 +429,30 @@ class Provisioner:
         )["stateMachineArn"]
         self._state_machines.append(StateMachineSpec(logical_id, name, arn, definition))
         return Created(ref=arn, attributes={"Name": name, "Arn": arn})
+
+    # ------------------------------------------------------------------ ECR
+    def _repository(self, logical_id: str, p: dict[str, Any]) -> Created:
+        name = p.get("RepositoryName") or self._physical_name(logical_id, 256).lower()
+        ecr = self._client("ecr")
+        repository = ecr.create_repository(
+            repositoryName=name,
+            imageTagMutability=p.get("ImageTagMutability", "MUTABLE"),
+            imageScanningConfiguration={
+                "scanOnPush": bool((p.get("ImageScanningConfiguration") or {}).get("ScanOnPush", False))
+            },
+            encryptionConfiguration={
+                "encryptionType": (p.get("EncryptionConfiguration") or {}).get("EncryptionType", "AES256")
+            },
+        )["repository"]
+        lifecycle = (p.get("LifecyclePolicy") or {}).get("LifecyclePolicyText")
+        if lifecycle:
+            ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=lifecycle)
+        dockerfile = (self._template.resources[logical_id].get("Metadata") or {}).get("Dockerfile")
+        if dockerfile:
+            self._repository_images.append((logical_id, name, repository["repositoryUri"], dockerfile))
+        return Created(
+            ref=name, attributes={"Arn": repository["repositoryArn"], "RepositoryUri": repository["repositoryUri"]}
+        )
 
     # ------------------------------------------------------------------ EventBridge
     def _rule(self, logical_id: str, p: dict[str, Any]) -> Created:

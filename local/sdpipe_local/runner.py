@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from sdpipe_local.stack import LocalStack
+from sdpipe_local.stack import LocalStack, StackStartError
 
 
 def run_foreground(
@@ -31,6 +31,8 @@ def run_foreground(
         ).start()
     except OSError as exc:
         sys.exit(f"cannot start the local stack: {exc} (is port {port} in use? try --port 0)")
+    except StackStartError as exc:
+        sys.exit(f"cannot start the local stack: {exc}")
     try:
         print(f"endpoint: {stack.endpoint_url}")
         print("# in another shell, point the AWS CLI and SDKs at it:")
@@ -42,6 +44,8 @@ def run_foreground(
         if fetch_allowed_networks:
             print(f"# fetch_model may connect to {', '.join(fetch_allowed_networks)} (explicitly allowed)")
         print(f"# handler logs: {stack.state_dir / 'logs'}/<Function>.log")
+        print("# IAM is enforced: the credentials above are the local administrator's; functions, workflows and")
+        print(f"# containers run as their own roles (refusals: {stack.state_dir / 'logs' / 'iam-denied.log'})")
         print("ready - press Ctrl-C to stop", flush=True)
         stop.wait()
     finally:

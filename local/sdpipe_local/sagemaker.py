@@ -2,14 +2,20 @@
 invocation and (in ``sagemaker_training``) training jobs, honouring SageMaker's contracts with
 real processes.
 
-- CreateEndpoint starts the inference container's code (``sdpipe_inference.server``) as a local
-  process on a free port, with the model's container environment. The endpoint is ``Creating``
-  until ``/ping`` answers, then ``InService``; a process that exits first makes it ``Failed`` with
-  the end of its log as the reason. Current instance types (``ml.g5``, ``ml.g6``...) are accepted.
+- CreateModel checks what SageMaker checks: the execution role exists and trusts SageMaker, and
+  the image is in (the local) ECR.
+- CreateEndpoint starts the container as SageMaker does: the image's ENTRYPOINT (read from its
+  Dockerfile, ``sdpipe_local.images``) with ``serve`` appended, on a free port
+  (``SAGEMAKER_BIND_TO_PORT``), with the Dockerfile's ENV, the model's container environment and
+  the execution role's credentials. The endpoint is ``Creating`` until ``/ping`` answers, then
+  ``InService``; a process that exits first makes it ``Failed`` with the end of its log as the
+  reason. Stopping a container is SIGTERM, then SIGKILL. Current instance types (``ml.g5``,
+  ``ml.g6``...) are accepted.
 - InvokeEndpointAsync answers at once with the inference id and output location, then, in the
   background (``MaxConcurrentInvocationsPerInstance`` at a time): reads the input from S3, posts
   it to ``/invocations``, writes the response to ``S3OutputPath/<id>.out`` (or the error to
-  ``S3FailurePath``) and publishes SageMaker's notification to the success or error topic.
+  ``S3FailurePath``) and publishes SageMaker's notification to the success or error topic, all
+  with the execution role's credentials, as SageMaker does.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import logging
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -32,6 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from sdpipe_local.credentials import SAGEMAKER, RoleNotAssumable, RoleSessions, sagemaker_role_problem
+from sdpipe_local.images import ImageError, ImageResolver
 from sdpipe_local.sagemaker_training import TRAINING_OPERATIONS, LocalTrainingJobs, TrainingError
 
 logger = logging.getLogger(__name__)
@@ -63,6 +70,7 @@ class _Endpoint:
     name: str
     arn: str
     config_name: str
+    role_arn: str = ""
     status: str = "Creating"
     failure_reason: str | None = None
     created: float = field(default_factory=_now)
@@ -85,14 +93,14 @@ class _Endpoint:
 
 @dataclass
 class _Container:
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | None
     port: int
     log_path: Path
     executor: ThreadPoolExecutor
     error: str | None = None
 
     def failed(self, reason: str) -> _Container:
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             self.process.kill()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.error = reason
@@ -100,9 +108,21 @@ class _Container:
 
 
 class LocalSageMaker:
-    def __init__(self, client: Any, environment: dict[str, str], state_dir: Path, region: str, account: str) -> None:
-        self._client = client  # service name -> boto3 client on the local endpoint
-        self._environment = environment
+    def __init__(
+        self,
+        client: Any,
+        environment: dict[str, str],
+        state_dir: Path,
+        region: str,
+        account: str,
+        *,
+        sessions: RoleSessions,
+        images: ImageResolver,
+    ) -> None:
+        self._client = client  # service name -> boto3 client on the local endpoint (as SageMaker itself)
+        self._environment = environment  # without credentials: containers get their role's
+        self._sessions = sessions
+        self._images = images
         self._state_dir = state_dir
         self._region, self._account = region, account
         self._models: dict[str, dict[str, Any]] = {}
@@ -110,7 +130,7 @@ class LocalSageMaker:
         self._endpoints: dict[str, _Endpoint] = {}
         self._throttled: dict[str, int] = {}
         self._lock = threading.Lock()
-        self.training = LocalTrainingJobs(client, environment, state_dir, self._arn)
+        self.training = LocalTrainingJobs(client, environment, state_dir, self._arn, sessions=sessions, images=images)
 
     # ------------------------------------------------------------------ control plane
     def handles(self, operation: str) -> bool:
@@ -141,6 +161,14 @@ class LocalSageMaker:
 
     def _create_model(self, body: dict[str, Any]) -> dict[str, Any]:
         name = body["ModelName"]
+        role = str(body.get("ExecutionRoleArn") or "")
+        if (problem := sagemaker_role_problem(self._sessions, role)) is not None:
+            raise SageMakerError("ValidationException", problem)
+        container = body.get("PrimaryContainer") or (body.get("Containers") or [{}])[0]
+        try:
+            self._images.resolve(str(container.get("Image", "")), role)
+        except ImageError as exc:
+            raise SageMakerError("ValidationException", str(exc)) from None
         with self._lock:
             if name in self._models:
                 raise SageMakerError(
@@ -223,13 +251,18 @@ class LocalSageMaker:
         threading.Thread(target=self._replace_container, args=(endpoint, config_name), daemon=True).start()
         return {"EndpointArn": endpoint.arn}
 
+    def endpoint_config_name(self, name: str) -> str | None:
+        """The config an endpoint runs (Application Auto Scaling's permission check names it)."""
+        endpoint = self._endpoints.get(name)
+        return endpoint.config_name if endpoint is not None else None
+
     def _start_container(self, endpoint: _Endpoint) -> None:
         container = self._launch(endpoint.name, endpoint.config_name)
         if container.error is not None:
             self._set_status(endpoint, "Failed", container.error)
             return
         endpoint.process, endpoint.port, endpoint.log_path = container.process, container.port, container.log_path
-        endpoint.executor = container.executor
+        endpoint.executor, endpoint.role_arn = container.executor, self._role_of(endpoint.config_name)
         self._set_status(endpoint, "InService")
 
     def _replace_container(self, endpoint: _Endpoint, config_name: str) -> None:
@@ -241,7 +274,7 @@ class LocalSageMaker:
                         executor=endpoint.executor)  # fmt: skip
         endpoint.process, endpoint.port, endpoint.log_path = container.process, container.port, container.log_path
         endpoint.executor, endpoint.config_name = container.executor, config_name
-        endpoint.failure_reason = None
+        endpoint.role_arn, endpoint.failure_reason = self._role_of(config_name), None
         self._set_status(endpoint, "InService")
         old.stop()
 
@@ -258,23 +291,23 @@ class LocalSageMaker:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
+        role = str(model.get("ExecutionRoleArn", ""))
         folder = self._state_dir / "endpoints" / name
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / "container.log"
-        env = dict(self._environment) | {
-            "SAGEMAKER_BIND_TO_PORT": str(port),
-            "SDPIPE_BIND_HOST": "127.0.0.1",
-            "SDPIPE_MODEL_CACHE": str(folder / "model-cache"),
-        }
+        try:
+            image = self._images.resolve(str(container.get("Image", "")), role)
+            command = image.command("serve")
+            credentials = self._sessions.credentials(role, SAGEMAKER, name)
+        except (ImageError, RoleNotAssumable) as exc:
+            return _Container(None, port, log_path, executor).failed(f"the container could not be started: {exc}")
+        env = dict(self._environment) | image.container_environment(folder / "root")
         env |= {k: str(v) for k, v in container.get("Environment", {}).items()}
+        # SageMaker tells a container its port this way; locally each endpoint needs its own.
+        env |= {"SAGEMAKER_BIND_TO_PORT": str(port), "SDPIPE_BIND_HOST": "127.0.0.1"}
+        env |= credentials.environment()
         with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "sdpipe_inference.server"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         started = _Container(process, port, log_path, executor)
         deadline = _now() + _STARTUP_TIMEOUT_S
         while True:
@@ -290,6 +323,10 @@ class LocalSageMaker:
             if _now() > deadline:
                 return started.failed("the container did not pass its /ping health check in time")
             time.sleep(0.2)
+
+    def _role_of(self, config_name: str) -> str:
+        model = self._models.get(self._configs[config_name]["ProductionVariants"][0]["ModelName"], {})
+        return str(model.get("ExecutionRoleArn", ""))
 
     def _set_status(self, endpoint: _Endpoint, status: str, reason: str | None = None) -> None:
         endpoint.status, endpoint.failure_reason, endpoint.modified = status, reason, _now()
@@ -395,9 +432,10 @@ class LocalSageMaker:
         return response_headers, {"InferenceId": inference_id}
 
     def _run_invocation(self, endpoint: _Endpoint, job: _Invocation, notification: dict[str, str]) -> None:
-        s3 = self._client("s3")
         failure: str | None = None
         try:
+            # SageMaker reads the input, writes the result and notifies with the execution role.
+            s3 = self._sessions.client("s3", endpoint.role_arn, SAGEMAKER)
             bucket, key = _split(job.input_location)
             body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             request = urllib.request.Request(
@@ -423,9 +461,14 @@ class LocalSageMaker:
         except Exception as exc:  # the container died, the input is gone...: SageMaker reports it
             failure = f"{type(exc).__name__}: {exc}"
             logger.warning("async invocation %s on %s failed: %s", job.inference_id, endpoint.name, failure)
-        self._notify(job, notification, failure)
+        try:
+            self._notify(job, notification, failure, endpoint.role_arn)
+        except Exception:  # a role that may not publish: SageMaker's notification is lost as in AWS
+            logger.exception(
+                "async invocation %s on %s: the notification could not be sent", job.inference_id, endpoint.name
+            )
 
-    def _notify(self, job: _Invocation, notification: dict[str, str], failure: str | None) -> None:
+    def _notify(self, job: _Invocation, notification: dict[str, str], failure: str | None, role_arn: str) -> None:
         message: dict[str, Any] = {
             "awsRegion": self._region,
             "eventTime": _iso(_now()),
@@ -450,7 +493,7 @@ class LocalSageMaker:
             message["responseParameters"]["outputLocation"] = job.output_location
             topic = notification.get("SuccessTopic")
         if topic:
-            self._client("sns").publish(TopicArn=topic, Message=json.dumps(message))
+            self._sessions.client("sns", role_arn, SAGEMAKER).publish(TopicArn=topic, Message=json.dumps(message))
 
     def close(self) -> None:
         self.training.close()

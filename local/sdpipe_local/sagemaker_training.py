@@ -1,15 +1,18 @@
 """Local stand-in for SageMaker training jobs: the training image's entrypoint as a real process.
 
-CreateTrainingJob lays out an emulated ``/opt/ml`` (``input/config/hyperparameters.json`` and
-``resourceconfig.json``, each input channel downloaded to ``input/data/<channel>/`` from an
-``S3Prefix`` or a ``ManifestFile``), runs ``sdpipe_training.entrypoint`` over it with the
-container's environment, and moves the job through SageMaker's statuses for real:
+CreateTrainingJob checks the role (it must exist and trust SageMaker), lays out an emulated
+``/opt/ml`` (``input/config/hyperparameters.json`` and ``resourceconfig.json``, each input channel
+downloaded to ``input/data/<channel>/`` from an ``S3Prefix`` or a ``ManifestFile``), starts the
+training image as SageMaker does (its Dockerfile's ENTRYPOINT with ``train`` appended, its ENV,
+the job's environment and the role's credentials; an image missing from ECR fails the job), and
+moves the job through SageMaker's statuses for real:
 ``InProgress`` (Starting, Downloading, Training, Uploading) then ``Completed``, ``Failed`` (with
 ``output/failure`` as the FailureReason) or ``Stopped`` (StopTrainingJob, or ``MaxRuntimeExceeded``).
 ``model/`` is uploaded as ``<S3OutputPath>/<job>/output/model.tar.gz``, also when stopped, as
 SageMaker does. The log goes to CloudWatch Logs (``/aws/sagemaker/TrainingJobs``, stream
 ``<job>/algo-1-<time>``), the metric definitions' regexes are applied to it, and every status
-change is published to EventBridge as "SageMaker Training Job State Change".
+change is published to EventBridge as "SageMaker Training Job State Change". Channels, the
+artefact and the log are read and written with the job's role, as SageMaker does.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import logging
 import re
 import signal
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -30,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from sdpipe_local.credentials import SAGEMAKER, RoleSessions, sagemaker_role_problem
+from sdpipe_local.images import ImageError, ImageResolver
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +78,14 @@ class LocalTrainingJobs:
         environment: dict[str, str],
         state_dir: Path,
         arn: Callable[[str, str], str],
+        *,
+        sessions: RoleSessions,
+        images: ImageResolver,
     ) -> None:
-        self._client = client
+        self._client = client  # as SageMaker itself (EventBridge state changes)
         self._environment = environment
+        self._sessions = sessions
+        self._images = images
         self._state_dir = state_dir
         self._arn = arn
         self._jobs: dict[str, _Job] = {}
@@ -95,6 +105,8 @@ class LocalTrainingJobs:
         ):
             if required not in body:
                 raise TrainingError("ValidationException", f"{required} is required")
+        if (problem := sagemaker_role_problem(self._sessions, str(body.get("RoleArn", "")))) is not None:
+            raise TrainingError("ValidationException", problem)
         for value in (body.get("HyperParameters") or {}).values():
             if not isinstance(value, str) or len(value) > 2500:
                 raise TrainingError(
@@ -201,6 +213,8 @@ class LocalTrainingJobs:
             job.started = time.time()
             self._transition(job, "Training", "Training image download completed. Training in progress.")
             code = self._train(job, root)
+        except ImageError as exc:
+            return self._finish(job, root, f"ClientError: {exc}")
         except Exception as exc:  # the stand-in itself failed: report it as SageMaker would
             logger.exception("training job %s failed to run", job.name)
             return self._finish(job, root, f"ClientError: {exc}")
@@ -225,10 +239,13 @@ class LocalTrainingJobs:
             (root / folder).mkdir(parents=True, exist_ok=True)
         for channel in channels:
             source = channel["DataSource"]["S3DataSource"]
-            self._download(source["S3DataType"], source["S3Uri"], root / "input" / "data" / channel["ChannelName"])
+            self._download(job, source["S3DataType"], source["S3Uri"], root / "input" / "data" / channel["ChannelName"])
 
-    def _download(self, data_type: str, uri: str, target: Path) -> None:
-        s3 = self._client("s3")
+    def _role_client(self, job: _Job, service: str) -> Any:
+        return self._sessions.client(service, str(job.request["RoleArn"]), SAGEMAKER)
+
+    def _download(self, job: _Job, data_type: str, uri: str, target: Path) -> None:
+        s3 = self._role_client(job, "s3")
         bucket, key = _split(uri)
         if data_type == "ManifestFile":
             manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -253,11 +270,17 @@ class LocalTrainingJobs:
             s3.download_file(bucket, object_key, str(destination))
 
     def _train(self, job: _Job, root: Path) -> int:
-        env = dict(self._environment) | {k: str(v) for k, v in job.request.get("Environment", {}).items()}
+        role = str(job.request["RoleArn"])
+        image = self._images.resolve(str(job.request["AlgorithmSpecification"].get("TrainingImage", "")), role)
+        command = image.command("train")
+        container_root = root.parent.parent  # /opt/ml lies at <container root>/opt/ml
+        env = dict(self._environment) | image.container_environment(container_root)
+        env |= {k: str(v) for k, v in job.request.get("Environment", {}).items()}
         env |= {"SDPIPE_OPT_ML": str(root), "SM_TRAINING_ENV": json.dumps({"job_name": job.name})}
-        log_path = root.parent.parent / "training.log"
+        env |= self._sessions.credentials(role, SAGEMAKER, job.name).environment()
+        log_path = container_root / "training.log"
         job.log_stream = f"{job.name}/algo-1-{int(time.time())}"
-        logs = _LogShipper(self._client("logs"), job.log_stream)
+        logs = _LogShipper(self._role_client(job, "logs"), job.log_stream)
         metrics = [
             (m["Name"], re.compile(m["Regex"]))
             for m in job.request["AlgorithmSpecification"].get("MetricDefinitions", [])
@@ -267,7 +290,7 @@ class LocalTrainingJobs:
         watchdog.daemon = True
         with log_path.open("ab") as log:
             job.process = subprocess.Popen(
-                [sys.executable, "-m", "sdpipe_training.entrypoint", "train"],
+                command,
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -318,7 +341,7 @@ class LocalTrainingJobs:
         output = job.request["OutputDataConfig"]["S3OutputPath"].rstrip("/")
         bucket, prefix = _split(f"{output}/{job.name}/output/model.tar.gz")
         buffer.seek(0)
-        self._client("s3").upload_fileobj(buffer, bucket, prefix)
+        self._role_client(job, "s3").upload_fileobj(buffer, bucket, prefix)
         return f"s3://{bucket}/{prefix}"
 
     def _transition(self, job: _Job, secondary: str, message: str) -> None:

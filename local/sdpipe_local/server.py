@@ -1,4 +1,5 @@
-"""moto in server mode on 127.0.0.1, with Lambda's Invoke API served by the real handlers.
+"""moto in server mode on 127.0.0.1, with Lambda's Invoke API served by the real handlers, and
+IAM enforced in front of all of it (``sdpipe_local.iam``).
 
 moto cannot run Lambda code without Docker, so requests to ``POST /2015-03-31/functions/<name>/
 invocations`` for a function of the stack are answered by the local Lambda runtime instead. That
@@ -20,6 +21,7 @@ from urllib.parse import unquote
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from sdpipe_local.iam import IamEnforcer, Principals, RequestChecks, secret_arn_lookup
 from sdpipe_local.lambda_runtime import LambdaRuntime
 from sdpipe_local.s3_streaming import S3StreamingGetMiddleware, S3UploadPartMiddleware
 from sdpipe_local.sagemaker import LocalSageMaker, SageMakerError
@@ -124,12 +126,18 @@ class SageMakerMiddleware:
 class LocalAwsServer:
     """The single endpoint every client of the local stack talks to."""
 
-    def __init__(self, runtime: LambdaRuntime, sagemaker: LocalSageMaker, port: int = 0) -> None:
+    def __init__(
+        self, runtime: LambdaRuntime, sagemaker: LocalSageMaker, account: str, admin_keys: dict[str, str], port: int = 0
+    ) -> None:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._hosts: set[str] = set()
         moto_app = DomainDispatcherApplication(create_backend_app)
         self.s3_parts = S3UploadPartMiddleware(S3StreamingGetMiddleware(moto_app, self._hosts))
-        app = LambdaInvokeMiddleware(SageMakerMiddleware(self.s3_parts, sagemaker), runtime)
+        served = LambdaInvokeMiddleware(SageMakerMiddleware(self.s3_parts, sagemaker), runtime)
+        # IAM is checked before anything answers, the Lambda and SageMaker APIs included.
+        checks = RequestChecks(account, secret_arn_lookup(account), sagemaker.endpoint_config_name)
+        self.iam = IamEnforcer(served, Principals(account, admin_keys), checks)
+        app = self.iam
         self._server: BaseWSGIServer = make_server(
             "127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler
         )

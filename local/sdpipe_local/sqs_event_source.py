@@ -6,6 +6,8 @@
   the visibility timeout); with ``ReportBatchItemFailures`` only the reported ones stay, and a
   malformed report fails the whole batch, as in Lambda.
 - After ``maxReceiveCount`` receives, SQS itself (moto) moves a message to the dead-letter queue.
+- Polling uses the function's execution role, as Lambda does: the role needs ReceiveMessage,
+  DeleteMessage and GetQueueAttributes on its queue (checked when the mapping is created).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SqsMappingSpec:
     function_name: str
+    role_arn: str  # Lambda polls the queue with the function's execution role
     queue_arn: str
     queue_url: str
     batch_size: int = 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,20 +19,30 @@ from typing import Any, ClassVar
 import boto3
 from botocore.config import Config
 
+from sdpipe_local.credentials import LAMBDA, RoleSessions, StateMachineCredentials
+from sdpipe_local.iam import ADMIN_POLICY, ADMIN_USER
+from sdpipe_local.iam_policy import Decision, evaluate
+from sdpipe_local.images import ImageResolver, RepositoryImage, record_checkout_images
 from sdpipe_local.lambda_runtime import LambdaRuntime
 from sdpipe_local.provision import ProvisionedStack, Provisioner
 from sdpipe_local.sagemaker import LocalSageMaker
 from sdpipe_local.schedules import Scheduler
 from sdpipe_local.server import LocalAwsServer
-from sdpipe_local.sqs_event_source import SqsPoller
+from sdpipe_local.sqs_event_source import SqsMappingSpec, SqsPoller
 from sdpipe_local.template import samconfig_parameters, translate
 
 logger = logging.getLogger(__name__)
 
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"  # moto's default account
+# The local administrator's access key (an IAM user allowed everything): what the CLI, the AWS CLI
+# and tests use. Everything the stack runs (functions, containers, workflows) uses its own role.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 STATE_FILE = "stack.json"
+
+
+class StackStartError(Exception):
+    """The template cannot be deployed as it is (AWS would refuse it too); the message says why."""
 
 
 def client_environment(endpoint_url: str) -> dict[str, str]:
@@ -65,6 +76,8 @@ class LocalStack:
         self._overrides = {**samconfig_parameters(self.template_path.parent), **(parameter_overrides or {})}
         self.state_dir = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="sdpipe-local-"))
         self.runtime: LambdaRuntime | None = None
+        self.sessions: RoleSessions | None = None
+        self._state_machine_credentials: StateMachineCredentials | None = None
         self.sagemaker: LocalSageMaker | None = None
         self.scheduler: Scheduler | None = None
         self.server: LocalAwsServer | None = None
@@ -83,10 +96,17 @@ class LocalStack:
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
-        self.runtime = LambdaRuntime(base_environment, self.state_dir / "logs")
-        # Containers get what Lambdas get: the local endpoint and credentials, nothing else.
-        self.sagemaker = LocalSageMaker(self.client, base_environment, self.state_dir, REGION, ACCOUNT_ID)
-        self.server = LocalAwsServer(self.runtime, self.sagemaker, self._port)
+        # Workers and containers get the endpoint and region; their credentials are their role's.
+        self.sessions = RoleSessions(self.client, "", REGION)
+        self.runtime = LambdaRuntime(base_environment, self.state_dir / "logs", self.sessions)
+        images = ImageResolver(self.template_path.parent, self._ecr_for)
+        self.sagemaker = LocalSageMaker(
+            self.client, base_environment, self.state_dir, REGION, ACCOUNT_ID, sessions=self.sessions, images=images
+        )
+        self.server = LocalAwsServer(
+            self.runtime, self.sagemaker, ACCOUNT_ID, {CREDENTIALS["AWS_ACCESS_KEY_ID"]: ADMIN_USER}, self._port
+        )
+        self.sessions.endpoint_url = self.server.url
         # moto's Step Functions interpreter calls the other services on this port (process-wide:
         # a second stack in the same process takes it over until it stops, then gives it back).
         self._previous_moto_port = os.environ.get("MOTO_PORT")
@@ -94,8 +114,12 @@ class LocalStack:
         self.server.start()
         with LocalStack._running_lock:
             LocalStack._running += 1
-        base_environment.update(client_environment(self.server.url))
+        base_environment.update({k: v for k, v in self.environment().items() if k not in CREDENTIALS})
         self._configure_moto()
+        self._create_administrator()
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.server.iam.denial_log = self.state_dir / "logs" / "iam-denied.log"
+        self.server.iam.enable()
 
         template = translate(
             self.template_path,
@@ -109,14 +133,25 @@ class LocalStack:
         )
         self.provisioned = Provisioner(template, self.client, self.stack_name, REGION, ACCOUNT_ID).run()
         self._publish_outputs()
+        record_checkout_images(
+            self.client("ecr"),
+            [
+                RepositoryImage(*entry[:3], self.template_path.parent / entry[3])
+                for entry in self.provisioned.repository_images
+            ],
+            self.template_path.parent,
+        )
+        self._state_machine_credentials = StateMachineCredentials(self.sessions)
+        self._state_machine_credentials.install()
         for spec in self.provisioned.functions:
             self.runtime.add(spec)
         self.runtime.prewarm()
         self.scheduler = Scheduler(self.provisioned.schedules, self.runtime, self.client, REGION, ACCOUNT_ID)
         self.scheduler.start()
-        sqs = self.client("sqs")
         for mapping in self.provisioned.sqs_mappings:
             if mapping.enabled:
+                self._check_poller_permissions(mapping)
+                sqs = self.sessions.client("sqs", mapping.role_arn, LAMBDA)
                 poller = SqsPoller(mapping, self.runtime, sqs, REGION)
                 poller.start()
                 self._pollers.append(poller)
@@ -134,6 +169,8 @@ class LocalStack:
             self.runtime.close()
         if self.sagemaker is not None:
             self.sagemaker.close()
+        if self._state_machine_credentials is not None:
+            self._state_machine_credentials.uninstall()
         if self.server is not None:
             with LocalStack._running_lock:
                 LocalStack._running -= 1
@@ -190,6 +227,44 @@ class LocalStack:
     # ------------------------------------------------------------------ internals
     def _configure_moto(self) -> None:
         self._moto_api("config", {"stepfunctions": {"execute_state_machine": True}})
+        # AWS managed policies (AWSLambdaBasicExecutionRole...) must exist for roles to attach them.
+        # moto's API cannot switch them on; its server runs in this process, so set it here.
+        from moto.core.config import default_user_config
+        from moto.iam.models import iam_backends
+
+        default_user_config.setdefault("iam", {})["load_aws_managed_policies"] = True
+        backend = iam_backends[ACCOUNT_ID]["aws"]
+        if not backend.aws_managed_policies:  # made before this stack started (another stack, a test)
+            backend.aws_managed_policies = backend._init_aws_policies()
+            backend.managed_policies.update({policy.arn: policy for policy in backend.aws_managed_policies})
+
+    def _create_administrator(self) -> None:
+        """The IAM user the admin credentials belong to (before IAM is enforced: nobody exists yet)."""
+        iam = self.client("iam")
+        with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):  # a second stack in this process
+            iam.create_user(UserName=ADMIN_USER)
+        iam.put_user_policy(UserName=ADMIN_USER, PolicyName="administrator", PolicyDocument=ADMIN_POLICY)
+
+    def _ecr_for(self, role_arn: str | None) -> Any:
+        """ECR as SageMaker reads it when it pulls an image: with the execution role."""
+        assert self.sessions is not None
+        if role_arn is None:
+            return self.client("ecr")
+        from sdpipe_local.credentials import SAGEMAKER
+
+        return self.sessions.client("ecr", role_arn, SAGEMAKER)
+
+    def _check_poller_permissions(self, mapping: SqsMappingSpec) -> None:
+        """CreateEventSourceMapping refuses a role that cannot poll the queue; so does the local stack."""
+        assert self.server is not None
+        role = mapping.role_arn.rsplit("/", 1)[-1]
+        documents = self.server.iam.role_documents(role)
+        for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"):
+            if evaluate(documents, action, mapping.queue_arn) is not Decision.ALLOWED:
+                raise StackStartError(
+                    f"the event source mapping of {mapping.function_name} cannot be created: its execution role "
+                    f"{role} is not allowed {action} on {mapping.queue_arn} (Lambda polls the queue with it)"
+                )
 
     def _moto_api(self, path: str, body: dict[str, Any]) -> None:
         request = urllib.request.Request(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -77,3 +78,38 @@ class Models:
 @pytest.fixture
 def models(stack: LocalStack) -> Models:
     return Models(stack)
+
+
+@pytest.fixture
+def revoke(stack: LocalStack):
+    """``revoke(role, action)``: take an action out of one of the stack's roles for this test (the
+    role's inline policies are put back after it), as a template missing a permission would."""
+    iam = stack.client("iam")
+    saved: list[tuple[str, str, str]] = []
+
+    def take(role_logical_id: str, action: str) -> None:
+        role = f"{stack.stack_name}-{role_logical_id}"
+        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+            document = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+            document = json.loads(document) if isinstance(document, str) else document
+            statements = document["Statement"] if isinstance(document["Statement"], list) else [document["Statement"]]
+            kept = []
+            for statement in statements:
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                if action not in actions:
+                    kept.append(statement)
+                elif len(actions) > 1:
+                    kept.append(statement | {"Action": [a for a in actions if a != action]})
+            if kept == statements:
+                continue
+            saved.append((role, name, json.dumps(document)))
+            if kept:
+                reduced = json.dumps(document | {"Statement": kept})
+                iam.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=reduced)
+            else:  # the action was all the policy granted
+                iam.delete_role_policy(RoleName=role, PolicyName=name)
+        assert saved, f"{role} grants no {action}"
+
+    yield take
+    for role, name, document in saved:
+        iam.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=document)

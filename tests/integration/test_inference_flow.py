@@ -377,6 +377,21 @@ def test_an_endpoint_error_fails_the_job_with_the_containers_reason(pipeline):
     assert error["code"] == "VALIDATION_ERROR" and "misfit-sd1" in error["message"], error
 
 
+def test_a_permission_missing_from_the_template_fails_the_job_with_access_denied(pipeline, revoke):
+    """IAM is enforced locally: without InvokeEndpointAsync the job fails at once, naming the action
+    and the role, and gives its endpoint slot back (no retries: the template must be fixed)."""
+    stack, client = pipeline
+    revoke("SubmitInferenceFunctionRole", "sagemaker:InvokeEndpointAsync")
+    job_id = client.submit("txt2img", FOX | {"batch_size": 1})
+    with pytest.raises(JobFailed):
+        client.wait(job_id, timeout_s=60)
+    error = client.get_job(job_id)["error"]
+    assert error["code"] == "ACCESS_DENIED", error
+    assert "sagemaker:InvokeEndpointAsync" in error["message"] and "SubmitInferenceFunctionRole" in error["message"]
+    endpoint = stack.resource("dynamodb").Table(stack.outputs["EndpointsTableName"]).get_item(Key={"name": "flow"})
+    assert int(endpoint["Item"]["in_flight"]) == 0
+
+
 def test_an_endpoint_that_dies_mid_job_fails_the_job(pipeline):
     stack, client = pipeline
     job_id = client.submit("txt2img", FOX | {"batch_size": 1, "steps": 40, "width": 256, "height": 256})

@@ -293,3 +293,44 @@ def test_an_embedding_named_in_the_prompt_changes_the_picture(server, tiny_check
     assert status == 200, body
     assert not np.array_equal(pixels(body["images"][0]), pixels(plain["images"][0]))
     assert f'TI hashes: "foxtoken-{family}: 0123456789"' in read_parameters(base64.b64decode(body["images"][0]))
+
+
+def test_the_container_starts_as_sagemaker_starts_it_and_stops_on_sigterm(tmp_path):
+    """`docker run IMAGE serve` appends `serve` to the ENTRYPOINT; SageMaker stops the container with
+    SIGTERM, which a PID-1 Python would otherwise ignore until SIGKILL."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from sdpipe_local.images import parse_dockerfile
+
+    root = Path(__file__).resolve().parents[2]
+    command = parse_dockerfile(root / "images/inference/Dockerfile").command("serve")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"PATH": str(Path(sys.executable).parent), "SAGEMAKER_BIND_TO_PORT": str(port),
+           "SDPIPE_BIND_HOST": "127.0.0.1", "SDPIPE_MODEL_CACHE": str(tmp_path)}  # fmt: skip
+    log = tmp_path / "container.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    assert json.loads(response.read())["status"] == "healthy"
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0, log.read_text()
+        assert "stopped" in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()

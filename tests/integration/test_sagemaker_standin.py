@@ -10,6 +10,29 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
+ECR_READ_ONLY = "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"
+
+
+def sagemaker_role(stack, name, statements):
+    """A role SageMaker may assume, allowed ``statements`` and to pull images."""
+    iam = stack.client("iam")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    if statements:
+        policy = {"Version": "2012-10-17", "Statement": statements}
+        iam.put_role_policy(RoleName=name, PolicyName="standin", PolicyDocument=json.dumps(policy))
+    iam.attach_role_policy(RoleName=name, PolicyArn=ECR_READ_ONLY)
+    return arn
+
+
+def inference_image(stack):
+    return stack.outputs["InferenceRepositoryUri"] + ":latest"
+
 
 @pytest.fixture(scope="module")
 def sm(sdpipe_stack, tiny_checkpoints):
@@ -30,12 +53,21 @@ def sm(sdpipe_stack, tiny_checkpoints):
         sns.subscribe(
             TopicArn=topics[kind], Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"}
         )
-    sagemaker = stack.client("sagemaker")
-    sagemaker.create_model(
-        ModelName="tiny",
-        PrimaryContainer={"Image": "sdpipe-inference:local"},
-        ExecutionRoleArn="arn:aws:iam::123456789012:role/sm",
+    role = sagemaker_role(
+        stack,
+        "standin-endpoint",
+        [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": f"arn:aws:s3:::{bucket}/jobs/*",
+            },
+            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}"},
+            {"Effect": "Allow", "Action": "sns:Publish", "Resource": list(topics.values())},
+        ],
     )
+    sagemaker = stack.client("sagemaker")
+    sagemaker.create_model(ModelName="tiny", PrimaryContainer={"Image": inference_image(stack)}, ExecutionRoleArn=role)
     sagemaker.create_endpoint_config(
         EndpointConfigName="tiny-config",
         ProductionVariants=[
@@ -150,8 +182,8 @@ def test_a_container_that_cannot_start_fails_the_endpoint(sdpipe_stack):
     sagemaker = sdpipe_stack.client("sagemaker")
     sagemaker.create_model(
         ModelName="broken",
-        PrimaryContainer={"Image": "x", "Environment": {"SAGEMAKER_BIND_TO_PORT": "not-a-port"}},
-        ExecutionRoleArn="arn:aws:iam::123456789012:role/sm",
+        PrimaryContainer={"Image": inference_image(sdpipe_stack), "Environment": {"SDPIPE_MAX_PIPELINES": "many"}},
+        ExecutionRoleArn=sagemaker_role(sdpipe_stack, "standin-broken", []),
     )
     sagemaker.create_endpoint_config(
         EndpointConfigName="broken-config",
@@ -167,7 +199,7 @@ def test_a_container_that_cannot_start_fails_the_endpoint(sdpipe_stack):
     sagemaker.create_endpoint(EndpointName="broken-endpoint", EndpointConfigName="broken-config")
     described = wait_status(sagemaker, "broken-endpoint", "InService")
     assert described["EndpointStatus"] == "Failed"
-    assert "exited during start-up" in described["FailureReason"] and "not-a-port" in described["FailureReason"]
+    assert "exited during start-up" in described["FailureReason"] and "'many'" in described["FailureReason"]
     with pytest.raises(ClientError, match="not in service"):
         sdpipe_stack.client("sagemaker-runtime").invoke_endpoint_async(
             EndpointName="broken-endpoint", InputLocation="s3://b/k"
@@ -189,3 +221,30 @@ def test_a_container_that_cannot_start_fails_the_endpoint(sdpipe_stack):
     assert sorted(c["EndpointStatus"] for c in changes) == ["CREATING", "DELETING", "FAILED"]
     failed = next(c for c in changes if c["EndpointStatus"] == "FAILED")
     assert "exited during start-up" in failed["FailureReason"]
+
+
+def test_create_model_checks_the_role_and_the_image_as_sagemaker_does(sdpipe_stack):
+    sagemaker = sdpipe_stack.client("sagemaker")
+    role = sagemaker_role(sdpipe_stack, "standin-checks", [])
+    image = inference_image(sdpipe_stack)
+    with pytest.raises(ClientError, match=r"Could not assume role .*role/nobody"):
+        sagemaker.create_model(
+            ModelName="no-role",
+            PrimaryContainer={"Image": image},
+            ExecutionRoleArn="arn:aws:iam::123456789012:role/nobody",
+        )
+    # A role SageMaker may not assume (it trusts Lambda):
+    iam = sdpipe_stack.client("iam")
+    trust = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}  # fmt: skip
+    wrong = iam.create_role(RoleName="standin-lambda-role", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    with pytest.raises(ClientError, match=r"sagemaker\.amazonaws\.com"):
+        sagemaker.create_model(ModelName="wrong-role", PrimaryContainer={"Image": image}, ExecutionRoleArn=wrong)
+    with pytest.raises(ClientError, match="not an Amazon ECR image URI"):
+        sagemaker.create_model(ModelName="bad-image", PrimaryContainer={"Image": "sdpipe-inference:latest"},
+                               ExecutionRoleArn=role)  # fmt: skip
+    with pytest.raises(ClientError, match="not found"):
+        sagemaker.create_model(
+            ModelName="missing-tag", PrimaryContainer={"Image": image.replace(":latest", ":v0-never-pushed")},
+            ExecutionRoleArn=role,
+        )  # fmt: skip

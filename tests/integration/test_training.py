@@ -262,7 +262,7 @@ def test_a_training_job_without_a_lora_in_its_output_fails_the_job(training, job
         generations_table_name=outputs["GenerationsTableName"],
         datasets_table_name=outputs["DatasetsTableName"],
         stack_name=stack.stack_name,
-        training_image_uri="sdpipe-training:local",
+        training_image_uri=stack.outputs["TrainingRepositoryUri"] + ":latest",
     )
     steps = LoraTraining(
         settings=settings,

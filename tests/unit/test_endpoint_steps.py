@@ -1,12 +1,13 @@
 """The workflow steps' error contract: throttling becomes ``Throttled`` (retried by the ASL with
-jitter); anything else propagates for the workflow's Catch to record."""
+jitter), an IAM refusal ``AccessDenied`` (the job says which permission is missing); anything else
+propagates for the workflow's Catch to record."""
 
 from unittest.mock import MagicMock
 
 import pytest
 from botocore.exceptions import ClientError
 
-from sdpipe.errors import Throttled
+from sdpipe.errors import AccessDenied, Throttled
 from sdpipe.logic.endpoint_lifecycle import EndpointLifecycle, _reason
 
 
@@ -15,8 +16,8 @@ def lifecycle_with(scaling: MagicMock) -> EndpointLifecycle:
     return EndpointLifecycle(scaling=scaling, settings=MagicMock(), **parts)
 
 
-def client_error(code: str) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": "slow down"}}, "RegisterScalableTarget")
+def client_error(code: str, message: str = "slow down") -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": message}}, "RegisterScalableTarget")
 
 
 def teardown() -> dict:
@@ -30,12 +31,21 @@ def test_throttling_in_a_step_becomes_throttled():
         lifecycle_with(scaling).step(teardown())
 
 
+def test_an_iam_refusal_becomes_access_denied_with_awss_words():
+    scaling = MagicMock()
+    refusal = "User: arn:aws:sts::1:assumed-role/r/s is not authorized to perform: application-autoscaling:Foo"
+    scaling.remove.side_effect = client_error("AccessDeniedException", refusal)
+    with pytest.raises(AccessDenied) as raised:
+        lifecycle_with(scaling).step(teardown())
+    assert raised.value.code == "ACCESS_DENIED" and raised.value.message == refusal
+
+
 def test_other_errors_propagate_unchanged():
     scaling = MagicMock()
-    scaling.remove.side_effect = client_error("AccessDeniedException")
+    scaling.remove.side_effect = client_error("ValidationException")
     with pytest.raises(ClientError):
         lifecycle_with(scaling).step(teardown())
-    with pytest.raises(ValueError, match="unknown workflow step"):
+    with pytest.raises(ValueError, match="unknown endpoint step"):
         lifecycle_with(MagicMock()).step({"step": "dance", "workflow": {}})
 
 

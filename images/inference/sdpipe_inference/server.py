@@ -14,6 +14,8 @@ import base64
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -161,12 +163,21 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    # Requests run on non-daemon threads, so server_close() after a SIGTERM waits for the
+    # generation in progress instead of dropping it half-way.
+    daemon_threads = False
+
+
 def serve(port: int, service: InferenceService, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104 - container port
-    return ThreadingHTTPServer((host, port), make_handler(service))
+    return _Server((host, port), make_handler(service))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="sdpipe inference server (SageMaker contract)")
+    # SageMaker starts a hosting container as `docker run IMAGE serve`: the word is appended to
+    # the ENTRYPOINT. Run by hand, the server needs no argument.
+    parser.add_argument("command", nargs="?", choices=["serve"], help="what SageMaker passes to hosting containers")
     parser.add_argument("--port", type=int, default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080")))
     parser.add_argument("--host", default=os.environ.get("SDPIPE_BIND_HOST", "0.0.0.0"))  # noqa: S104
     parser.add_argument(
@@ -175,7 +186,7 @@ def main() -> None:
     parser.add_argument("--cache-gib", type=float, default=float(os.environ.get("SDPIPE_MODEL_CACHE_GIB", "40")))
     parser.add_argument("--configs-dir", type=Path, default=os.environ.get("SDPIPE_CONFIGS_DIR"))
     parser.add_argument("--max-pipelines", type=int, default=int(os.environ.get("SDPIPE_MAX_PIPELINES", "2")))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = InferenceService(
         Engine(max_pipelines=args.max_pipelines),
@@ -183,8 +194,24 @@ def main() -> None:
         args.configs_dir,
     )
     server = serve(args.port, service, args.host)
+    stop_on_sigterm(server)
     logger.info("serving on %s:%d (device %s)", args.host, args.port, service.engine.device)
     server.serve_forever()
+    server.server_close()
+    logger.info("stopped")
+
+
+def stop_on_sigterm(server: ThreadingHTTPServer) -> None:
+    """SageMaker stops a container with SIGTERM. As PID 1 in a container Python has no default
+    handler for it (the kernel does not kill PID 1 with an unhandled signal), so without one the
+    container runs until SIGKILL. Stop serving instead: the running request finishes first."""
+
+    def on_sigterm(signum: int, _frame: Any) -> None:
+        logger.info("signal %d: stopping", signum)
+        # shutdown() waits for serve_forever() to return, which runs on this (the main) thread.
+        threading.Thread(target=server.shutdown, name="shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 if __name__ == "__main__":

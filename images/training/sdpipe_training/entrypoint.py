@@ -10,9 +10,9 @@ Kohya config and dataset config. LoRA files go to ``/opt/ml/model``; a failure's
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
-import subprocess
 import sys
 import threading
 import tomllib
@@ -111,7 +111,7 @@ def _model_config(paths: SageMakerPaths, hyperparameters: dict[str, str], family
 
 
 def _run_kohya(paths: SageMakerPaths, family: str, config_text: str, dataset_text: str, stop: threading.Event) -> None:
-    from sdpipe_training.kohya import kohya_command
+    from sdpipe_training.kohya import kohya_command, run_in_own_group
 
     work = paths.output_data_dir / "config"
     work.mkdir(parents=True, exist_ok=True)
@@ -123,25 +123,22 @@ def _run_kohya(paths: SageMakerPaths, family: str, config_text: str, dataset_tex
     command = kohya_command(family, config_file, precision)
     _log("running " + " ".join(command))
     tail: deque[str] = deque(maxlen=20)
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
-        assert process.stdout is not None
-        watcher = threading.Thread(target=_terminate_when, args=(stop, process), daemon=True)
-        watcher.start()
-        for line in process.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            tail.append(line.rstrip())
-        code = process.wait()
+
+    def echo(line: str) -> None:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        tail.append(line.rstrip())
+
+    code = run_in_own_group(command, stop, echo)
     if code != 0 and not stop.is_set():
         raise TrainingError(f"sd-scripts exited with status {code}: " + " | ".join(tail)[-900:])
 
 
-def _terminate_when(stop: threading.Event, process: subprocess.Popen[str]) -> None:
-    stop.wait()
-    process.terminate()
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="sdpipe training entrypoint (SageMaker training contract)")
+    # SageMaker starts a training container as `docker run IMAGE train`.
+    parser.add_argument("command", nargs="?", choices=["train"], help="what SageMaker passes to training containers")
+    parser.parse_args(argv)
     paths = SageMakerPaths.from_environment()
     stop = threading.Event()
 

@@ -262,3 +262,23 @@ class NoLoraOutput(SdpipeError):
     """The training job finished but its model artefact holds no LoRA file."""
 
     code = "NO_LORA_OUTPUT"
+
+
+class ImageNotFound(SdpipeError):
+    """A container image is not in ECR (never pushed, or expired by the repository's lifecycle rule)."""
+
+    code = "IMAGE_NOT_FOUND"
+
+    def __init__(self, uri: str, detail: str = "") -> None:
+        why = f" ({detail})" if detail else ""
+        super().__init__(
+            f"image {uri} is not in ECR{why}: build and push it with `make images` (or name an image that exists)"
+        )
+        self.uri = uri
+
+
+class AccessDenied(SdpipeError):
+    """An AWS call was refused by IAM: a role lacks a permission. The message names the action
+    and the resource (AWS's own words); retrying does not help, the template must grant it."""
+
+    code = "ACCESS_DENIED"

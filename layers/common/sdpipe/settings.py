@@ -1,26 +1,44 @@
 """Configuration, parsed once from environment variables (the template sets them).
 
 Resource names have no defaults: a function deployed without one fails at once with a message
-naming the variable, rather than writing somewhere unexpected.
+naming the variable, rather than writing somewhere unexpected. Each field is read from the
+variable of the same name in upper case; values are validated (and converted) by pydantic.
+(Plain pydantic models rather than pydantic-settings, whose import alone costs every cold start
+about 80 ms: bench/bench_cold_import.py.)
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import TypeVar
+from typing import Self, TypeVar
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sdpipe.contracts.images import ECR_IMAGE_PATTERN
 from sdpipe.errors import ConfigurationError
 
 MIB = 1024 * 1024
+
+
+class BaseSettings(BaseModel):
+    """Settings read from the environment: field ``queue_url`` from ``QUEUE_URL``."""
+
+    model_config = ConfigDict(defer_build=True, frozen=True, extra="ignore")
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Self:
+        variables = {key.upper(): value for key, value in (os.environ if environ is None else environ).items()}
+        return cls.model_validate(
+            {name: variables[name.upper()] for name in cls.model_fields if name.upper() in variables}
+        )
+
+
 _Settings = TypeVar("_Settings", bound=BaseSettings)
 
 
 class RegistrationSettings(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
-
     assets_bucket_name: str = Field(min_length=3)
     models_table_name: str = Field(min_length=3)
     events_topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:")
@@ -35,8 +53,6 @@ class RegistrationSettings(BaseSettings):
 
 class JobSettings(BaseSettings):
     """What every function that creates or moves jobs needs."""
-
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     assets_bucket_name: str = Field(min_length=3)
     models_table_name: str = Field(min_length=3)
@@ -56,7 +72,7 @@ class EndpointSettings(JobSettings):
     deploy_endpoint_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
     update_endpoint_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
     delete_endpoint_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
-    inference_image_uri: str = Field(min_length=1)
+    inference_image_uri: str = Field(pattern=ECR_IMAGE_PATTERN)
     # What the workflow steps give SageMaker (only EndpointSteps has them).
     inference_execution_role_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::")
     inference_success_topic_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:sns:")
@@ -96,7 +112,7 @@ class TrainingSettings(JobSettings):
     stack_name: str = Field(min_length=1, max_length=22)  # training jobs are <stack>-<job id>
     datasets_table_name: str = Field(min_length=3)
     train_lora_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
-    training_image_uri: str = Field(min_length=1)
+    training_image_uri: str = Field(pattern=ECR_IMAGE_PATTERN)
     # Only the workflow steps create training jobs; TrainRequests has no need of the role.
     training_role_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::")
     training_instance_type: str = Field(default="ml.g5.2xlarge", pattern=r"^ml\.")
@@ -109,8 +125,6 @@ class TrainingSettings(JobSettings):
 class DatasetSettings(BaseSettings):
     """Dataset registration (RegisterDataset) and the CLI's datasets commands."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
-
     assets_bucket_name: str = Field(min_length=3)
     datasets_table_name: str = Field(min_length=3)
     events_topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:")
@@ -118,8 +132,6 @@ class DatasetSettings(BaseSettings):
 
 
 class RequestFilesSettings(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
-
     assets_bucket_name: str = Field(min_length=3)
     requests_topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:")
     max_request_file_bytes: int = Field(default=256 * 1024, gt=0)
@@ -127,7 +139,7 @@ class RequestFilesSettings(BaseSettings):
 
 def _load(cls: type[_Settings]) -> _Settings:
     try:
-        return cls()
+        return cls.from_environment()
     except ValidationError as exc:
         missing = ", ".join(str(err["loc"][0]).upper() for err in exc.errors())
         raise ConfigurationError(f"invalid or missing environment variables: {missing}") from exc

@@ -32,6 +32,12 @@ class AwsClients:
         config = _CONFIG.merge(Config(read_timeout=900))
         return self._cached(f"patient:{service}", lambda: boto3.session.Session().client(service, config=config))  # type: ignore[call-overload]
 
+    def get_presigner(self, service: str) -> Any:
+        """A client for presigned URLs, signed with SigV4: botocore presigns S3 URLs in us-east-1
+        with SigV2 unless told otherwise, and S3 refuses SigV2 on buckets made since June 2020."""
+        config = _CONFIG.merge(Config(signature_version="s3v4"))
+        return self._cached(f"presigner:{service}", lambda: boto3.session.Session().client(service, config=config))  # type: ignore[call-overload]
+
     def get_resource(self, service: str) -> Any:
         """A boto3 resource (DynamoDB's Table does the type marshalling for us)."""
         return self._cached(f"resource:{service}", lambda: boto3.session.Session().resource(service, config=_CONFIG))  # type: ignore[call-overload]
@@ -63,5 +69,20 @@ THROTTLING_CODES = frozenset(
 )
 
 
+# Error codes AWS APIs answer an IAM refusal with (SNS says AuthorizationError).
+ACCESS_DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "AuthorizationError"})
+
+
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_access_denied(exc: ClientError) -> bool:
+    return error_code(exc) in ACCESS_DENIED_CODES
+
+
+def denial_message(exc: ClientError) -> str:
+    """AWS's message for a refusal ("User: ... is not authorized to perform: <action> on resource: ...")."""
+    error = exc.response.get("Error", {})
+    operation = getattr(exc, "operation_name", "")
+    return str(error.get("Message") or f"{operation}: {error.get('Code')}")

@@ -6,8 +6,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from sdpipe.adapters.clients import AwsClients, clients
-from sdpipe.errors import EndpointFailed
+from sdpipe.adapters.clients import AwsClients, clients, denial_message, is_access_denied
+from sdpipe.errors import AccessDenied, EndpointFailed
 
 # Errors that retrying the same call will not fix: the endpoint is gone or not in service.
 _PERMANENT = {"ValidationError", "ValidationException", "ModelError", "ModelNotReadyException"}
@@ -20,8 +20,8 @@ class AsyncInference:
     def invoke(self, endpoint_name: str, input_location: str, inference_id: str, ttl_seconds: int) -> dict[str, str]:
         """Queue one inference; returns SageMaker's output and failure locations.
 
-        Permanent refusals raise ``EndpointFailed``; throttling and server errors propagate as
-        ``ClientError`` so the delivery is retried.
+        Permanent refusals raise ``EndpointFailed`` (``AccessDenied`` when IAM refuses the call);
+        throttling and server errors propagate as ``ClientError`` so the delivery is retried.
         """
         runtime: Any = self._aws.get("sagemaker-runtime")
         try:
@@ -35,6 +35,8 @@ class AsyncInference:
             )
         except ClientError as exc:
             error = exc.response.get("Error", {})
+            if is_access_denied(exc):
+                raise AccessDenied(denial_message(exc)) from exc
             if error.get("Code") in _PERMANENT:
                 raise EndpointFailed(
                     f"endpoint {endpoint_name!r} refused the invocation: {error.get('Message') or error.get('Code')}"

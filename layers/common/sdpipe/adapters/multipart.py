@@ -35,7 +35,7 @@ class MultipartUploads:
     def presign_part(self, key: str, upload_id: str, part: int, expires_seconds: int) -> str:
         """A URL a client PUTs the part to (sending Content-MD5, which S3 verifies)."""
         return str(
-            self._s3.generate_presigned_url(
+            self._aws.get_presigner("s3").generate_presigned_url(
                 "upload_part",
                 Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part},
                 ExpiresIn=expires_seconds,

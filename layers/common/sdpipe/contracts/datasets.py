@@ -30,6 +30,8 @@ class Severity(StrEnum):
 
 
 class DatasetProblem(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     code: str
     severity: Severity
     path: str = Field(description="relative to the dataset folder")
@@ -37,6 +39,8 @@ class DatasetProblem(BaseModel):
 
 
 class Concept(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     folder: str
     concept: str
     repeats: int
@@ -46,7 +50,7 @@ class Concept(BaseModel):
 
 
 class DatasetRecord(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     name: str
     prefix: str

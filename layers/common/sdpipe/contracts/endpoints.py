@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sdpipe.contracts.images import check_image_uri
+
 # SageMaker's endpoint name rule, less room for the ``<stack>-`` prefix the stack adds.
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,39}$")
 VARIANT = "AllTraffic"
@@ -63,7 +65,7 @@ def _check_instance_type(value: str) -> str:
 class ScalingSettings(BaseModel):
     """Target tracking on backlog per instance, and its scale-in cooldown."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     target_backlog_per_instance: float = Field(default=2.0, gt=0, le=1000)
     scale_in_cooldown_seconds: int = Field(default=600, ge=0, le=86400)
@@ -71,7 +73,7 @@ class ScalingSettings(BaseModel):
 
 
 class DeployEndpointParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     name: str
     instance_type: str = "ml.g5.xlarge"
@@ -84,6 +86,7 @@ class DeployEndpointParams(BaseModel):
 
     _name = field_validator("name")(staticmethod(_check_name))
     _instance_type = field_validator("instance_type")(staticmethod(_check_instance_type))
+    _image_uri = field_validator("image_uri")(staticmethod(lambda v: None if v is None else check_image_uri(v)))
 
     @model_validator(mode="after")
     def _range(self) -> DeployEndpointParams:
@@ -95,7 +98,7 @@ class DeployEndpointParams(BaseModel):
 class UpdateEndpointParams(BaseModel):
     """Only the fields given change; the rest keep the endpoint's current values."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     name: str
     instance_type: str | None = None
@@ -107,6 +110,7 @@ class UpdateEndpointParams(BaseModel):
     scaling: ScalingSettings | None = None
 
     _name = field_validator("name")(staticmethod(_check_name))
+    _image_uri = field_validator("image_uri")(staticmethod(lambda v: None if v is None else check_image_uri(v)))
 
     @field_validator("instance_type")
     @classmethod
@@ -121,7 +125,7 @@ class UpdateEndpointParams(BaseModel):
 
 
 class DeleteEndpointParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     name: str
 

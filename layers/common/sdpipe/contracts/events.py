@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class EventType(StrEnum):
@@ -32,6 +32,8 @@ def utc_now() -> datetime:
 
 class Event(BaseModel):
     """An event envelope. Job events fill the job fields; model events fill ``model``."""
+
+    model_config = ConfigDict(defer_build=True)
 
     type: EventType
     status: str

@@ -82,7 +82,7 @@ def _named_choice(value: Any, names: tuple[str, ...]) -> str:
 class ControlNetUnit(BaseModel):
     """One unit of ``alwayson_scripts.controlnet.args`` (the sd-webui-controlnet API)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(defer_build=True, extra="allow")
 
     enabled: bool = True
     module: str = "none"
@@ -177,7 +177,7 @@ def _controlnet_units(scripts: dict[str, Any]) -> list[ControlNetUnit]:
 
 
 class OverrideSettings(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(defer_build=True, extra="allow")
 
     sd_model_checkpoint: str | None = None
     sd_vae: str | None = None
@@ -187,7 +187,7 @@ class OverrideSettings(BaseModel):
 class ImageGenerationParams(BaseModel):
     """Fields shared by txt2img and img2img, with A1111's defaults."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="allow", populate_by_name=True)
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -330,6 +330,8 @@ def strip_extra_networks(prompt: str) -> str:
 class ModelFile(BaseModel):
     """A registered model file as the inference container needs it."""
 
+    model_config = ConfigDict(defer_build=True)
+
     name: str
     sha256: str
     short_hash: str
@@ -344,6 +346,8 @@ class WeightedModelFile(ModelFile):
 
 class InvocationInput(BaseModel):
     """``jobs/<job_id>/input.json``: what SubmitInference asks the endpoint to do."""
+
+    model_config = ConfigDict(defer_build=True)
 
     job_id: str | None = None
     kind: Literal["txt2img", "img2img"]

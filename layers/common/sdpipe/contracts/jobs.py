@@ -25,6 +25,8 @@ class JobStatus(StrEnum):
 
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT})
 OPEN_STATUSES = frozenset(JobStatus) - TERMINAL_STATUSES
+# An upload or fetch job's phase once S3 holds the whole file (registration finishes the job).
+REGISTERING = "registering"
 
 
 class Action(StrEnum):
@@ -64,7 +66,7 @@ def job_id_for(request_id: str) -> str:
 class RequestEnvelope(BaseModel):
     """What is published on the requests topic or dropped under ``requests/``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     action: str = Field(min_length=1, max_length=64)
     request_id: str = Field(pattern=REQUEST_ID_PATTERN)
@@ -77,7 +79,7 @@ class RequestEnvelope(BaseModel):
 
 
 class CancelJobParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     job_id: str = Field(min_length=1, max_length=64)
     reason: str = Field(default="cancelled on request", max_length=500)

@@ -45,6 +45,8 @@ class ModelSource(StrEnum):
 
 
 class ModelError(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     code: str
     message: str
 
@@ -52,7 +54,7 @@ class ModelError(BaseModel):
 class ModelRecord(BaseModel):
     """One registered file (one S3 key); overwriting the key re-registers the same record."""
 
-    model_config = ConfigDict(extra="ignore", use_enum_values=False)
+    model_config = ConfigDict(defer_build=True, extra="ignore", use_enum_values=False)
 
     model_id: str
     type: ModelType

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class S3Object(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     key: str
     size: int = 0
@@ -27,20 +27,20 @@ class S3Object(BaseModel):
 
 
 class S3Bucket(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     name: str
 
 
 class S3Entity(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     bucket: S3Bucket
     object: S3Object
 
 
 class S3EventRecord(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     event_name: str = Field(alias="eventName")
     event_time: str | None = Field(default=None, alias="eventTime")
@@ -58,7 +58,7 @@ class S3EventRecord(BaseModel):
 class S3EventNotification(BaseModel):
     """The SQS body S3 sends: either ``Records`` or the one-off ``s3:TestEvent``."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     records: list[S3EventRecord] = Field(default_factory=list, alias="Records")
     event: str | None = Field(default=None, alias="Event")

@@ -6,21 +6,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _RequestParameters(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     endpoint_name: str = Field(alias="endpointName")
     input_location: str = Field(default="", alias="inputLocation")
 
 
 class _ResponseParameters(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     output_location: str | None = Field(default=None, alias="outputLocation")
     failure_location: str | None = Field(default=None, alias="failureLocation")
 
 
 class AsyncInferenceNotification(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     inference_id: str = Field(alias="inferenceId")
     invocation_status: str = Field(alias="invocationStatus")

@@ -33,7 +33,7 @@ OUTPUT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$"
 class LoraConfig(BaseModel):
     """The Kohya ``train_network`` options sdpipe accepts, with its defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     network_dim: int = Field(default=16, ge=1, le=1024, description="LoRA rank")
     network_alpha: float = Field(default=8, gt=0, le=1024)
@@ -174,7 +174,7 @@ def builtin_problems(config: LoraConfig) -> list[str]:
 
 
 class TrainLoraParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     base_model: str = Field(min_length=1, max_length=400, description="a registered checkpoint reference")
     dataset: str = Field(pattern=DATASET_NAME_PATTERN)

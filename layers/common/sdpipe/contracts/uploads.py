@@ -27,7 +27,7 @@ def _lower(value: str | None) -> str | None:
 
 
 class CreateUpload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     operation: Literal["create_upload"]
     type: ModelType
@@ -44,7 +44,7 @@ class CreateUpload(BaseModel):
 
 
 class ResumeUpload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     operation: Literal["resume_upload"]
     job_id: str = Field(min_length=1, max_length=64)
@@ -52,7 +52,7 @@ class ResumeUpload(BaseModel):
 
 
 class UploadedPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     part_number: int = Field(ge=1, le=10_000)
     etag: str = Field(min_length=1, max_length=128)
@@ -64,7 +64,7 @@ class UploadedPart(BaseModel):
 
 
 class CompleteUpload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     operation: Literal["complete_upload"]
     job_id: str = Field(min_length=1, max_length=64)
@@ -72,7 +72,7 @@ class CompleteUpload(BaseModel):
 
 
 class AbortUpload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     operation: Literal["abort_upload"]
     job_id: str = Field(min_length=1, max_length=64)
@@ -84,7 +84,7 @@ UploadRequest = Annotated[CreateUpload | ResumeUpload | CompleteUpload | AbortUp
 class FetchModelParams(BaseModel):
     """``fetch_model`` request params."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     url: str = Field(min_length=8, max_length=4096)
     type: ModelType

@@ -14,17 +14,18 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 from pydantic import BaseModel, ValidationError
 
 from sdpipe.adapters.autoscaling import EndpointScaling, ScalingPlan
-from sdpipe.adapters.clients import THROTTLING_CODES, error_code
 from sdpipe.adapters.endpoints_table import EndpointsTable
 from sdpipe.adapters.events import EventPublisher
+from sdpipe.adapters.images import ContainerImages
 from sdpipe.adapters.jobs_table import JobsTable
 from sdpipe.adapters.sagemaker import SageMakerEndpoints
 from sdpipe.adapters.workflows import Workflows
@@ -45,11 +46,11 @@ from sdpipe.errors import (
     EndpointNotFound,
     EndpointWorkflowFailed,
     SdpipeError,
-    Throttled,
     ValidationFailed,
 )
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.requests import ParsedRequest, parse_request, record_failure, validation_message
+from sdpipe.logic.workflow_errors import error_of_failure, run_step
 from sdpipe.settings import EndpointSettings, endpoint_settings
 
 logger = Logger(child=True)
@@ -109,6 +110,7 @@ class EndpointLifecycle:
     scaling: EndpointScaling
     publisher: EventPublisher
     settings: EndpointSettings
+    images: ContainerImages = field(default_factory=ContainerImages)
 
     @classmethod
     def from_settings(cls, claim_seconds: int = 60) -> EndpointLifecycle:
@@ -124,6 +126,7 @@ class EndpointLifecycle:
             scaling=EndpointScaling(),
             publisher=publisher,
             settings=settings,
+            images=ContainerImages(),
         )
 
     # ------------------------------------------------------------------ requests
@@ -188,10 +191,13 @@ class EndpointLifecycle:
 
     def _deployment(self, params: DeployEndpointParams, endpoint: str, job_id: str) -> dict[str, Any]:
         bucket = self.settings.assets_bucket_name
+        image = params.image_uri or self.settings.inference_image_uri
         return {
             "model_name": _resource_name(endpoint, job_id),
             "config_name": _resource_name(endpoint, job_id),
-            "image_uri": params.image_uri or self.settings.inference_image_uri,
+            # Checked before anything is created, and pinned: the endpoint runs the image its tag
+            # names now, whatever is pushed to the tag later (an update picks that up).
+            "image_uri": self.images.pinned(image),
             "environment": params.environment,
             "instance_type": params.instance_type,
             # An asynchronous endpoint starts with at least one instance; autoscaling may then
@@ -200,8 +206,7 @@ class EndpointLifecycle:
             "max_concurrent_invocations": params.max_concurrent_invocations,
             "output_path": f"s3://{bucket}/jobs/async-output/{params.name}",
             "failure_path": f"s3://{bucket}/jobs/async-failures/{params.name}",
-            "settings": params.model_dump(mode="json", exclude={"name"})
-            | {"image_uri": params.image_uri or self.settings.inference_image_uri},
+            "settings": params.model_dump(mode="json", exclude={"name"}) | {"image_uri": image},
         }
 
     def _create_job(
@@ -288,12 +293,10 @@ class EndpointLifecycle:
 
     # ------------------------------------------------------------------ workflow steps
     def step(self, event: dict[str, Any]) -> dict[str, Any]:
-        """One step of a workflow: ``{"step": ..., "workflow": <execution state>}``.
-
-        Throttling anywhere becomes ``Throttled``, which the workflows retry with jitter.
-        """
+        """One step of a workflow: ``{"step": ..., "workflow": <execution state>}`` (``run_step``:
+        throttling becomes ``Throttled``, which the workflows retry with jitter)."""
         step, payload = event.get("step"), event.get("workflow") or {}
-        steps = {
+        steps: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "create_model": self._create_model,
             "create_config": self._create_config,
             "create_endpoint": lambda p: self._sagemaker_call(
@@ -309,14 +312,7 @@ class EndpointLifecycle:
             "finish": self._finish,
             "fail": self._fail,
         }
-        if step not in steps:
-            raise ValueError(f"unknown workflow step {step!r}")
-        try:
-            return steps[str(step)](payload)
-        except ClientError as exc:
-            if error_code(exc) in THROTTLING_CODES:
-                raise Throttled(str(exc)) from exc
-            raise
+        return run_step("endpoint", str(step), {name: partial(call, payload) for name, call in steps.items()})
 
     def _create_model(self, payload: dict[str, Any]) -> dict[str, Any]:
         role = self._required(self.settings.inference_execution_role_arn, "INFERENCE_EXECUTION_ROLE_ARN")
@@ -423,7 +419,9 @@ class EndpointLifecycle:
             if described is not None and described.get("EndpointStatus") == "InService":
                 status = EndpointStatus.IN_SERVICE
         recorded = self.endpoints.finish_workflow(name, job_id, status.value, {"failure_reason": reason})
-        error = EndpointWorkflowFailed(f"{action} {name!r} failed: {reason}").to_error()
+        # A cause of our own (ACCESS_DENIED, IMAGE_NOT_FOUND...) keeps its code; SageMaker's is wrapped.
+        cause = error_of_failure(failure, fallback_code=EndpointWorkflowFailed.code)
+        error = {"code": cause["code"], "message": f"{action} {name!r} failed: {reason}"}
         job = self.ledger.get(job_id)
         if job is not None:
             self.ledger.move(job, JobStatus.FAILED, allowed_from=_OPEN, fields={"error": error})

@@ -23,7 +23,7 @@ from sdpipe.adapters.multipart import MultipartUploads
 from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.adapters.secrets import AuthSecrets
 from sdpipe.adapters.workflows import Workflows
-from sdpipe.contracts.jobs import JobStatus
+from sdpipe.contracts.jobs import REGISTERING, JobStatus
 from sdpipe.contracts.models import ModelSource
 from sdpipe.contracts.uploads import META_JOB_ID, META_SHA256, META_SOURCE, META_SOURCE_URL, FetchModelParams
 from sdpipe.errors import (
@@ -40,7 +40,7 @@ from sdpipe.layout import model_key_for
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.part_plan import plan_parts
 from sdpipe.logic.requests import accept_workflow_request, validation_message
-from sdpipe.logic.uploads import REGISTERING, part_problems, plan_of
+from sdpipe.logic.uploads import part_problems, plan_of
 from sdpipe.logic.url_policy import UrlPolicy, check_url
 from sdpipe.logic.workflow_errors import error_of_failure, run_step
 from sdpipe.settings import FetchSettings, fetch_settings

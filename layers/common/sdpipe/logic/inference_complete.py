@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sdpipe.adapters.generations_table import GenerationsTable
 from sdpipe.adapters.object_store import ObjectStore
@@ -38,6 +38,8 @@ _IN_FLIGHT = [JobStatus.QUEUED, JobStatus.RUNNING]
 
 class A1111Response(BaseModel):
     """The endpoint's answer: A1111's ``/sdapi/v1/txt2img`` response."""
+
+    model_config = ConfigDict(defer_build=True)
 
     images: list[str]
     parameters: dict[str, Any] = {}

@@ -41,6 +41,7 @@ from sdpipe.contracts.inference import (
 from sdpipe.contracts.jobs import Action, JobStatus, RequestEnvelope
 from sdpipe.contracts.models import ModelFamily, ModelStatus, ModelType
 from sdpipe.errors import (
+    AccessDenied,
     EndpointFailed,
     EndpointNotFound,
     ModelNotFound,
@@ -240,7 +241,7 @@ class InferenceIntake:
             invoked = self.runtime.invoke(
                 job["sagemaker_endpoint"], job["input_uri"], job["job_id"], ttl_seconds=self.deadline_seconds
             )
-        except EndpointFailed as exc:
+        except (EndpointFailed, AccessDenied) as exc:
             self.ledger.move(
                 job,
                 JobStatus.FAILED,

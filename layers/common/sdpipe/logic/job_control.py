@@ -11,11 +11,10 @@ from pydantic import ValidationError
 from sdpipe.adapters.multipart import MultipartUploads
 from sdpipe.adapters.sagemaker import SageMakerTraining
 from sdpipe.contracts.events import utc_now
-from sdpipe.contracts.jobs import Action, CancelJobParams, JobStatus
+from sdpipe.contracts.jobs import REGISTERING, Action, CancelJobParams, JobStatus
 from sdpipe.errors import JobAlreadyFinished, JobNotCancellable, JobNotFound, SdpipeError, ValidationFailed
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.requests import parse_request, record_failure, validation_message
-from sdpipe.logic.uploads import REGISTERING
 from sdpipe.settings import job_settings
 
 logger = Logger(child=True)

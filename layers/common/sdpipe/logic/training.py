@@ -17,14 +17,15 @@ import json
 import re
 import tarfile
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from pydantic import ValidationError
 
 from sdpipe import errors
 from sdpipe.adapters.datasets_table import DatasetsTable
+from sdpipe.adapters.images import ContainerImages
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.adapters.sagemaker import SageMakerTraining
@@ -58,10 +59,12 @@ from sdpipe.logic.kohya_config import (
     build_kohya_files,
 )
 from sdpipe.logic.model_refs import resolve_model
-from sdpipe.logic.registration import Registrar
 from sdpipe.logic.requests import accept_workflow_request, validation_message
 from sdpipe.logic.workflow_errors import error_of_failure, run_step
 from sdpipe.settings import TrainingSettings, training_settings
+
+if TYPE_CHECKING:
+    from sdpipe.logic.registration import Registrar
 
 logger = Logger(child=True)
 
@@ -94,6 +97,7 @@ class LoraTraining:
     workflows: Workflows
     sagemaker: SageMakerTraining
     logs: TrainingLogs
+    images: ContainerImages = field(default_factory=ContainerImages)
 
     @classmethod
     def from_settings(cls) -> LoraTraining:
@@ -107,6 +111,7 @@ class LoraTraining:
             workflows=Workflows(),
             sagemaker=SageMakerTraining(),
             logs=TrainingLogs(),
+            images=ContainerImages(),
         )
 
     # ------------------------------------------------------------------ requests
@@ -162,6 +167,8 @@ class LoraTraining:
     def prepare(self, job_id: str) -> dict[str, Any]:
         """Resolve the base model and the dataset; write the configs and the model manifest."""
         job = self._open(job_id)
+        # First: a training image that was never pushed fails the job before anything else is done.
+        image = self.images.pinned(self.settings.training_image_uri)
         params = TrainLoraParams.model_validate(job["params"])
         family = ModelFamily(params.family)
         base = resolve_model(params.base_model, ModelType.CHECKPOINT, self.models, family, field="params.base_model")
@@ -189,6 +196,7 @@ class LoraTraining:
             "base_model": {k: base.get(k) for k in ("name", "sha256", "short_hash", "legacy_hash", "family", "s3_key")},
             "dataset": {"name": dataset.name, "images": dataset.images, "marker_version": dataset.marker_version},
             "total_steps": files.total_steps,
+            "image": image,
         }
         self.ledger.move(job, JobStatus(job["status"]), allowed_from=[JobStatus(job["status"])],
                          fields={"training": training})  # fmt: skip
@@ -228,7 +236,7 @@ class LoraTraining:
         request = {
             "TrainingJobName": training["name"],
             "AlgorithmSpecification": {
-                "TrainingImage": self.settings.training_image_uri,
+                "TrainingImage": training.get("image") or self.settings.training_image_uri,
                 "TrainingInputMode": "File",
                 "MetricDefinitions": METRIC_DEFINITIONS,
             },
@@ -315,6 +323,9 @@ class LoraTraining:
         keys = self._unpack(key, metadata)
         if not keys:
             raise NoLoraOutput("the training job finished, but its model.tar.gz holds no .safetensors LoRA file")
+        # Only this step registers files: a cold start for any other step does not import it.
+        from sdpipe.logic.registration import Registrar
+
         registrar = Registrar.from_settings(lease_seconds=300)
         records = [self._registered(registrar, model_key) for model_key in keys]
         models = [

@@ -18,7 +18,7 @@ from aws_lambda_powertools import Logger
 from sdpipe.adapters.multipart import MultipartUploads
 from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.contracts.events import utc_now
-from sdpipe.contracts.jobs import JobStatus, job_id_for
+from sdpipe.contracts.jobs import REGISTERING, JobStatus, job_id_for
 from sdpipe.contracts.models import ModelSource
 from sdpipe.contracts.uploads import (
     META_JOB_ID,
@@ -44,7 +44,6 @@ from sdpipe.settings import UploadSettings, upload_settings
 logger = Logger(child=True)
 
 UPLOAD_ACTION = "upload_model"
-REGISTERING = "registering"  # the job's phase once S3 holds the whole file
 
 
 def plan_of(job: dict[str, Any]) -> PartPlan:

@@ -9,13 +9,14 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from sdpipe import errors
-from sdpipe.adapters.clients import THROTTLING_CODES, error_code
-from sdpipe.errors import SdpipeError, Throttled
+from sdpipe.adapters.clients import THROTTLING_CODES, denial_message, error_code, is_access_denied
+from sdpipe.errors import AccessDenied, SdpipeError, Throttled
 
 
 def run_step(workflow: str, step: str, steps: dict[str, Callable[[], dict[str, Any]]]) -> dict[str, Any]:
     """Run ``steps[step]``; AWS throttling is raised as ``Throttled``, which the ASL retries with
-    backoff (other errors go to the workflow's ``Catch``)."""
+    backoff, and an IAM refusal as ``AccessDenied`` (the job's error names the missing permission);
+    other errors go to the workflow's ``Catch`` as they are."""
     if step not in steps:
         raise ValueError(f"unknown {workflow} step {step!r}")
     try:
@@ -23,6 +24,8 @@ def run_step(workflow: str, step: str, steps: dict[str, Callable[[], dict[str, A
     except ClientError as exc:
         if error_code(exc) in THROTTLING_CODES:
             raise Throttled(str(exc)) from exc
+        if is_access_denied(exc):
+            raise AccessDenied(denial_message(exc)) from exc
         raise
 
 
