@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from tests.build.test_lambda_build import (  # noqa: E402
+from tests.lambda_build.test_lambda_build import (  # noqa: E402
     BUILD,
     LAYER,
     PYTHON312,

@@ -49,7 +49,9 @@ ADMIN_POLICY = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Al
 # Signing names that differ from the IAM service prefix.
 _SIGNING_TO_PREFIX = {"monitoring": "cloudwatch"}
 _UNSIGNED_PATHS = ("/moto-api/",)
-_MAX_BODY = 1024 * 1024  # JSON and query bodies are small; S3 bodies are never read here
+# The largest JSON or query request an AWS API takes (DynamoDB's BatchWriteItem); S3 bodies are
+# never read here, Lambda payloads are not needed.
+_MAX_BODY = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -506,7 +508,12 @@ class IamEnforcer:
         if request.access_key is None:
             raise Denied("MissingAuthenticationToken", "Request is missing Authentication Token")
         caller = self._principals.caller(request.access_key, request.session_token)
-        for check in self._checks.checks(request):
+        try:
+            checks = self._checks.checks(request)
+        except Exception as exc:  # never fail open: what cannot be read is refused, visibly
+            logger.exception("cannot tell what %s %s does", request.method, request.path)
+            raise Denied("AccessDenied", f"the local stack cannot tell what this request does: {exc!r}") from None
+        for check in checks:
             for resource in check.resources:
                 context = {"aws:PrincipalArn": caller.arn, "aws:RequestedRegion": request.region, **check.context}
                 try:

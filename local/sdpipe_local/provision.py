@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdpipe_local.images import RepositoryImage
 from sdpipe_local.intrinsics import Resolver, references
 from sdpipe_local.lambda_runtime import FunctionSpec
 from sdpipe_local.schedules import ScheduleSpec
@@ -76,8 +77,8 @@ class ProvisionedStack:
     schedules: list[ScheduleSpec]
     outputs: dict[str, str]
     output_descriptions: dict[str, str]
-    # ECR repositories whose resource Metadata names a Dockerfile: (logical id, name, URI, Dockerfile)
-    repository_images: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # ECR repositories whose resource Metadata names a Dockerfile (the image they hold).
+    repository_images: list[RepositoryImage] = field(default_factory=list)
 
 
 class Provisioner:
@@ -100,7 +101,7 @@ class Provisioner:
         self._state_machines: list[StateMachineSpec] = []
         self._schedules: list[ScheduleSpec] = []
         self._bucket_notifications: list[tuple[str, Any]] = []
-        self._repository_images: list[tuple[str, str, str, str]] = []
+        self._repository_images: list[RepositoryImage] = []
         pseudo = {
             "AWS::Region": region,
             "AWS::AccountId": account_id,
@@ -449,7 +450,8 @@ class Provisioner:
             ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=lifecycle)
         dockerfile = (self._template.resources[logical_id].get("Metadata") or {}).get("Dockerfile")
         if dockerfile:
-            self._repository_images.append((logical_id, name, repository["repositoryUri"], dockerfile))
+            uri = repository["repositoryUri"]
+            self._repository_images.append(RepositoryImage(logical_id, name, uri, self._template.root / dockerfile))
         return Created(
             ref=name, attributes={"Arn": repository["repositoryArn"], "RepositoryUri": repository["repositoryUri"]}
         )

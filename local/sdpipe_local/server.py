@@ -146,6 +146,10 @@ class LocalAwsServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="local-aws", daemon=True)
 
+    @property
+    def serving(self) -> bool:
+        return self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 

@@ -22,7 +22,7 @@ from botocore.config import Config
 from sdpipe_local.credentials import LAMBDA, RoleSessions, StateMachineCredentials
 from sdpipe_local.iam import ADMIN_POLICY, ADMIN_USER
 from sdpipe_local.iam_policy import Decision, evaluate
-from sdpipe_local.images import ImageResolver, RepositoryImage, record_checkout_images
+from sdpipe_local.images import ImageResolver, record_checkout_images
 from sdpipe_local.lambda_runtime import LambdaRuntime
 from sdpipe_local.provision import ProvisionedStack, Provisioner
 from sdpipe_local.sagemaker import LocalSageMaker
@@ -87,6 +87,13 @@ class LocalStack:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> LocalStack:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # whatever had started (server, workers) goes with the failed start
+            raise
+
+    def _start(self) -> LocalStack:
         started = time.monotonic()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         base_environment = {
@@ -111,8 +118,8 @@ class LocalStack:
         # a second stack in the same process takes it over until it stops, then gives it back).
         self._previous_moto_port = os.environ.get("MOTO_PORT")
         os.environ["MOTO_PORT"] = str(self.server.port)
-        self.server.start()
         with LocalStack._running_lock:
+            self.server.start()
             LocalStack._running += 1
         base_environment.update({k: v for k, v in self.environment().items() if k not in CREDENTIALS})
         self._configure_moto()
@@ -133,14 +140,7 @@ class LocalStack:
         )
         self.provisioned = Provisioner(template, self.client, self.stack_name, REGION, ACCOUNT_ID).run()
         self._publish_outputs()
-        record_checkout_images(
-            self.client("ecr"),
-            [
-                RepositoryImage(*entry[:3], self.template_path.parent / entry[3])
-                for entry in self.provisioned.repository_images
-            ],
-            self.template_path.parent,
-        )
+        record_checkout_images(self.client("ecr"), self.provisioned.repository_images, self.template_path.parent)
         self._state_machine_credentials = StateMachineCredentials(self.sessions)
         self._state_machine_credentials.install()
         for spec in self.provisioned.functions:
@@ -148,13 +148,14 @@ class LocalStack:
         self.runtime.prewarm()
         self.scheduler = Scheduler(self.provisioned.schedules, self.runtime, self.client, REGION, ACCOUNT_ID)
         self.scheduler.start()
-        for mapping in self.provisioned.sqs_mappings:
-            if mapping.enabled:
-                self._check_poller_permissions(mapping)
-                sqs = self.sessions.client("sqs", mapping.role_arn, LAMBDA)
-                poller = SqsPoller(mapping, self.runtime, sqs, REGION)
-                poller.start()
-                self._pollers.append(poller)
+        mappings = [mapping for mapping in self.provisioned.sqs_mappings if mapping.enabled]
+        for mapping in mappings:
+            self._check_poller_permissions(mapping)
+        for mapping in mappings:
+            sqs = self.sessions.client("sqs", mapping.role_arn, LAMBDA)
+            poller = SqsPoller(mapping, self.runtime, sqs, REGION)
+            poller.start()
+            self._pollers.append(poller)
         self._write_state()
         logger.info("local stack up in %.1fs on %s", time.monotonic() - started, self.endpoint_url)
         return self
@@ -171,7 +172,7 @@ class LocalStack:
             self.sagemaker.close()
         if self._state_machine_credentials is not None:
             self._state_machine_credentials.uninstall()
-        if self.server is not None:
+        if self.server is not None and self.server.serving:
             with LocalStack._running_lock:
                 LocalStack._running -= 1
                 last = LocalStack._running == 0

@@ -111,3 +111,46 @@ def test_pattern_rules_deliver_matching_events_to_their_queue(fixture_stack):
     queue = fixture_stack.outputs["StateChangesQueueUrl"]
     messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=2).get("Messages", [])
     assert [json.loads(m["Body"])["detail"] for m in messages] == [detail]
+
+
+def test_each_function_runs_as_its_own_role_and_iam_is_enforced(fixture_stack):
+    """The worker's credentials are its role's temporary ones; what the role does not grant is
+    refused the way AWS refuses it (the probe's role has no S3 grant, the worker's has)."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    env = invoke(fixture_stack, "fixture-ProbeFunction", {})[0]["environment"]
+    assert env["AWS_SESSION_TOKEN"] and env["AWS_ACCESS_KEY_ID"] != "testing"
+    s3 = boto3.client(
+        "s3", endpoint_url=fixture_stack.endpoint_url, region_name="us-east-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=env["AWS_SESSION_TOKEN"],
+    )  # fmt: skip
+    bucket = fixture_stack.outputs["ResultsBucketName"]
+    with pytest.raises(ClientError) as refused:
+        s3.put_object(Bucket=bucket, Key="from-probe", Body=b"x")
+    error = refused.value.response["Error"]
+    assert error["Code"] == "AccessDenied"
+    assert "assumed-role/fixture-ProbeFunctionRole/" in error["Message"] and "s3:PutObject" in error["Message"]
+    assert f"arn:aws:s3:::{bucket}/from-probe" in error["Message"]
+    assert "s3:PutObject" in (fixture_stack.state_dir / "logs" / "iam-denied.log").read_text()
+
+
+def test_a_template_whose_function_cannot_poll_its_queue_does_not_start(tmp_path):
+    """CreateEventSourceMapping refuses a role without receive/delete on the queue; so does the
+    local stack, before any of it runs."""
+    import shutil
+
+    from sdpipe_local.stack import StackStartError
+
+    copy = tmp_path / "stack"
+    shutil.copytree(FIXTURE.parent, copy)
+    template = (copy / "template.yaml").read_text()
+    template = template.replace(
+        "  ResultsBucket:\n",
+        "  ProbeMapping:\n    Type: AWS::Lambda::EventSourceMapping\n    Properties:\n"
+        "      FunctionName: !Ref ProbeFunction\n      EventSourceArn: !GetAtt WorkDLQ.Arn\n\n  ResultsBucket:\n",
+    )
+    (copy / "template.yaml").write_text(template)
+    with pytest.raises(StackStartError, match=r"unpollable-ProbeFunctionRole is not allowed sqs:ReceiveMessage"):
+        LocalStack(copy / "template.yaml", stack_name="unpollable", state_dir=tmp_path / "state").start()
