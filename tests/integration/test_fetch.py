@@ -185,7 +185,8 @@ def test_s3_503s_on_parts_are_retried_by_the_workflow(client, files, stack):
 def test_a_slow_fetch_reports_progress_and_can_be_cancelled_leaving_nothing(client, files, stack):
     _, root = files
     name = f"slow-{uuid.uuid4().hex[:6]}.safetensors"
-    with FileServer(root, delay_s=0.25) as slow:  # about 4 MiB/s per connection
+    # About 1 MiB/s per connection: each 8 MiB part takes seconds, so the cancel lands mid-copy.
+    with FileServer(root, delay_s=1.0) as slow:
         job_id = fetch(client, slow.url("/files/style.safetensors"), name=name)
         deadline = time.monotonic() + 60
         while (client.find_job(job_id) or {}).get("progress", {}).get("bytes_done", 0) == 0:
