@@ -1,14 +1,23 @@
-"""Inspect pickle-format model files (.ckpt .pt .pth .bin) without executing them.
+"""Walk pickle streams without executing them, and decide whether loading them could run code.
 
 A pickle is a program for a stack machine; loading one runs it, and a ``GLOBAL`` opcode can
-import any callable (``os.system``). Here the opcode stream is only *walked* with
-``pickletools.genops`` while a symbolic stack tracks which module and name each ``GLOBAL``,
-``STACK_GLOBAL`` and ``INST`` would import. Anything outside the allowlist PyTorch's
-weights-only loader needs to rebuild tensors rejects the file, naming the global.
+import any callable (``os.system``). Here the opcodes are only *read* (``pickletools.genops``)
+while a symbolic stack tracks what each slot would hold: a string, an int, an imported global,
+or "something else". The rules are those of ``torch.load(weights_only=True)``, the loader the
+inference image uses, made symbolic:
 
-Both PyTorch containers are handled: the zip format (``<archive>/data.pkl`` and friends, read
-through the zip central directory with ranged reads) and the legacy format (a few pickles in a row
-followed by raw storage bytes).
+- every global (``GLOBAL``, ``INST``, ``STACK_GLOBAL``) must be one torch's weights-only loader
+  admits (``torch_globals``), named exactly (no dotted attribute paths, no extension registry);
+- only such a global may be called (``REDUCE``, ``NEWOBJ``, ``OBJ``), so nothing reachable is
+  callable but them;
+- an imported global may not be modified (``BUILD``, ``SETITEM``, ``APPEND`` on it), which is how
+  ``__setstate__`` tricks patch a class;
+- the walk is bounded: bytes read, opcodes, memo entries, stack size, nesting; each bound
+  rejects the file with its own message.
+
+Being symbolic, it accepts every protocol (0-5), also those torch's loader refuses, without
+giving up any of those rules. Any malformed stream ends as ``InvalidPickle``, never as another
+exception.
 """
 
 from __future__ import annotations
@@ -16,69 +25,58 @@ from __future__ import annotations
 import _compat_pickle
 import io
 import pickletools
-import zipfile
+import struct
 from dataclasses import dataclass, field
 from typing import IO
 
 from sdpipe.errors import InvalidPickle, UnsafePickle
+from sdpipe.inspect.torch_globals import TORCH_WEIGHTS_ONLY_GLOBALS
 
-_STORAGE_TYPES = [
-    "Float", "Half", "BFloat16", "Double", "Long", "Int", "Short", "Char", "Byte", "Bool",
-    "ComplexFloat", "ComplexDouble", "QUInt8", "QInt8", "QInt32", "QUInt4x2", "QUInt2x4",
-]  # fmt: skip
-_DTYPES = [
-    "float32", "float", "float16", "half", "bfloat16", "float64", "double", "int64", "long",
-    "int32", "int", "int16", "short", "int8", "uint8", "bool", "complex64", "complex128",
-    "float8_e4m3fn", "float8_e5m2",
-]  # fmt: skip
-
-# What torch.load(weights_only=True) needs to rebuild tensors and state dicts; nothing that
-# can run code. Kept as data (no torch import) because the control plane never imports torch.
-TENSOR_REBUILD_ALLOWLIST: frozenset[str] = frozenset(
-    [
-        "collections.OrderedDict",
-        "torch._utils._rebuild_tensor",
-        "torch._utils._rebuild_tensor_v2",
-        "torch._utils._rebuild_tensor_v3",
-        "torch._utils._rebuild_parameter",
-        "torch._utils._rebuild_parameter_with_state",
-        "torch._utils._rebuild_sparse_tensor",
-        "torch._utils._rebuild_meta_tensor_no_storage",
-        "torch._utils._rebuild_qtensor",
-        "torch._utils._rebuild_nested_tensor",
-        "torch._tensor._rebuild_from_type_v2",
-        "torch.serialization._get_layout",
-        "torch.nn.parameter.Parameter",
-        "torch.Size",
-        "torch.Tensor",
-        "torch.storage.UntypedStorage",
-        "torch.UntypedStorage",
-        "torch.storage._load_from_bytes",
-        "torch.strided",
-        "torch.sparse_coo",
-        "torch.contiguous_format",
-        "torch.channels_last",
-        "torch.preserve_format",
-        "_codecs.encode",
-        *(f"torch.{kind}Storage" for kind in _STORAGE_TYPES),
-        *(f"torch.{name}" for name in _DTYPES),
-    ]
-)
+# The legacy torch format starts with this magic number pickled as a LONG1, then four more pickles.
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PICKLE_COUNT = 5  # magic, protocol, sys_info, the object, storage keys
 
 _STRING_OPS = frozenset(
-    ["SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
-     "SHORT_BINSTRING"]
-)  # fmt: skip
+    ["SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"]
+)
+_INT_OPS = frozenset(["LONG1", "LONG4", "INT", "BININT", "BININT1", "BININT2", "LONG"])
 _MEMO_STORE_OPS = frozenset(["PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"])
 _MEMO_LOAD_OPS = frozenset(["GET", "BINGET", "LONG_BINGET"])
-# The legacy torch format starts with this magic number pickled as a LONG1.
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_PICKLE_COUNT = 5  # magic, protocol, sys_info, the object, storage keys
-ZIP_MAGIC = b"PK\x03\x04"
+# Opcodes that call the value below their arguments.
+_CALLS = frozenset(["REDUCE", "NEWOBJ", "NEWOBJ_EX"])
+# Opcodes that modify the value below their arguments in place.
+_MUTATIONS = frozenset(["BUILD", "SETITEM", "SETITEMS", "APPEND", "APPENDS", "ADDITEMS"])
+_REFUSED_OPS = {
+    "EXT1": "imports from the copyreg extension registry",
+    "EXT2": "imports from the copyreg extension registry",
+    "EXT4": "imports from the copyreg extension registry",
+    "NEXT_BUFFER": "needs out-of-band buffers",
+    "READONLY_BUFFER": "needs out-of-band buffers",
+}
+
+
+@dataclass(frozen=True)
+class PickleLimits:
+    """Bounds on the work one file's pickles may cost (time and memory)."""
+
+    max_bytes: int = 256 * 1024 * 1024  # the pickle data itself, after decompression
+    max_opcodes: int = 10_000_000
+    max_memo: int = 1_000_000
+    max_stack: int = 1_000_000
+    max_depth: int = 256  # open MARKs: containers inside containers
+
+
+class _Global:
+    """A stack slot holding an imported (and allowed) global."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 class _Unknown:
-    """A stack value the scanner does not track (anything but strings and globals)."""
+    """A stack slot the walk does not track (anything but strings, ints and globals)."""
 
 
 _UNKNOWN = _Unknown()
@@ -98,155 +96,246 @@ class PickleScan:
         self.pickles += other.pickles
 
 
-class _CappedReader(io.RawIOBase):
-    """Wrap a binary stream so no more than ``cap`` bytes can be read through it."""
+class MalformedPickle(InvalidPickle):
+    """The bytes stop being a pickle (as opposed to a pickle that breaks a rule or a bound)."""
 
-    def __init__(self, stream: IO[bytes], cap: int) -> None:
+
+class _Capped(io.RawIOBase):
+    """At most ``cap`` bytes of ``stream`` (buffered on top, so genops' readline is fast)."""
+
+    def __init__(self, stream: IO[bytes], cap: int, what: str) -> None:
         self._stream = stream
         self._remaining = cap
-        self.cap = cap
+        self._cap = cap
+        self._what = what
 
     def readable(self) -> bool:
         return True
 
-    def tell(self) -> int:
-        return self.cap - self._remaining
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            size = self._remaining + 1
-        if size > self._remaining:
-            data = self._stream.read(self._remaining + 1)
-            if len(data) > self._remaining:
-                raise InvalidPickle(f"the pickle stream is larger than the {self.cap}-byte scan cap")
-            self._remaining -= len(data)
-            return data
-        data = self._stream.read(size)
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._remaining <= 0:
+            if self._stream.read(1):
+                raise InvalidPickle(f"{self._what} is larger than the {self._cap}-byte scan limit")
+            return 0
+        data = self._stream.read(min(len(buffer), self._remaining))
         self._remaining -= len(data)
-        return data
+        buffer[: len(data)] = data
+        return len(data)
 
-    def readline(self, size: int | None = -1) -> bytes:
-        out = bytearray()
-        while True:
-            ch = self.read(1)
-            if not ch:
+
+class _ReadOnly:
+    """Only ``read`` and ``readline`` (genops asks for ``tell`` only where there is one).
+
+    A length prefix can claim anything: reads are served in chunks, so memory follows the bytes
+    that are really there, never the length a pickle announces.
+    """
+
+    _CHUNK = 1024 * 1024
+
+    def __init__(self, buffered: io.BufferedReader[_Capped], cap: int, what: str) -> None:
+        self._buffered = buffered
+        self._cap = cap
+        self._what = what
+        self.readline = buffered.readline
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > self._cap:
+            if size is not None and size > self._cap:
+                raise InvalidPickle(f"{self._what} announces {size} bytes, over the {self._cap}-byte scan limit")
+            size = self._cap + 1
+        if size <= self._CHUNK:
+            return self._buffered.read(size)
+        parts = []
+        while size > 0:
+            part = self._buffered.read(min(size, self._CHUNK))
+            if not part:
                 break
-            out += ch
-            if ch == b"\n":
-                break
-        return bytes(out)
+            parts.append(part)
+            size -= len(part)
+        return b"".join(parts)
 
 
-def scan_one_pickle(stream: IO[bytes]) -> tuple[PickleScan, object]:
-    """Walk one pickle up to its STOP; return what it imports and its top value if trivial."""
-    scan = PickleScan(pickles=1)
-    stack: list[object] = []
-    marks: list[int] = []
-    memo: dict[int, object] = {}
-    last_value: object = _UNKNOWN
+def capped_reader(stream: IO[bytes], cap: int, what: str = "the pickle data") -> IO[bytes]:
+    """``stream`` read through a byte cap: going past it raises ``InvalidPickle``."""
+    buffered = io.BufferedReader(_Capped(stream, cap, what), buffer_size=64 * 1024)
+    return _ReadOnly(buffered, cap, what)  # type: ignore[return-value]
+
+
+@dataclass
+class _Walk:
+    limits: PickleLimits
+    scan: PickleScan = field(default_factory=lambda: PickleScan(pickles=1))
+    stack: list[object] = field(default_factory=list)
+    marks: list[int] = field(default_factory=list)
+    memo: dict[int, object] = field(default_factory=dict)
+
+    def pop(self, count: int, name: str) -> list[object]:
+        if len(self.stack) < count:
+            raise MalformedPickle(f"opcode {name} pops from an empty stack")
+        popped = self.stack[len(self.stack) - count :]
+        del self.stack[len(self.stack) - count :]
+        return popped
+
+    def pop_mark(self, name: str) -> list[object]:
+        if not self.marks:
+            raise MalformedPickle(f"opcode {name} without a MARK")
+        start = self.marks.pop()
+        items = self.stack[start:]
+        del self.stack[start:]
+        return items
+
+
+def scan_one_pickle(
+    stream: IO[bytes], limits: PickleLimits, budget: list[int] | None = None
+) -> tuple[PickleScan, object]:
+    """Walk one pickle up to its STOP; what it imports, and its top value when that is a literal.
+
+    ``budget`` is a one-element list of opcodes still allowed, shared by every pickle of a file.
+    """
+    budget = budget if budget is not None else [limits.max_opcodes]
+    walk = _Walk(limits)
     try:
-        for opcode, arg, _pos in pickletools.genops(stream):
-            name = opcode.name
-            if name in ("GLOBAL", "INST"):
-                module, _, qualname = str(arg).partition(" ")
-                _check_global(module, qualname, scan)
-            elif name == "STACK_GLOBAL":
-                if len(stack) < 2 or not isinstance(stack[-1], str) or not isinstance(stack[-2], str):
-                    raise UnsafePickle("STACK_GLOBAL imports a name built at load time, which cannot be checked")
-                _check_global(stack[-2], stack[-1], scan)
-            elif name in ("EXT1", "EXT2", "EXT4"):
-                raise UnsafePickle(f"opcode {name} imports from the extension registry")
+        for opcode, arg, _position in pickletools.genops(stream):
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise InvalidPickle(f"the pickle data has more than {limits.max_opcodes} opcodes")
+            if opcode.name == "STOP":
+                if not walk.stack:
+                    raise MalformedPickle("STOP on an empty stack")
+                top = walk.stack[-1]
+                return walk.scan, top if isinstance(top, int | str) else _UNKNOWN
+            _step(walk, opcode, arg)
+    except (ValueError, EOFError, struct.error, OverflowError) as exc:  # genops on malformed input
+        raise MalformedPickle(f"not a valid pickle: {_short(exc)}") from None
+    raise MalformedPickle("the pickle data ends before its STOP opcode")
 
-            if name in _MEMO_STORE_OPS:
-                if not stack:
-                    raise InvalidPickle(f"opcode {name} on an empty stack")
-                memo[len(memo) if name == "MEMOIZE" else int(str(arg))] = stack[-1]
-                continue
-            if name == "MARK":
-                marks.append(len(stack))
-                continue
-            if name == "STOP":
-                last_value = stack[-1] if stack else _UNKNOWN
-                break
 
-            before = opcode.stack_before
-            if pickletools.markobject in before:
-                if not marks:
-                    raise InvalidPickle(f"opcode {name} without a MARK")
-                del stack[marks.pop() :]
-                extra = before.index(pickletools.markobject)
-            else:
-                extra = len(before)
-            if extra:
-                if len(stack) < extra:
-                    raise InvalidPickle(f"opcode {name} pops from an empty stack")
-                popped = stack[-extra:]
-                del stack[-extra:]
-            else:
-                popped = []
+def _step(walk: _Walk, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+    name = opcode.name
+    stack = walk.stack
+    if name in _REFUSED_OPS:
+        raise UnsafePickle(f"opcode {name} {_REFUSED_OPS[name]}, which a model file never does")
+    if name in _MEMO_STORE_OPS:
+        if not stack:
+            raise MalformedPickle(f"opcode {name} on an empty stack")
+        if len(walk.memo) >= walk.limits.max_memo:
+            raise InvalidPickle(f"the pickle stores more than {walk.limits.max_memo} memo entries")
+        index = len(walk.memo) if name == "MEMOIZE" else int(str(arg))
+        walk.memo[index] = stack[-1]
+        return
+    if name in _MEMO_LOAD_OPS:
+        index = int(str(arg))
+        if index not in walk.memo:
+            raise MalformedPickle(f"opcode {name} reads memo entry {index}, which was never stored")
+        _push(walk, walk.memo[index])
+        return
+    if name == "MARK":
+        if len(walk.marks) >= walk.limits.max_depth:
+            raise InvalidPickle(f"the pickle nests containers more than {walk.limits.max_depth} deep")
+        walk.marks.append(len(stack))
+        return
+    if name in ("GLOBAL", "INST"):
+        module, _, qualname = str(arg).partition(" ")
+        imported = _check_global(module, qualname, walk.scan)
+        if name == "GLOBAL":
+            _push(walk, imported)
+        else:
+            walk.pop_mark(name)
+            _push(walk, _UNKNOWN)
+        return
+    if name == "STACK_GLOBAL":
+        pushed_module, pushed_name = walk.pop(2, name)
+        if not isinstance(pushed_module, str) or not isinstance(pushed_name, str):
+            raise UnsafePickle("STACK_GLOBAL imports a name built at load time, which cannot be checked")
+        _push(walk, _check_global(pushed_module, pushed_name, walk.scan))
+        return
+    if name == "OBJ":
+        items = walk.pop_mark(name)
+        if not items or not isinstance(items[0], _Global):
+            raise UnsafePickle("opcode OBJ instantiates something that is not an allowed global")
+        _push(walk, _UNKNOWN)
+        return
+    if name in _STRING_OPS:
+        value = arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)
+        walk.scan.strings.add(value)
+        _push(walk, value)
+        return
+    if name in _INT_OPS:
+        _push(walk, arg if isinstance(arg, int) and not isinstance(arg, bool) else _UNKNOWN)
+        return
+    if name == "DUP":
+        if not stack:
+            raise MalformedPickle("DUP on an empty stack")
+        _push(walk, stack[-1])
+        return
+    if name == "POP_MARK":
+        walk.pop_mark(name)
+        return
 
-            if name in _STRING_OPS:
-                value = arg.decode("latin-1") if isinstance(arg, bytes) else arg
-                scan.strings.add(str(value))
-                stack.append(str(value))
-            elif name in _MEMO_LOAD_OPS:
-                stack.append(memo.get(int(str(arg)), _UNKNOWN))
-            elif name == "DUP":
-                stack.extend([popped[0], popped[0]])
-            elif name in ("LONG1", "LONG4", "INT", "BININT", "BININT1", "BININT2", "LONG"):
-                stack.append(arg)
-            else:
-                stack.extend(_UNKNOWN for _ in opcode.stack_after)
-    except (ValueError, EOFError) as exc:  # raised by genops on malformed input
-        raise InvalidPickle(f"not a valid pickle: {exc}") from None
+    # Everything else: pop what the opcode consumes (through its MARK, if it has one), check what
+    # a call or a mutation would touch, push what it produces (untracked).
+    before = opcode.stack_before
+    if pickletools.markobject in before:
+        walk.pop_mark(name)
+        fixed = before.index(pickletools.markobject)
     else:
-        if scan.pickles and last_value is _UNKNOWN and not stack and not scan.strings and not scan.globals:
-            raise InvalidPickle("the pickle stream is empty")
-    return scan, last_value
+        fixed = len(before)
+    popped = walk.pop(fixed, name)
+    if name in _CALLS and not isinstance(popped[0], _Global):
+        raise UnsafePickle(f"opcode {name} calls something that is not an allowed global")
+    if name in _MUTATIONS and isinstance(popped[0], _Global):
+        raise UnsafePickle(f"opcode {name} modifies the imported {popped[0].name}, which a model file never does")
+    for _ in opcode.stack_after:
+        _push(walk, _UNKNOWN)
 
 
-def _check_global(module: str, qualname: str, scan: PickleScan) -> None:
+def _push(walk: _Walk, value: object) -> None:
+    if len(walk.stack) >= walk.limits.max_stack:
+        raise InvalidPickle(f"the pickle's stack grows past {walk.limits.max_stack} entries")
+    walk.stack.append(value)
+
+
+def _check_global(module: str, qualname: str, scan: PickleScan) -> _Global:
     # Name what the unpickler would really import: protocol-2 pickles say "__builtin__" and
-    # friends, which Python 3 maps to their new homes (fix_imports).
-    module, qualname = _compat_pickle.NAME_MAPPING.get((module, qualname), (module, qualname))
-    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    # friends, which Python 3 maps to their new homes (as pickle and torch both do).
+    if (module, qualname) in _compat_pickle.NAME_MAPPING:
+        module, qualname = _compat_pickle.NAME_MAPPING[(module, qualname)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
     full = f"{module}.{qualname}"
-    if full not in TENSOR_REBUILD_ALLOWLIST:
+    if "." in qualname or full not in TORCH_WEIGHTS_ONLY_GLOBALS:
         raise UnsafePickle(
-            f"the pickle imports {full!r}, which is outside the tensor-rebuild allowlist "
+            f"the pickle imports {_short(full)!r}, which torch's weights-only loader does not admit "
             "(a model file needs only tensors; convert it to .safetensors if it is yours)"
         )
     scan.globals.add(full)
+    return _Global(full)
 
 
-def scan_pickle_stream(stream: IO[bytes], cap: int) -> PickleScan:
-    """Scan a bare pickle file: one pickle, or the legacy torch format's series of pickles."""
-    capped: IO[bytes] = _CappedReader(stream, cap)  # type: ignore[assignment]
-    first, value = scan_one_pickle(capped)
-    if value != _LEGACY_MAGIC:
-        return first
-    for _ in range(_LEGACY_PICKLE_COUNT - 1):
-        more, _value = scan_one_pickle(capped)
-        first.merge(more)
-    return first
+def scan_pickle_sequence(stream: IO[bytes], limits: PickleLimits) -> PickleScan:
+    """A bare pickle file: one pickle, or the legacy ``torch.save`` format's five in a row.
 
-
-def scan_torch_zip(fileobj: IO[bytes], cap: int) -> PickleScan:
-    """Scan every ``.pkl`` member of a PyTorch zip checkpoint (``fileobj`` must be seekable)."""
-    try:
-        archive = zipfile.ZipFile(fileobj)
-    except zipfile.BadZipFile as exc:
-        raise InvalidPickle(f"not a valid PyTorch zip archive: {exc}") from None
-    with archive:
-        members = [info for info in archive.infolist() if info.filename.endswith(".pkl")]
-        if not members:
-            raise InvalidPickle("the zip archive has no data.pkl: not a PyTorch checkpoint")
-        total = PickleScan()
-        for info in members:
-            if info.file_size > cap:
-                raise InvalidPickle(f"{info.filename} is {info.file_size} bytes, over the {cap}-byte scan cap")
-            with archive.open(info) as member:
-                capped: IO[bytes] = _CappedReader(member, cap)  # type: ignore[assignment]
-                scan, _value = scan_one_pickle(capped)
-            total.merge(scan)
+    Every pickle any loader could go on to read is walked: after a first pickle whose value is
+    not a literal int (torch compares it with the magic number, and a tensor can compare equal),
+    the following ones are walked too, as far as they parse. Where the first value *is* the
+    magic, all five must be valid.
+    """
+    capped = capped_reader(stream, limits.max_bytes)
+    budget = [limits.max_opcodes]
+    total, first = scan_one_pickle(capped, limits, budget)
+    if isinstance(first, int | str) and first != LEGACY_MAGIC:
         return total
+    for _ in range(_LEGACY_PICKLE_COUNT - 1):
+        try:
+            more, _value = scan_one_pickle(capped, limits, budget)
+        except MalformedPickle:
+            if first == LEGACY_MAGIC:
+                raise
+            break  # not a legacy file: a loader stops (fails) here as well
+        total.merge(more)
+    return total
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."

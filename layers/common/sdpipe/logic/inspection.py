@@ -8,15 +8,15 @@ from sdpipe.adapters.object_store import ObjectInfo, ObjectStore
 from sdpipe.contracts.models import ModelFamily, ModelFormat, ModelType
 from sdpipe.errors import (
     EmptyFile,
-    InvalidPickle,
     UnrecognisedModel,
     UnsupportedExtension,
     WrongFolder,
 )
 from sdpipe.hashing import ModelHashes, hash_stream
 from sdpipe.inspect.detect import Detection, detect
-from sdpipe.inspect.pickle_scan import ZIP_MAGIC, scan_pickle_stream, scan_torch_zip
+from sdpipe.inspect.pickle_scan import PickleLimits
 from sdpipe.inspect.safetensors_header import parse_header
+from sdpipe.inspect.torch_archive import scan_torch_file
 from sdpipe.layout import FOLDER_OF_TYPE, PICKLE_EXTENSIONS, SAFETENSORS_EXTENSIONS, ModelKey
 
 # Kohya metadata worth keeping on the item (the rest can be large: tag frequencies, hashes).
@@ -84,13 +84,8 @@ def inspect_model(store: ObjectStore, info: ObjectInfo, key: ModelKey, limits: I
             details=detection.details,
         )
     if key.extension in PICKLE_EXTENSIONS:
-        magic = store.read_range(info, 0, 4)
-        if magic == ZIP_MAGIC:
-            scan = scan_torch_zip(store.open_ranged(info), limits.pickle_cap)  # type: ignore[arg-type]
-        elif magic[:1] == b"\x80":
-            scan = scan_pickle_stream(store.open_ranged(info), limits.pickle_cap)  # type: ignore[arg-type]
-        else:
-            raise InvalidPickle(f"the file starts with {magic!r}, which is neither a PyTorch zip archive nor a pickle")
+        pickle_limits = PickleLimits(max_bytes=limits.pickle_cap)
+        scan = scan_torch_file(store.open_ranged(info), info.size, pickle_limits)  # type: ignore[arg-type]
         detection = _require_detection(detect(scan.strings), key, f"{len(scan.strings)} names")
         hashes = hash_stream(store.iter_chunks(info, limits.chunk_size))
         return Inspection(
