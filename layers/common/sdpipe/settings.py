@@ -43,7 +43,7 @@ class RegistrationSettings(BaseSettings):
     models_table_name: str = Field(min_length=3)
     events_topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:")
     # safetensors' own reader refuses headers over 100 MB; so do we, before reading them.
-    safetensors_header_cap_bytes: int = Field(default=100 * MIB, gt=0)
+    safetensors_header_cap_bytes: int = Field(default=16 * MIB, gt=0)
     pickle_scan_cap_bytes: int = Field(default=256 * MIB, gt=0)
     hash_chunk_bytes: int = Field(default=8 * MIB, ge=64 * 1024)
     # Uploads and fetches name their job on the object; registration finishes it.
