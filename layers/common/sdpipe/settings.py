@@ -103,6 +103,8 @@ class FetchSettings(JobSettings):
     fetch_part_bytes: int = Field(default=64 * MIB, ge=8 * MIB, le=1024 * MIB)
     fetch_concurrency: int = Field(default=8, ge=1, le=100)
     fetch_connect_timeout_seconds: float = Field(default=30, gt=0, le=300)
+    # A body slower than this (after a 10 s grace) fails the request, which the workflow retries.
+    fetch_min_bytes_per_second: int = Field(default=128 * 1024, ge=0)
     fetch_deadline_seconds: int = Field(default=6 * 3600, ge=60)
 
 

@@ -133,7 +133,11 @@ class ModelFetcher:
         steps = {
             "probe": lambda: self.probe(payload["job_id"]),
             "copy_part": lambda: self.copy_part(
-                payload["job_id"], int(payload["part"]), int(payload["start"]), int(payload["end"])
+                payload["job_id"],
+                int(payload["part"]),
+                int(payload["start"]),
+                int(payload["end"]),
+                remaining_seconds,
             ),
             "stream": lambda: self.stream(payload["job_id"], remaining_seconds),
             "complete": lambda: self.complete(payload["job_id"]),
@@ -191,13 +195,13 @@ class ModelFetcher:
         logger.info("probed", extra={"job_id": job_id, "key": key.key, "size": found.size, "ranges": ranges})
         return self._probe_result(moved)
 
-    def copy_part(self, job_id: str, part: int, start: int, end: int) -> dict[str, Any]:
-        """One ranged GET into one UploadPart; memory is one part."""
+    def copy_part(self, job_id: str, part: int, start: int, end: int, remaining_seconds: float = 900) -> dict[str, Any]:
+        """One ranged GET into one UploadPart; memory is one part; done before the function's time is."""
         job = self._running(job_id)
         upload = job["upload"]
         length = end - start + 1
         opened = self._source(FetchModelParams.model_validate(job["params"])).open(
-            job["fetch_url"], byte_range=(start, end)
+            job["fetch_url"], byte_range=(start, end), deadline_seconds=_request_deadline(remaining_seconds)
         )
         try:
             content_range = opened.content_range()
@@ -227,7 +231,10 @@ class ModelFetcher:
         part_size = int(upload["part_size"])
         announced = job["source"].get("size")
         limit = int(announced) if announced else self.settings.fetch_max_bytes
-        opened = self._source(FetchModelParams.model_validate(job["params"])).open(job["fetch_url"])
+        # The request's own deadline comes just after the loop's, which says more when bytes flow.
+        opened = self._source(FetchModelParams.model_validate(job["params"])).open(
+            job["fetch_url"], deadline_seconds=_request_deadline(remaining_seconds) + _STREAM_MARGIN_SECONDS / 2
+        )
         part, total, buffer = 1, 0, bytearray()
         try:
             for chunk in opened.iter_chunks(limit=limit):
@@ -318,7 +325,11 @@ class ModelFetcher:
     def _source(self, params: FetchModelParams) -> HttpSource:
         auth = self.secrets.auth_header(params.auth_secret) if params.auth_secret else None
         return HttpSource(
-            self.policy, timeout=self.settings.fetch_connect_timeout_seconds, auth_header=auth, **self.source_options
+            self.policy,
+            timeout=self.settings.fetch_connect_timeout_seconds,
+            auth_header=auth,
+            min_bytes_per_second=self.settings.fetch_min_bytes_per_second,
+            **self.source_options,
         )
 
     def _write_parts(self, job: dict[str, Any]) -> None:
@@ -335,6 +346,11 @@ class ModelFetcher:
             "bucket": self.store.bucket,
             "parts_key": parts_key(job["job_id"]),
         }
+
+
+def _request_deadline(remaining_seconds: float) -> float:
+    """Seconds a request may take so that its step still ends, with a clear error, in time."""
+    return max(1.0, remaining_seconds - _STREAM_MARGIN_SECONDS)
 
 
 def _display(url: str) -> str:

@@ -42,7 +42,12 @@ _EXTRA_FORBIDDEN = tuple(
     )
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
+# RFC 8215's local-use NAT64 prefix: an operator picks any RFC 6052 prefix length inside it, so
+# the IPv4 address can sit at any of the RFC 6052 positions (bits 48-63+72-87, 56-63+72-95,
+# 72-103, 96-127); every one is checked.
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+_TEREDO = ipaddress.ip_network("2001::/32")
+_HOST_LABEL_MAX = 63
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,9 @@ def check_url(url: str, policy: UrlPolicy) -> Target:
     """The parts of ``url`` if its form is acceptable; ``UrlRejected`` naming the problem otherwise."""
     if len(url) > 4096:
         raise UrlRejected("the URL is longer than 4096 characters")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+    # Unicode has whitespace and separators beyond ASCII (U+0085, U+2028, U+3000, ...) that
+    # resolvers and proxies split on; none belongs in a URL.
+    if any(ord(c) < 0x21 or ord(c) == 0x7F or c.isspace() or not c.isprintable() for c in url):
         raise UrlRejected("the URL contains whitespace or control characters")
     try:
         parts = urlsplit(url)
@@ -94,13 +101,27 @@ def check_url(url: str, policy: UrlPolicy) -> Target:
         raise UrlRejected(f"scheme {scheme or '(none)'!r} is not allowed (allowed: {allowed})")
     if parts.username is not None or parts.password is not None:
         raise UrlRejected("credentials in the URL are not accepted; name a Secrets Manager secret in auth_secret")
-    host = (parts.hostname or "").rstrip(".")
-    if not host:
-        raise UrlRejected("the URL has no host")
+    host = _ascii_host((parts.hostname or "").rstrip("."))
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
     return Target(url=url, scheme=scheme, host=host, port=port or (443 if scheme == "https" else 80), path=path)
+
+
+def _ascii_host(host: str) -> str:
+    """The host as DNS and TLS see it: an IP literal, or IDNA-encoded labels of 1-63 characters."""
+    if not host:
+        raise UrlRejected("the URL has no host")
+    if literal_address(host) is not None:
+        return host
+    try:
+        encoded = host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise UrlRejected(f"host {host[:300]!r} is not a valid domain name: {exc}") from None
+    labels = encoded.split(".")
+    if any(not label or len(label) > _HOST_LABEL_MAX for label in labels) or len(encoded) > 253:
+        raise UrlRejected(f"host {host[:300]!r} is not a valid domain name (empty or over-long label)")
+    return encoded.lower()
 
 
 def literal_address(host: str) -> IPAddress | None:
@@ -121,17 +142,36 @@ def literal_address(host: str) -> IPAddress | None:
     return None
 
 
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries (mapped, NAT64, 6to4, IPv4-compatible)."""
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address an IPv6 address may carry, for each translation that could apply.
+
+    IPv4-mapped and -compatible, 6to4, well-known and local-use NAT64 (every RFC 6052 layout),
+    Teredo (server and de-obfuscated client) and ISATAP interface identifiers.
+    """
+    value = int(address)
+    found: list[ipaddress.IPv4Address] = []
     if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+        found.append(address.ipv4_mapped)
     if address.sixtofour is not None:
-        return address.sixtofour
+        found.append(address.sixtofour)
     if address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    if int(address) >> 32 == 0 and int(address) > 1:  # ::a.b.c.d (deprecated IPv4-compatible)
-        return ipaddress.IPv4Address(int(address))
-    return None
+        found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    if address in _LOCAL_NAT64:
+        found.extend(ipaddress.IPv4Address(bits) for bits in _rfc6052_candidates(value))
+    if address in _TEREDO and address.teredo is not None:
+        found.extend(address.teredo)
+    if (value >> 32) & 0xFDFFFFFF == 0x00005EFE:  # ISATAP: ::0:5efe:a.b.c.d / ::200:5efe:a.b.c.d
+        found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    if value >> 32 == 0 and value > 1:  # ::a.b.c.d (deprecated IPv4-compatible)
+        found.append(ipaddress.IPv4Address(value))
+    return list(dict.fromkeys(found))
+
+
+def _rfc6052_candidates(value: int) -> list[int]:
+    """The IPv4 bits at each RFC 6052 position (prefix /48, /56, /64, /96); bits 64-71 are the u octet."""
+    bits = f"{value:0128b}"
+    layouts = ((48, 64, 72, 88), (56, 64, 72, 96), (72, 104, 104, 104), (96, 128, 128, 128))
+    return [int(bits[a:b] + bits[c:d], 2) for a, b, c, d in layouts]
 
 
 def forbidden_reason(address: IPAddress, policy: UrlPolicy) -> str | None:
@@ -141,10 +181,12 @@ def forbidden_reason(address: IPAddress, policy: UrlPolicy) -> str | None:
     if isinstance(address, ipaddress.IPv6Address):
         if address.scope_id:
             return "a scoped (link-local) IPv6 address"
-        embedded = _embedded_ipv4(address)
-        if embedded is not None:
+        # Checked before the allow-list: an allowed IPv6 range must not be a tunnel to a
+        # forbidden IPv4 address (a broad allow-list reaching 169.254.169.254 through NAT64).
+        for embedded in embedded_ipv4(address):
             reason = forbidden_reason(embedded, policy)
-            return f"an IPv6 address embedding {embedded}, {reason}" if reason else None
+            if reason:
+                return f"an IPv6 address embedding {embedded}, {reason}"
     if any(address in network for network in policy.allowed_networks):
         return None
     for flag in ("loopback", "private", "link_local", "multicast", "reserved", "unspecified"):
