@@ -12,7 +12,7 @@ BUILT := .aws-sam/build/template.yaml
 RUNTIME_SDK := .aws-sam/runtime-sdk
 STACK_NAME ?= sdpipe
 
-.PHONY: all venv demo test test-unit lint format bench local clean validate build images
+.PHONY: all venv demo test test-unit lint format bench local clean validate build images fuzz
 
 all: test
 
@@ -55,6 +55,16 @@ endif
 images: $(STAMP)
 	$(BIN)/sdpipe --stack $(STACK_NAME) images push
 
+# Coverage-guided fuzzing of the intake inspectors, FUZZ_SECONDS each (make test runs a short
+# seeded run of the same targets). Crashing inputs land in .fuzz/.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	mkdir -p .fuzz
+	for target in pickle safetensors url; do \
+		$(BIN)/python -m tests.fuzz.fuzz_inspectors $$target -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+			-rss_limit_mb=2048 -artifact_prefix=.fuzz/$$target- || exit 1; \
+	done
+
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
@@ -74,6 +84,7 @@ bench: $(STAMP) build
 	$(BIN)/python bench/bench_inference.py
 	$(BIN)/python bench/bench_intake.py
 	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_scanners.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .sdpipe-local
