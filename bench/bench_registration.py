@@ -96,7 +96,7 @@ def wait_registered(table: object, key: str) -> None:
     deadline = time.monotonic() + 1800
     while True:
         items = [i for i in table.scan()["Items"] if i.get("s3_key") == key]  # type: ignore[attr-defined]
-        if items and items[0].get("status") not in (None, "PENDING") and "pending_event" not in items[0]:
+        if items and items[0].get("status") not in (None, "PENDING") and not items[0].get("pending_events"):
             assert items[0]["status"] == "ACTIVE", items[0]
             time.sleep(1)  # the handler returns (and logs its REPORT line) just after
             return

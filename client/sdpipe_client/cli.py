@@ -18,6 +18,9 @@ from sdpipe_client.client import JobFailed, Sdpipe, image_reference
 from sdpipe_client.formatting import print_endpoints, print_jobs, print_models
 from sdpipe_client.stack import LOCAL_STATE_FILE, read_local_state, stack_outputs
 
+# Bookkeeping on a model's item that is not part of the model (claims, events not yet out).
+_INTERNAL_FIELDS = ("pending_events", "outbox_shard", "outbox_due", "claim_token", "claim_expires_at")
+
 
 class _Settings:
     def __init__(self, stack: str) -> None:
@@ -72,9 +75,23 @@ def local() -> None:
     help="Let fetch_model connect to this private/loopback network (e.g. 127.0.0.1/32 for a local file "
     "server). By default the local stack refuses them, as AWS does.",
 )
+@click.option(
+    "--chaos",
+    "chaos_seed",
+    type=int,
+    default=None,
+    metavar="SEED",
+    help="Inject faults from this seed: Lambda workers killed (mid-invocation, before a publish, at start-up), "
+    "endpoint containers killed mid-invocation, DynamoDB/S3/SNS calls throttled, visibility timeouts shortened.",
+)
 @click.pass_obj
-def local_up(
-    settings: _Settings, port: int, template: Path, state_dir: Path, allow_fetch_from: tuple[str, ...]
+def local_up(  # noqa: PLR0917 - click passes options as arguments
+    settings: _Settings,
+    port: int,
+    template: Path,
+    state_dir: Path,
+    allow_fetch_from: tuple[str, ...],
+    chaos_seed: int | None,
 ) -> None:
     """Start the stack in the foreground; Ctrl-C stops every process it started."""
     runner = _local_module("runner")
@@ -84,6 +101,7 @@ def local_up(
         state_dir=state_dir,
         stack_name=settings.stack,
         fetch_allowed_networks=allow_fetch_from,
+        chaos_seed=chaos_seed,
     )
 
 
@@ -134,7 +152,7 @@ def models_list(settings: _Settings, model_type: str | None, as_json: bool) -> N
     try:
         table = ModelsTable(stack_outputs(settings.stack)["ModelsTableName"])
         items = [
-            {k: v for k, v in item.items() if k not in ("pending_event", "claim_token", "claim_expires_at")}
+            {k: v for k, v in item.items() if k not in _INTERNAL_FIELDS}
             for item in table.list(ModelType(model_type) if model_type else None)
         ]
     except SdpipeError as exc:

@@ -27,6 +27,16 @@ class JobFailed(SdpipeError):
     code = "JOB_FAILED"
 
 
+class FunctionCrashed(SdpipeError):
+    """The function's runtime died or timed out under the call (Lambda's own errorType is the code)."""
+
+    code = "FUNCTION_CRASHED"
+
+
+# The errorType Lambda answers when the execution environment itself failed, not the handler.
+_RUNTIME_CRASHES = frozenset({"Runtime.ExitError", "Sandbox.Timedout", "Runtime.Unknown"})
+
+
 @dataclass
 class Sdpipe:
     outputs: StackOutputs
@@ -75,14 +85,25 @@ class Sdpipe:
         )
         payload: dict[str, Any] = json.loads(response["Payload"].read() or b"{}")
         if response.get("FunctionError"):
-            raise SdpipeError(f"{function_output} failed: {payload.get('errorMessage', payload)}")
+            message = f"{function_output} failed: {payload.get('errorMessage', payload)}"
+            if str(payload.get("errorType")) in _RUNTIME_CRASHES:
+                raise FunctionCrashed(message, code=str(payload["errorType"]))
+            raise SdpipeError(message)
         error = payload.get("error")
         if error and "code" in error and set(payload) == {"error"}:
             raise SdpipeError(error["message"], code=error["code"])
         return payload
 
     def _jobs_api(self, request: dict[str, Any]) -> dict[str, Any]:
-        return self.invoke_api("JobsApiFunctionName", request)
+        attempts = 4 if request["operation"] in ("get", "list") else 1  # reads: safe to ask again
+        for attempt in range(attempts):
+            try:
+                return self.invoke_api("JobsApiFunctionName", request)
+            except FunctionCrashed:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         job: dict[str, Any] = self._jobs_api({"operation": "get", "job_id": job_id})["job"]

@@ -124,7 +124,7 @@ class Datasets:
         deadline = time.monotonic() + timeout_s
         while True:
             item = self.catalog.table.get(name)
-            if item and str(item.get("marker_version", "")) > newer_than and "pending_event" not in item:
+            if item and str(item.get("marker_version", "")) > newer_than and not item.get("pending_events"):
                 return DatasetRecord.model_validate(item)
             if time.monotonic() > deadline:
                 raise SdpipeError(f"dataset {name!r} was not registered within {timeout_s:.0f}s", code="TIMEOUT")

@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sdpipe.lambda_support import action_attribute, lease_seconds
+from sdpipe.lambda_support import action_attribute
 from sdpipe.logic.endpoint_lifecycle import EndpointLifecycle
 from sdpipe.tracing import make_tracer
 
@@ -22,7 +22,7 @@ processor = BatchProcessor(event_type=EventType.SQS)
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    lifecycle = EndpointLifecycle.from_settings(claim_seconds=lease_seconds(context))
+    lifecycle = EndpointLifecycle.from_settings()
 
     def record_handler(record: SQSRecord) -> None:
         job_id = lifecycle.handle_message(record.body, action_attribute(record), record.message_id)

@@ -45,7 +45,7 @@ def wait_for_models(stack: LocalStack, keys: list[str], timeout_s: float = _TIME
     deadline = time.monotonic() + timeout_s
     while True:
         items = [i for i in table.scan(ConsistentRead=True)["Items"] if i.get("s3_key") in keys]
-        settled = [i for i in items if i.get("status", "PENDING") != "PENDING" and "pending_event" not in i]
+        settled = [i for i in items if i.get("status", "PENDING") != "PENDING" and not i.get("pending_events")]
         if len(settled) == len(keys) or time.monotonic() > deadline:
             return settled
         time.sleep(0.2)

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -80,6 +81,10 @@ class FunctionPool:
     base_environment: dict[str, str]
     log_path: Path
     sessions: RoleSessions
+    # The fault injector's hooks, when one is armed: extra variables for each new worker, and
+    # a fault for each invocation (given the function and the worker's pid; returns its cancel).
+    worker_environment: Callable[[], dict[str, str]] | None = None
+    invocation_fault: Callable[[str, int], Callable[[], None]] | None = None
     _idle: list[_Worker] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _slots: threading.Semaphore | None = None
@@ -115,9 +120,12 @@ class FunctionPool:
     def _start_worker(self) -> _Worker:
         parent, child = socket.socketpair()
         log = self.log_path.open("ab")
+        environment = self.environment()
+        if self.worker_environment is not None:
+            environment |= self.worker_environment()
         process = subprocess.Popen(
             [sys.executable, "-m", "sdpipe_local.lambda_worker", str(child.fileno()), self.spec.handler],
-            env=self.environment(),
+            env=environment,
             pass_fds=[child.fileno()],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -127,7 +135,10 @@ class FunctionPool:
         log.close()
         worker = _Worker(process, parent, parent.makefile("rb"), parent.makefile("wb"))
         parent.settimeout(_READY_TIMEOUT_S)
-        ready = worker.reader.readline()
+        try:
+            ready = worker.reader.readline()
+        except (TimeoutError, OSError):
+            ready = b""
         if not ready:
             worker.kill()
             raise RuntimeError(f"worker for {self.spec.logical_id} exited during start-up; see {self.log_path}")
@@ -146,39 +157,54 @@ class FunctionPool:
             with self._lock:
                 worker = self._idle.pop() if self._idle else None
             if worker is None or not worker.alive():
-                worker = self._start_worker()
+                try:
+                    worker = self._start_worker()
+                except RuntimeError as exc:  # Lambda reports a failed init as the invocation's error
+                    logger.warning("%s: %s", self.spec.logical_id, exc)
+                    return InvocationResult({"errorType": "Runtime.ExitError", "errorMessage": str(exc)}, "Unhandled")
             request_id = request_id or str(uuid.uuid4())
-            deadline_ms = int(time.time() * 1000) + self.spec.timeout_s * 1000
-            request = {"event": event, "request_id": request_id, "deadline_ms": deadline_ms}
+            fault = self.invocation_fault
+            call_off = fault(self.spec.logical_id, worker.process.pid) if fault is not None else None
             try:
-                worker.channel.settimeout(self.spec.timeout_s + 1)
-                worker.writer.write(json.dumps(request).encode() + b"\n")
-                worker.writer.flush()
-                line = worker.reader.readline()
-            except (TimeoutError, OSError):
-                line = b""
-            if not line:
-                timed_out = worker.alive()
+                return self._run(worker, event, request_id)
+            finally:
+                if call_off is not None:
+                    call_off()
+
+    def _run(self, worker: _Worker, event: Any, request_id: str) -> InvocationResult:
+        deadline_ms = int(time.time() * 1000) + self.spec.timeout_s * 1000
+        request = {"event": event, "request_id": request_id, "deadline_ms": deadline_ms}
+        timed_out = False
+        try:
+            worker.channel.settimeout(self.spec.timeout_s + 1)
+            worker.writer.write(json.dumps(request).encode() + b"\n")
+            worker.writer.flush()
+            line = worker.reader.readline()
+        except TimeoutError:
+            line, timed_out = b"", True
+        except OSError:
+            line = b""
+        if not line:  # the worker died (end of stream) or ran out of time
+            worker.kill()
+            message = (
+                f"Task timed out after {self.spec.timeout_s:.2f} seconds"
+                if timed_out
+                else "Runtime exited unexpectedly (the worker process died)"
+            )
+            logger.warning("%s: %s", self.spec.logical_id, message)
+            return InvocationResult(
+                {"errorType": "Sandbox.Timedout" if timed_out else "Runtime.ExitError", "errorMessage": message},
+                "Unhandled",
+            )
+        with self._lock:
+            if self._closed:
                 worker.kill()
-                message = (
-                    f"Task timed out after {self.spec.timeout_s:.2f} seconds"
-                    if timed_out
-                    else "Runtime exited unexpectedly (the worker process died)"
-                )
-                logger.warning("%s: %s", self.spec.logical_id, message)
-                return InvocationResult(
-                    {"errorType": "Sandbox.Timedout" if timed_out else "Runtime.ExitError", "errorMessage": message},
-                    "Unhandled",
-                )
-            with self._lock:
-                if self._closed:
-                    worker.kill()
-                else:
-                    self._idle.append(worker)
-            response = json.loads(line)
-            if response.get("ok"):
-                return InvocationResult(response.get("result"))
-            return InvocationResult(response.get("error"), "Unhandled")
+            else:
+                self._idle.append(worker)
+        response = json.loads(line)
+        if response.get("ok"):
+            return InvocationResult(response.get("result"))
+        return InvocationResult(response.get("error"), "Unhandled")
 
     def close(self) -> None:
         with self._lock:
@@ -219,6 +245,16 @@ class LambdaRuntime:
         if pool is None:
             raise KeyError(name_or_arn)
         return pool.invoke(event)
+
+    def arm_faults(
+        self,
+        worker_environment: Callable[[], dict[str, str]],
+        invocation_fault: Callable[[str, int], Callable[[], None]],
+    ) -> None:
+        """Faults from now on: variables for every new worker, a fault for every invocation."""
+        for pool in self._pools.values():
+            pool.worker_environment = worker_environment
+            pool.invocation_fault = invocation_fault
 
     def prewarm(self) -> None:
         threads = [threading.Thread(target=pool.prewarm, daemon=True) for pool in self._pools.values()]

@@ -17,6 +17,8 @@ import time
 import traceback
 from typing import Any
 
+from sdpipe_local.chaos import install_worker_faults
+
 
 class LambdaContext:
     """The attributes and method of the context object Lambda passes to Python handlers."""
@@ -81,11 +83,13 @@ def main() -> None:
     handler = None
     init_error: dict[str, Any] | None = None
     module_name, _, function_name = handler_spec.rpartition(".")
+    install_worker_faults("start")  # fault injection (sdpipe_local.chaos): only when asked for
     try:
         handler = getattr(importlib.import_module(module_name), function_name)
     except BaseException as exc:  # reported on every invocation, as Lambda reports init errors
         init_error = _error(exc) | {"errorType": f"Runtime.ImportModuleError: {type(exc).__name__}"}
         traceback.print_exc()
+    install_worker_faults("ready")
     writer.write(b'{"ready": true}\n')
     writer.flush()
 

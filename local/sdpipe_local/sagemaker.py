@@ -34,12 +34,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from sdpipe_local.credentials import SAGEMAKER, RoleNotAssumable, RoleSessions, sagemaker_role_problem
 from sdpipe_local.images import ImageError, ImageResolver
 from sdpipe_local.sagemaker_training import TRAINING_OPERATIONS, LocalTrainingJobs, TrainingError
+
+if TYPE_CHECKING:
+    from sdpipe_local.chaos import Chaos
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,9 @@ class _Endpoint:
     port: int = 0
     log_path: Path | None = None
     executor: ThreadPoolExecutor | None = None
+    # Held while a crashed container is replaced; invocations read the port under it.
+    restarting: threading.Lock = field(default_factory=threading.Lock)
+    restarts: int = 0
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -130,6 +136,7 @@ class LocalSageMaker:
         self._endpoints: dict[str, _Endpoint] = {}
         self._throttled: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.chaos: Chaos | None = None  # the fault injector, when the stack runs with one
         self.training = LocalTrainingJobs(client, environment, state_dir, self._arn, sessions=sessions, images=images)
 
     # ------------------------------------------------------------------ control plane
@@ -433,14 +440,18 @@ class LocalSageMaker:
 
     def _run_invocation(self, endpoint: _Endpoint, job: _Invocation, notification: dict[str, str]) -> None:
         failure: str | None = None
+        with endpoint.restarting:  # a container being replaced: wait for the new one
+            process, port = endpoint.process, endpoint.port
         try:
             # SageMaker reads the input, writes the result and notifies with the execution role.
             s3 = self._sessions.client("s3", endpoint.role_arn, SAGEMAKER)
             bucket, key = _split(job.input_location)
             body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             request = urllib.request.Request(
-                f"http://127.0.0.1:{endpoint.port}/invocations", data=body, headers={"Content-Type": job.content_type}
+                f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": job.content_type}
             )
+            if self.chaos is not None and process is not None:
+                self.chaos.crash_during(process.kill)
             try:
                 with urllib.request.urlopen(request, timeout=_INVOCATION_TIMEOUT_S) as response:
                     result, result_type = response.read(), response.headers.get("Content-Type", "application/json")
@@ -459,7 +470,12 @@ class LocalSageMaker:
                 bucket, key = _split(job.output_location)
                 s3.put_object(Bucket=bucket, Key=key, Body=result, ContentType=result_type)
         except Exception as exc:  # the container died, the input is gone...: SageMaker reports it
-            failure = f"{type(exc).__name__}: {exc}"
+            exit_status = _exit_status(process)
+            if exit_status is not None:
+                failure = f"ModelError: the model container exited (status {exit_status}) while processing the request"
+                self._restart_crashed(endpoint, process)
+            else:
+                failure = f"{type(exc).__name__}: {exc}"
             logger.warning("async invocation %s on %s failed: %s", job.inference_id, endpoint.name, failure)
         try:
             self._notify(job, notification, failure, endpoint.role_arn)
@@ -467,6 +483,22 @@ class LocalSageMaker:
             logger.exception(
                 "async invocation %s on %s: the notification could not be sent", job.inference_id, endpoint.name
             )
+
+    def _restart_crashed(self, endpoint: _Endpoint, crashed: subprocess.Popen[bytes] | None) -> None:
+        """Replace a container that died, as SageMaker replaces an unhealthy instance's container
+        (once, however many invocations saw it die); the endpoint stays InService."""
+        with endpoint.restarting:
+            if endpoint.process is not crashed or endpoint.status != "InService":
+                return  # replaced already (or the endpoint is going away)
+            container = self._launch(endpoint.name, endpoint.config_name)
+            container.executor.shutdown(wait=False)  # the endpoint keeps its own invocation queue
+            if container.error is not None:
+                reason = f"the container crashed and could not be restarted: {container.error}"
+                self._set_status(endpoint, "Failed", reason)
+                return
+            endpoint.process, endpoint.port, endpoint.log_path = container.process, container.port, container.log_path
+            endpoint.restarts += 1
+            logger.info("endpoint %s: crashed container replaced (restart %d)", endpoint.name, endpoint.restarts)
 
     def _notify(self, job: _Invocation, notification: dict[str, str], failure: str | None, role_arn: str) -> None:
         message: dict[str, Any] = {
@@ -522,6 +554,16 @@ def _variant_summary(variant: dict[str, Any]) -> dict[str, Any]:
         "CurrentWeight": 1.0,
         "DesiredWeight": 1.0,
     }
+
+
+def _exit_status(process: subprocess.Popen[bytes] | None) -> int | None:
+    """The container's exit status if it has died (given a moment to be reaped), else None."""
+    if process is None:
+        return None
+    try:
+        return process.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def _split(uri: str) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from urllib.parse import unquote
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from sdpipe_local.chaos import Chaos, ThrottlingMiddleware
 from sdpipe_local.iam import IamEnforcer, Principals, RequestChecks, secret_arn_lookup
 from sdpipe_local.lambda_runtime import LambdaRuntime
 from sdpipe_local.s3_streaming import S3StreamingGetMiddleware, S3UploadPartMiddleware
@@ -127,13 +128,22 @@ class LocalAwsServer:
     """The single endpoint every client of the local stack talks to."""
 
     def __init__(
-        self, runtime: LambdaRuntime, sagemaker: LocalSageMaker, account: str, admin_keys: dict[str, str], port: int = 0
+        self,
+        runtime: LambdaRuntime,
+        sagemaker: LocalSageMaker,
+        account: str,
+        admin_keys: dict[str, str],
+        *,
+        port: int = 0,
+        chaos: Chaos | None = None,
     ) -> None:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._hosts: set[str] = set()
         moto_app = DomainDispatcherApplication(create_backend_app)
         self.s3_parts = S3UploadPartMiddleware(S3StreamingGetMiddleware(moto_app, self._hosts))
-        served = LambdaInvokeMiddleware(SageMakerMiddleware(self.s3_parts, sagemaker), runtime)
+        served: Any = LambdaInvokeMiddleware(SageMakerMiddleware(self.s3_parts, sagemaker), runtime)
+        if chaos is not None:  # throttling is decided after IAM, as AWS authorises first
+            served = ThrottlingMiddleware(served, chaos)
         # IAM is checked before anything answers, the Lambda and SageMaker APIs included.
         checks = RequestChecks(account, secret_arn_lookup(account), sagemaker.endpoint_config_name)
         self.iam = IamEnforcer(served, Principals(account, admin_keys), checks)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import boto3
 from botocore.config import Config
 
+from sdpipe_local.chaos import Chaos, ChaosConfig
 from sdpipe_local.credentials import LAMBDA, RoleSessions, StateMachineCredentials
 from sdpipe_local.iam import ADMIN_POLICY, ADMIN_USER
 from sdpipe_local.iam_policy import Decision, evaluate
@@ -69,6 +70,7 @@ class LocalStack:
         stack_name: str = "sdpipe",
         parameter_overrides: dict[str, str] | None = None,
         state_dir: Path | str | None = None,
+        chaos: ChaosConfig | None = None,
     ) -> None:
         self.template_path = Path(template_path).resolve()
         self.stack_name = stack_name
@@ -84,6 +86,8 @@ class LocalStack:
         self.provisioned: ProvisionedStack | None = None
         self._pollers: list[SqsPoller] = []
         self._previous_moto_port: str | None = None
+        # The fault injector (sdpipe_local.chaos), armed once the stack is up.
+        self.chaos: Chaos | None = Chaos(chaos) if chaos is not None else None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> LocalStack:
@@ -111,7 +115,12 @@ class LocalStack:
             self.client, base_environment, self.state_dir, REGION, ACCOUNT_ID, sessions=self.sessions, images=images
         )
         self.server = LocalAwsServer(
-            self.runtime, self.sagemaker, ACCOUNT_ID, {CREDENTIALS["AWS_ACCESS_KEY_ID"]: ADMIN_USER}, self._port
+            self.runtime,
+            self.sagemaker,
+            ACCOUNT_ID,
+            {CREDENTIALS["AWS_ACCESS_KEY_ID"]: ADMIN_USER},
+            port=self._port,
+            chaos=self.chaos,
         )
         self.sessions.endpoint_url = self.server.url
         # moto's Step Functions interpreter calls the other services on this port (process-wide:
@@ -156,6 +165,8 @@ class LocalStack:
             poller = SqsPoller(mapping, self.runtime, sqs, REGION)
             poller.start()
             self._pollers.append(poller)
+        if self.chaos is not None:
+            self._arm_chaos(self.chaos)
         self._write_state()
         logger.info("local stack up in %.1fs on %s", time.monotonic() - started, self.endpoint_url)
         return self
@@ -254,6 +265,19 @@ class LocalStack:
         from sdpipe_local.credentials import SAGEMAKER
 
         return self.sessions.client("ecr", role_arn, SAGEMAKER)
+
+    def _arm_chaos(self, chaos: Chaos) -> None:
+        """Faults from now on (the stack itself started cleanly), and time compressed."""
+        assert self.runtime is not None and self.sagemaker is not None and self.provisioned is not None
+        sqs = self.client("sqs")
+        for url in sqs.list_queues().get("QueueUrls", []):
+            sqs.set_queue_attributes(
+                QueueUrl=url, Attributes={"VisibilityTimeout": str(chaos.config.visibility_timeout_s)}
+            )
+        chaos.worker_log = self.state_dir / "logs" / "chaos.log"
+        self.runtime.arm_faults(chaos.worker_environment, chaos.during_invocation)
+        self.sagemaker.chaos = chaos
+        logger.warning("chaos armed: %s", chaos.config)
 
     def _check_poller_permissions(self, mapping: SqsMappingSpec) -> None:
         """CreateEventSourceMapping refuses a role that cannot poll the queue; so does the local stack."""

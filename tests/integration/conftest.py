@@ -53,7 +53,7 @@ class Models:
         deadline = time.monotonic() + timeout
         while True:
             item = self.item(key)
-            settled = item is not None and item.get("status", "PENDING") != "PENDING" and "pending_event" not in item
+            settled = item is not None and item.get("status", "PENDING") != "PENDING" and not item.get("pending_events")
             if settled and (status is None or item["status"] == status) and (etag is None or item["etag"] == etag):
                 return item
             if time.monotonic() > deadline:

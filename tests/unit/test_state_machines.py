@@ -28,6 +28,8 @@ STATES_ERRORS = {
 LAMBDA_ERRORS = {
     "Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
     "Lambda.TooManyRequestsException", "Lambda.ClientExecutionTimeoutException", "Lambda.Unknown",
+    # The errorType Lambda reports when the function's runtime process dies (killed, out of memory).
+    "Runtime.ExitError",
 }  # fmt: skip
 
 

@@ -117,9 +117,15 @@ class NoEndpointInService(SdpipeError):
 
 
 class EndpointFailed(SdpipeError):
-    """The endpoint refused the invocation, errored, or died mid-job."""
+    """The endpoint refused the invocation or answered with an error."""
 
     code = "ENDPOINT_ERROR"
+
+
+class EndpointCrashed(SdpipeError):
+    """The model container died mid-invocation (a CUDA OOM, a segfault) without answering."""
+
+    code = "ENDPOINT_CRASHED"
 
 
 class JobNotFound(SdpipeError):

@@ -27,6 +27,10 @@ class BaseSettings(BaseModel):
 
     model_config = ConfigDict(defer_build=True, frozen=True, extra="ignore")
 
+    # How long the writer of a stored event has to publish it before the sweeper (or a
+    # redelivery) may; with the sweep period this bounds how late an event can be.
+    event_lease_seconds: int = Field(default=60, ge=1, le=900)
+
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Self:
         variables = {key.upper(): value for key, value in (os.environ if environ is None else environ).items()}
@@ -133,6 +137,12 @@ class DatasetSettings(BaseSettings):
     dataset_max_images: int = Field(default=20_000, ge=1)
 
 
+class SweepSettings(JobSettings):
+    """The sweeper: timeouts, and the stored events of every table whose writer died."""
+
+    datasets_table_name: str = Field(min_length=3)
+
+
 class RequestFilesSettings(BaseSettings):
     assets_bucket_name: str = Field(min_length=3)
     requests_topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:")
@@ -170,6 +180,11 @@ def training_settings() -> TrainingSettings:
 @lru_cache(maxsize=1)
 def dataset_settings() -> DatasetSettings:
     return _load(DatasetSettings)
+
+
+@lru_cache(maxsize=1)
+def sweep_settings() -> SweepSettings:
+    return _load(SweepSettings)
 
 
 @lru_cache(maxsize=1)

@@ -22,6 +22,11 @@ class DynamoTable:
         self._aws = aws
 
     @property
+    def aws(self) -> AwsClients:
+        """The clients this table is read with (an outbox on the same table shares them)."""
+        return self._aws
+
+    @property
     def _table(self) -> Any:
         return self._aws.get_resource("dynamodb").Table(self.table_name)
 

@@ -1,9 +1,7 @@
 """The Jobs table: jobs move forward only, through conditional writes.
 
 Every write that changes a job's status also stores the event announcing it on the item
-(``pending_events``), with a publishing lease held by the writer. The writer publishes it and
-removes it; if the writer dies in between, a later delivery finds the lease expired and publishes
-it instead. So each transition is announced once, and never lost.
+(``adapters.outbox``): each transition is announced, and never lost.
 
 Transitions that take or give back an endpoint slot update the endpoint's ``in_flight`` counter
 in the same transaction, so the counter can neither leak nor be counted twice.
@@ -11,7 +9,6 @@ in the same transaction, so the counter can neither leak nor be counted twice.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -145,30 +142,6 @@ class JobsTable(DynamoTable):
         path = update.name("progress_announced_at")
         condition = f"attribute_not_exists({path}) OR {path} <= {update.value(to_dynamo(now - interval))}"
         return self._update_if(Key={"job_id": job_id}, **update.request(condition))
-
-    def lease_event(self, job_id: str, event_id: str, lease_seconds: int) -> bool:
-        """Take the publishing lease of a stored event whose previous lease expired."""
-        now = int(time.time())
-        update = UpdateBuilder()
-        path = update.name(f"pending_events.{event_id}.lease_until")
-        until = update.value(now + lease_seconds)
-        request = {
-            "UpdateExpression": f"SET {path} = {until}",
-            "ConditionExpression": f"{path} < {update.value(now)}",
-            "ExpressionAttributeNames": update.names,
-            "ExpressionAttributeValues": update.values,
-        }
-        try:
-            self._table.update_item(Key={"job_id": job_id}, **request)
-        except ClientError as exc:
-            if is_condition_failure(exc):
-                return False
-            raise
-        return True
-
-    def clear_event(self, job_id: str, event_id: str) -> None:
-        update = UpdateBuilder().remove(f"pending_events.{event_id}")
-        self._table.update_item(Key={"job_id": job_id}, **update.request())
 
     def recent(self, action: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """Newest jobs first (of one action, or of every action)."""

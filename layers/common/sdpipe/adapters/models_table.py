@@ -4,9 +4,8 @@ Protocol for one S3 key (one item):
 1. ``claim`` takes the item for one object version (its ETag) with a lease. It fails when that
    version is already registered or another worker holds a live lease on it.
 2. ``finish`` writes the outcome only if the claim is still ours (a newer upload takes the claim
-   over, and the older worker's result is then dropped) and stores the event to announce it.
-3. ``clear_pending_event`` removes the stored event once published. A worker that dies in between
-   leaves it on the item, and the next delivery publishes it: the event is never lost.
+   over, and the older worker's result is then dropped) and stores the event to announce it
+   (``adapters.outbox``): published by the worker, or by the sweeper if the worker dies.
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from sdpipe.adapters.dynamo import DynamoTable, from_dynamo, to_dynamo
+from sdpipe.adapters.dynamo import DynamoTable, UpdateBuilder, from_dynamo, to_dynamo
+from sdpipe.adapters.outbox import PENDING_EVENTS, stage_event
 from sdpipe.contracts.models import ModelRecord, ModelStatus, ModelType
 
 # Fields that describe one outcome; re-registering a key removes those the new outcome lacks.
@@ -40,8 +40,12 @@ class ModelsTable(DynamoTable):
             ":token": token,
             ":expires": now + lease_seconds,
             ":now": now,
+            ":no_events": {},
         }
-        sets = ["#status = :pending", "etag = :etag", "claim_token = :token", "claim_expires_at = :expires"]
+        sets = [
+            "#status = :pending", "etag = :etag", "claim_token = :token", "claim_expires_at = :expires",
+            f"{PENDING_EVENTS} = if_not_exists({PENDING_EVENTS}, :no_events)",
+        ]  # fmt: skip
         for index, (name, value) in enumerate(fields.items()):
             names[f"#f{index}"] = name
             values[f":f{index}"] = to_dynamo(value)
@@ -60,32 +64,21 @@ class ModelsTable(DynamoTable):
             ExpressionAttributeValues=values,
         )
 
-    def finish(self, *, model_id: str, token: str, record: ModelRecord, event: dict[str, Any]) -> bool:
+    def finish(self, *, model_id: str, token: str, record: ModelRecord, event_id: str, stored: dict[str, Any]) -> bool:
         item = record.model_dump(mode="json", exclude_none=True)
-        item["pending_event"] = event
         if record.sha256:
             item["hash_shard"] = record.sha256[:2]
-        names: dict[str, str] = {}
-        values: dict[str, Any] = {":token": token}
-        sets = []
-        for index, (name, value) in enumerate(item.items()):
-            if name in ("model_id", "created_at"):  # created_at: set once, by the first claim
-                continue
-            names[f"#f{index}"] = name
-            values[f":f{index}"] = to_dynamo(value)
-            sets.append(f"#f{index} = :f{index}")
-        removals = ["claim_token", "claim_expires_at"]
-        for index, stale in enumerate(_OUTCOME_FIELDS):
+        update = UpdateBuilder()
+        for name, value in item.items():
+            if name not in ("model_id", "created_at"):  # created_at: set once, by the first claim
+                update.set(name, value)
+        for stale in _OUTCOME_FIELDS:
             if stale not in item:
-                names[f"#r{index}"] = stale
-                removals.append(f"#r{index}")
-        return self._update_if(
-            Key={"model_id": model_id},
-            UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removals),
-            ConditionExpression="claim_token = :token",
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
-        )
+                update.remove(stale)
+        update.remove("claim_token").remove("claim_expires_at")
+        stage_event(update, event_id, stored)
+        condition = f"{update.name('claim_token')} = {update.value(token)}"
+        return self._update_if(Key={"model_id": model_id}, **update.request(condition))
 
     def release_claim(self, model_id: str, token: str) -> None:
         """Expire our lease at once so the next delivery can claim the version again."""
@@ -96,28 +89,13 @@ class ModelsTable(DynamoTable):
             ExpressionAttributeValues={":zero": 0, ":token": token},
         )
 
-    def mark_deleted(self, *, model_id: str, updated_at: str, event: dict[str, Any]) -> bool:
-        return self._update_if(
-            Key={"model_id": model_id},
-            UpdateExpression=(
-                "SET #status = :deleted, updated_at = :now, pending_event = :event REMOVE claim_token, claim_expires_at"
-            ),
-            ConditionExpression="attribute_exists(model_id) AND #status <> :deleted",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={
-                ":deleted": ModelStatus.DELETED.value,
-                ":now": updated_at,
-                ":event": to_dynamo(event),
-            },
-        )
-
-    def clear_pending_event(self, model_id: str, event_id: str) -> None:
-        self._update_if(
-            Key={"model_id": model_id},
-            UpdateExpression="REMOVE pending_event",
-            ConditionExpression="pending_event.event_id = :id",
-            ExpressionAttributeValues={":id": event_id},
-        )
+    def mark_deleted(self, *, model_id: str, updated_at: str, event_id: str, stored: dict[str, Any]) -> bool:
+        update = UpdateBuilder().set("status", ModelStatus.DELETED.value).set("updated_at", updated_at)
+        update.remove("claim_token").remove("claim_expires_at")
+        stage_event(update, event_id, stored)
+        status = update.name("status")
+        condition = f"attribute_exists(model_id) AND {status} <> {update.value(ModelStatus.DELETED.value)}"
+        return self._update_if(Key={"model_id": model_id}, **update.request(condition))
 
     def find_by_hash_prefix(self, prefix: str) -> list[dict[str, Any]]:
         """Models whose sha256 starts with ``prefix`` (at least 2 hex digits: the index shard)."""

@@ -26,5 +26,10 @@ class Workflows:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ExecutionAlreadyExists":
                 raise
-        machine = state_machine_arn.split(":stateMachine:", 1)
-        return f"{machine[0]}:execution:{machine[1]}:{name}"
+        return execution_arn(state_machine_arn, name)
+
+
+def execution_arn(state_machine_arn: str, name: str) -> str:
+    """The ARN of the execution ``name`` of a state machine (executions are named by job id)."""
+    machine = state_machine_arn.split(":stateMachine:", 1)
+    return f"{machine[0]}:execution:{machine[1]}:{name}"

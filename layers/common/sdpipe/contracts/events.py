@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -37,6 +38,8 @@ class Event(BaseModel):
 
     type: EventType
     status: str
+    # The same for every publication of one event: subscribers de-duplicate on it.
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     occurred_at: datetime = Field(default_factory=utc_now)
     job_id: str | None = None
     action: str | None = None

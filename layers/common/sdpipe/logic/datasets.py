@@ -10,7 +10,6 @@ on the item until published, so duplicate S3 events change nothing.
 from __future__ import annotations
 
 import re
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -21,6 +20,7 @@ from aws_lambda_powertools import Logger
 from sdpipe.adapters.datasets_table import DatasetsTable
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.object_store import ObjectInfo, ObjectStore
+from sdpipe.adapters.outbox import PENDING_EVENTS, OutboxTable
 from sdpipe.contracts.datasets import (
     CAPTION_EXTENSION,
     CONCEPT_FOLDER,
@@ -39,6 +39,7 @@ from sdpipe.contracts.events import Event, EventType, utc_now
 from sdpipe.contracts.s3_events import S3EventNotification
 from sdpipe.errors import DatasetNotFound, ObjectChanged
 from sdpipe.inspect.images import ImageUnreadable, image_size
+from sdpipe.logic.outbox import DEFAULT_LEASE_SECONDS, Outbox
 from sdpipe.logic.parallel import io_pool
 from sdpipe.settings import dataset_settings
 
@@ -65,6 +66,12 @@ class DatasetCatalog:
     table: DatasetsTable
     publisher: EventPublisher
     max_images: int = 20_000
+    event_lease_seconds: int = DEFAULT_LEASE_SECONDS
+
+    @property
+    def outbox(self) -> Outbox:
+        table = OutboxTable(self.table.table_name, "name", self.table.aws)
+        return Outbox(table, self.publisher, self.event_lease_seconds)
 
     @classmethod
     def from_settings(cls) -> DatasetCatalog:
@@ -74,6 +81,7 @@ class DatasetCatalog:
             DatasetsTable(settings.datasets_table_name),
             EventPublisher(settings.events_topic_arn),
             max_images=settings.dataset_max_images,
+            event_lease_seconds=settings.event_lease_seconds,
         )
 
     # ------------------------------------------------------------------ registration
@@ -93,21 +101,20 @@ class DatasetCatalog:
             logger.info("marker deleted since the event was sent", extra={"dataset": name})
             return None
         version = f"{marker.last_modified}#{marker.etag}"
-        existing = self.table.get(name)
+        existing = self.table.stored(name)
         if existing is not None and str(existing.get("marker_version", "")) >= version:
-            self._flush(existing)  # a duplicate event: publish what an earlier attempt left
-            return DatasetRecord.model_validate(existing)
+            self.outbox.flush(existing)  # a duplicate event: publish what an earlier attempt left
+            return None if "deleted_at" in existing else DatasetRecord.model_validate(existing)
         record = self._inspect(name, version)
         event = _event_for(record)
-        event_id = uuid.uuid4().hex
-        stored = event.model_dump(mode="json") | {"event_id": event_id}
-        if not self.table.put_version(record.model_dump(mode="json"), stored):
+        carried = (existing or {}).get(PENDING_EVENTS) or {}  # an older version's, not yet out
+        if not self.table.put_version(record.model_dump(mode="json"), self.outbox.item_fields(event), carried):
             current = self.table.get(name)
             if current is not None:
-                self._flush(current)
+                self.outbox.flush(current)
                 return DatasetRecord.model_validate(current)
             return None
-        self._publish(name, event_id, event)
+        self.outbox.publish(name, event)
         logger.info("dataset inspected", extra={"dataset": name, "status": record.status.value})
         return record
 
@@ -285,21 +292,14 @@ class DatasetCatalog:
         marker = prefix + DATASET_MARKER
         deleted = self.store.delete_keys([marker]) if marker in keys else 0
         deleted += self.store.delete_keys([k for k in keys if k != marker])
-        if self.table.delete(name):
-            summary = {"name": name, "prefix": prefix, "status": "DELETED"}
-            self.publisher.publish(Event(type=EventType.DATASET_DELETED, status="DELETED", dataset=summary))
+        summary = {"name": name, "prefix": prefix, "status": "DELETED"}
+        event = Event(type=EventType.DATASET_DELETED, status="DELETED", dataset=summary)
+        if self.table.mark_deleted(name, event.occurred_at.isoformat(), event.event_id, self.outbox.stored(event)):
+            self.outbox.publish(name, event)
+        elif (tombstone := self.table.stored(name)) is not None:
+            self.outbox.flush(tombstone)  # an earlier deletion stopped before announcing itself
+        self.table.purge(name)
         return deleted
-
-    # ------------------------------------------------------------------ events
-    def _flush(self, item: dict[str, Any]) -> None:
-        pending = item.get("pending_event")
-        if pending:
-            event_id = pending.pop("event_id")
-            self._publish(item["name"], event_id, Event.model_validate(pending))
-
-    def _publish(self, name: str, event_id: str, event: Event) -> None:
-        self.publisher.publish(event)
-        self.table.clear_pending_event(name, event_id)
 
 
 def _event_for(record: DatasetRecord) -> Event:

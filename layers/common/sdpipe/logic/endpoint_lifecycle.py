@@ -113,12 +113,12 @@ class EndpointLifecycle:
     images: ContainerImages = field(default_factory=ContainerImages)
 
     @classmethod
-    def from_settings(cls, claim_seconds: int = 60) -> EndpointLifecycle:
+    def from_settings(cls) -> EndpointLifecycle:
         settings = endpoint_settings()
         jobs = JobsTable(settings.jobs_table_name, settings.endpoints_table_name)
         publisher = EventPublisher(settings.events_topic_arn)
         return cls(
-            ledger=JobLedger(jobs, publisher, lease_seconds=claim_seconds),
+            ledger=JobLedger(jobs, publisher, lease_seconds=settings.event_lease_seconds),
             jobs=jobs,
             endpoints=EndpointsTable(settings.endpoints_table_name),
             workflows=Workflows(),

@@ -22,7 +22,7 @@ from sdpipe.adapters.http_source import HttpSource
 from sdpipe.adapters.multipart import MultipartUploads
 from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.adapters.secrets import AuthSecrets
-from sdpipe.adapters.workflows import Workflows
+from sdpipe.adapters.workflows import Workflows, execution_arn
 from sdpipe.contracts.jobs import REGISTERING, JobStatus
 from sdpipe.contracts.models import ModelSource
 from sdpipe.contracts.uploads import META_JOB_ID, META_SHA256, META_SOURCE, META_SOURCE_URL, FetchModelParams
@@ -318,6 +318,14 @@ class ModelFetcher:
         job = self.ledger.get(job_id)
         if job is None:
             raise errors.JobNotFound(f"job {job_id} does not exist")
+        if job["status"] == JobStatus.ACCEPTED.value and self.settings.fetch_model_state_machine_arn:
+            # The workflow runs, so it was started: the request's worker died (or is slow)
+            # between StartExecution and recording it. Record it here (once, conditionally).
+            arn = execution_arn(self.settings.fetch_model_state_machine_arn, job_id)
+            moved = self.ledger.move(
+                job, JobStatus.RUNNING, allowed_from=[JobStatus.ACCEPTED], fields={"execution_arn": arn}
+            )
+            job = moved or self.ledger.get(job_id) or job  # not moved: someone else recorded it
         if job["status"] != JobStatus.RUNNING.value:
             raise JobAlreadyFinished(f"job {job_id} is {job['status']}; the fetch stops")
         return job

@@ -25,7 +25,7 @@ from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.contracts.events import utc_now
 from sdpipe.contracts.jobs import JobStatus
 from sdpipe.contracts.sagemaker_events import AsyncInferenceNotification
-from sdpipe.errors import EndpointFailed
+from sdpipe.errors import EndpointCrashed, EndpointFailed
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.parallel import io_pool
 from sdpipe.settings import job_settings
@@ -100,7 +100,10 @@ class InferenceCompletion:
         )
 
     def _failure(self, notification: AsyncInferenceNotification) -> dict[str, str]:
-        """The container's own error (code and message) when it wrote one, else SageMaker's reason."""
+        """The container's own error (code and message) when it wrote one; else the container
+        died without answering (our server answers every error it can catch, a CUDA OOM
+        included): ENDPOINT_CRASHED with SageMaker's reason. SageMaker restarts the container;
+        the job is not retried (a crash caused by the request would crash it again)."""
         key = self.store.key_of(notification.response.failure_location or "")
         if key is not None:
             try:
@@ -110,8 +113,11 @@ class InferenceCompletion:
                     return {"code": str(error["code"]), "message": str(error["message"])}
             except (FileNotFoundError, ValueError, json.JSONDecodeError):
                 pass
-        reason = notification.failure_reason or "the endpoint reported a failure without a reason"
-        return EndpointFailed(f"endpoint {notification.request.endpoint_name}: {reason}").to_error()
+        reason = notification.failure_reason or "no reason given"
+        return EndpointCrashed(
+            f"endpoint {notification.request.endpoint_name}: the model container stopped without answering "
+            f"(a crash or out of memory; SageMaker restarts it): {reason}"
+        ).to_error()
 
     def _output(self, notification: AsyncInferenceNotification) -> bytes | None:
         """The endpoint's output, or None when its location is outside the assets bucket."""

@@ -125,7 +125,7 @@ class InferenceIntake:
     def from_settings(cls, claim_seconds: int) -> InferenceIntake:
         settings = job_settings()
         return cls(
-            ledger=JobLedger.from_settings(settings, lease_seconds=claim_seconds),
+            ledger=JobLedger.from_settings(settings),
             models=ModelsTable(settings.models_table_name),
             endpoints=EndpointsTable(settings.endpoints_table_name),
             store=ObjectStore(settings.assets_bucket_name),

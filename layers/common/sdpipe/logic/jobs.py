@@ -2,8 +2,8 @@
 
 Every action's job goes through here: a job is created once per request id (a conditional put),
 then moved by conditional updates that name the statuses it may leave. The event of a transition
-is stored on the item in the same write (see ``JobsTable``) and published right after; a
-duplicate delivery republishes only events whose writer's lease has run out.
+is stored on the item in the same write and published right after (``logic.outbox``): a
+duplicate delivery or the sweeper publishes only events whose writer's lease has run out.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from aws_lambda_powertools import Logger
 from sdpipe.adapters.dynamo import UpdateBuilder
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.jobs_table import OPEN_SHARD, JobsTable
+from sdpipe.adapters.outbox import PENDING_EVENTS, OutboxTable
 from sdpipe.contracts.events import Event, EventType, utc_now
 from sdpipe.contracts.jobs import OPEN_STATUSES, JobStatus
+from sdpipe.logic.outbox import DEFAULT_LEASE_SECONDS, Outbox
 from sdpipe.logic.parallel import io_pool
 
 logger = Logger(child=True)
@@ -37,6 +39,8 @@ class JobTablesSettings(Protocol):
     def endpoints_table_name(self) -> str: ...
     @property
     def events_topic_arn(self) -> str: ...
+    @property
+    def event_lease_seconds(self) -> int: ...
 
 
 EVENT_FOR_STATUS: dict[JobStatus, EventType] = {
@@ -71,15 +75,20 @@ class JobLedger:
     table: JobsTable
     publisher: EventPublisher
     # How long the writer of an event has to publish it before another delivery may.
-    lease_seconds: int = 60
+    lease_seconds: int = DEFAULT_LEASE_SECONDS
     _background: list[Future[None]] = field(default_factory=list)
 
+    @property
+    def outbox(self) -> Outbox:
+        table = OutboxTable(self.table.table_name, "job_id", self.table.aws)
+        return Outbox(table, self.publisher, self.lease_seconds)
+
     @classmethod
-    def from_settings(cls, settings: JobTablesSettings, lease_seconds: int = 60) -> JobLedger:
+    def from_settings(cls, settings: JobTablesSettings) -> JobLedger:
         return cls(
             JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
             EventPublisher(settings.events_topic_arn),
-            lease_seconds=lease_seconds,
+            lease_seconds=settings.event_lease_seconds,
         )
 
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -124,16 +133,16 @@ class JobLedger:
             item["deadline"] = (now + timedelta(seconds=deadline_seconds)).isoformat()
         announced = JobStatus.ACCEPTED if status is JobStatus.QUEUED else status
         event = job_event(item | {"status": announced.value}, announced, now)
-        event_id = uuid.uuid4().hex
+        item[PENDING_EVENTS] = {}  # later moves store their events in it
         if event is not None:
-            item["pending_events"] = {event_id: self._stored(event)}
+            item |= self.outbox.item_fields(event)
         if not self.table.create(item, endpoint=endpoint):
             return None
         if event is not None:
             if publish_in_background:
-                self._background.append(io_pool.submit(self._publish, job_id, event_id, event))
+                self._background.append(io_pool.submit(self.outbox.publish, job_id, event))
             else:
-                self._publish(job_id, event_id, event)
+                self.outbox.publish(job_id, event)
         return item
 
     def resume_duplicate(self, job_id: str, start: Callable[[dict[str, Any]], None]) -> bool:
@@ -193,9 +202,8 @@ class JobLedger:
             update.remove(name)
             moved.pop(name, None)
         event = job_event(moved, to, now) if to.value != job.get("status") else None
-        event_id = uuid.uuid4().hex
         if event is not None:
-            update.set(f"pending_events.{event_id}", self._stored(event))
+            self.outbox.stage(update, event)
         if not self.table.update(
             job["job_id"],
             update,
@@ -207,7 +215,7 @@ class JobLedger:
             return None
         if event is not None:
             self.drain()  # events of one job go out in the order of its transitions
-            self._publish(job["job_id"], event_id, event)
+            self.outbox.publish(job["job_id"], event)
         return moved
 
     def claim(self, job: dict[str, Any], seconds: int) -> dict[str, Any] | None:
@@ -233,14 +241,12 @@ class JobLedger:
             self.table.conditional_update(job["job_id"], update, f"claim_token = {update.value(token)}")
 
     def flush(self, job: dict[str, Any]) -> None:
-        """Publish the events a writer stored but did not get to publish (its lease ran out)."""
-        pending = job.get("pending_events") or {}
-        now = time.time()
-        for event_id, stored in sorted(pending.items(), key=lambda kv: str(kv[1]["event"].get("occurred_at"))):
-            if stored.get("lease_until", 0) >= now:
-                continue  # its writer may still be publishing it
-            if self.table.lease_event(job["job_id"], event_id, self.lease_seconds):
-                self._publish(job["job_id"], event_id, Event.model_validate(stored["event"]))
+        """Publish the events a writer stored but did not get to publish (its lease ran out).
+
+        One still under its writer's lease is left alone: the writer may be publishing it, and
+        if it died the sweeper publishes it once the lease runs out.
+        """
+        self.outbox.flush(job)
 
     def progress(self, job: dict[str, Any], done_delta: int, interval: float = 1.0) -> dict[str, Any]:
         """Count ``done_delta`` more bytes done; announce ``job.progress`` at most once per ``interval``.
@@ -271,11 +277,3 @@ class JobLedger:
                     context=job.get("context") or {},
                 )
             )
-
-    def _stored(self, event: Event) -> dict[str, Any]:
-        return {"event": event.model_dump(mode="json"), "lease_until": int(time.time()) + self.lease_seconds}
-
-    def _publish(self, job_id: str, event_id: str, event: Event) -> None:
-        self.publisher.publish(event)
-        self.table.clear_event(job_id, event_id)
-        logger.info("published", extra={"type": event.type.value, "job_id": job_id})

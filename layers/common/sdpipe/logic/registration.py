@@ -15,6 +15,7 @@ from aws_lambda_powertools import Logger
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.adapters.object_store import ObjectInfo, ObjectStore
+from sdpipe.adapters.outbox import OutboxTable
 from sdpipe.contracts.events import Event, EventType, utc_now
 from sdpipe.contracts.jobs import JobStatus
 from sdpipe.contracts.models import ModelError, ModelRecord, ModelSource, ModelStatus
@@ -31,6 +32,7 @@ from sdpipe.errors import ModelRejected, Sha256Mismatch
 from sdpipe.layout import COMPANION_EXTENSIONS, ModelKey, parse_model_key
 from sdpipe.logic.inspection import InspectionLimits, inspect_model
 from sdpipe.logic.jobs import JobLedger
+from sdpipe.logic.outbox import DEFAULT_LEASE_SECONDS, Outbox
 from sdpipe.settings import registration_settings
 
 logger = Logger(child=True)
@@ -49,7 +51,13 @@ class Registrar:
     limits: InspectionLimits
     # Uploads and fetches name their job in the object's metadata; registration finishes it.
     ledger: JobLedger | None = None
-    lease_seconds: int = 900
+    lease_seconds: int = 900  # the claim on one object version: the whole invocation
+    event_lease_seconds: int = DEFAULT_LEASE_SECONDS
+
+    @property
+    def outbox(self) -> Outbox:
+        table = OutboxTable(self.table.table_name, "model_id", self.table.aws)
+        return Outbox(table, self.publisher, self.event_lease_seconds)
 
     @classmethod
     def from_settings(cls, lease_seconds: int) -> Registrar:
@@ -66,6 +74,7 @@ class Registrar:
             ),
             ledger=JobLedger.from_settings(settings),
             lease_seconds=lease_seconds,
+            event_lease_seconds=settings.event_lease_seconds,
         )
 
     def handle_notification(self, notification: S3EventNotification) -> None:
@@ -125,13 +134,19 @@ class Registrar:
         try:
             record = self._inspect(key, info, now)
             event = _event_for(record)
-            finished = self.table.finish(model_id=key.model_id, token=token, record=record, event=_stored(event, token))
+            finished = self.table.finish(
+                model_id=key.model_id,
+                token=token,
+                record=record,
+                event_id=event.event_id,
+                stored=self.outbox.stored(event),
+            )
         except BaseException:
             # Unexpected (S3 throttling, the object changing mid-read): let the retry reclaim it.
             self.table.release_claim(key.model_id, token)
             raise
         if finished:
-            self._publish(key.model_id, token, event)
+            self.outbox.publish(key.model_id, event)
             self._settle_job(info, record)
         else:
             logger.info("a newer version of the object took over; result dropped", extra={"key": key.key})
@@ -145,28 +160,21 @@ class Registrar:
             return
         model = {name: item.get(name) for name in _SUMMARY_FIELDS} | {"status": ModelStatus.DELETED.value}
         event = Event(type=EventType.MODEL_DELETED, status=ModelStatus.DELETED.value, model=model)
-        event_id = uuid.uuid4().hex
         if self.table.mark_deleted(
             model_id=key.model_id,
             updated_at=event.occurred_at.isoformat(),
-            event=_stored(event, event_id),
+            event_id=event.event_id,
+            stored=self.outbox.stored(event),
         ):
-            self._publish(key.model_id, event_id, event)
+            self.outbox.publish(key.model_id, event)
         else:
             self.flush_pending_event(key.model_id)
 
     def flush_pending_event(self, model_id: str) -> None:
-        """Publish an event a previous attempt stored but may not have sent."""
+        """Publish events a previous attempt stored and whose lease has run out."""
         item = self.table.get(model_id)
-        pending = (item or {}).get("pending_event")
-        if pending:
-            event_id = pending.pop("event_id")
-            self._publish(model_id, event_id, Event.model_validate(pending))
-
-    def _publish(self, model_id: str, event_id: str, event: Event) -> None:
-        self.publisher.publish(event)
-        self.table.clear_pending_event(model_id, event_id)
-        logger.info("published", extra={"type": event.type.value, "model_id": model_id})
+        if item is not None:
+            self.outbox.flush(item)
 
     def _inspect(self, key: ModelKey, info: ObjectInfo, now: object) -> ModelRecord:
         base = {
@@ -256,10 +264,6 @@ def _training(info: ObjectInfo) -> dict[str, str] | None:
         return None
     fields = {"job_id": META_TRAINING_JOB, "base_model_sha256": META_BASE_MODEL, "dataset": META_DATASET}
     return {name: info.metadata[key] for name, key in fields.items() if info.metadata.get(key)}
-
-
-def _stored(event: Event, event_id: str) -> dict[str, object]:
-    return event.model_dump(mode="json") | {"event_id": event_id}
 
 
 def _event_for(record: ModelRecord) -> Event:

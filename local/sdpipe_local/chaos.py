@@ -1,0 +1,222 @@
+"""Fault injection for the local stack (``sdpipe local up --chaos SEED``, ``LocalStack(chaos=...)``).
+
+What AWS does to a serverless application on a bad day, at a chosen rate, from one seed:
+
+- **Lambda workers killed** (SIGKILL) part-way through a share of invocations, right
+  before an SNS publish (so after the write it announces: the store-then-publish window), and
+  while they start up (before the handler is imported).
+- **The endpoint's container killed** mid-invocation (a CUDA OOM, a segfault).
+- **DynamoDB, S3 and SNS calls throttled**: the stack's own calls (those signed with a role's
+  session credentials, not the administrator's) are answered ThrottlingException / SlowDown /
+  Throttling at ``throttle_rate``; the SDKs' retries see what they see in AWS.
+- **Time compressed**: every queue's visibility timeout is set to ``visibility_timeout_s`` so a
+  message whose worker was killed comes back in seconds rather than minutes (and, as a bonus,
+  a slow invocation sees its message delivered a second time).
+
+The schedule comes from the seed (each worker process draws from ``seed`` and its sequence
+number), so a failing run can be replayed; process timing still varies from run to run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+WORKER_FAULTS_VARIABLE = "SDPIPE_CHAOS"
+WORKER_NUMBER_VARIABLE = "SDPIPE_CHAOS_WORKER"
+StartResponse = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    seed: int
+    kill_invocation: float = 0.15  # chance an invocation's worker is killed part-way
+    kill_delay_s: tuple[float, float] = (0.0, 0.4)  # how far into the invocation
+    kill_before_publish: float = 0.03  # chance a worker dies just before an SNS publish
+    kill_at_start: float = 0.03  # chance a new worker dies while it starts up
+    endpoint_crash: float = 0.1  # chance the container dies during an asynchronous invocation
+    throttle_rate: float = 0.03  # share of the stack's DynamoDB/S3/SNS calls throttled
+    visibility_timeout_s: int = 15
+
+
+def chaos_parameters(lease_seconds: int = 5) -> dict[str, str]:
+    """Template parameters for a chaos stack: a short event lease and sweep period, so events
+    whose writer was killed are recovered within seconds (the lease + one sweep)."""
+    return {"EventLeaseSeconds": str(lease_seconds), "SweepSchedule": f"rate({lease_seconds} seconds)"}
+
+
+class Chaos:
+    """One run's faults and the tally of what was injected."""
+
+    def __init__(self, config: ChaosConfig) -> None:
+        self.config = config
+        # Where workers note the faults they inflict on themselves (they die right after).
+        self.worker_log: Path | None = None
+        self.counts: Counter[str] = Counter()
+        self._random = random.Random(config.seed)  # noqa: S311 - a replayable schedule, not a secret
+        self._lock = threading.Lock()
+        self._workers = 0
+
+    # ------------------------------------------------------------------ Lambda workers
+    def worker_environment(self) -> dict[str, str]:
+        """Variables for a worker about to start: its faults and its place in the schedule."""
+        with self._lock:
+            self._workers += 1
+            number = self._workers
+        faults = {"seed": self.config.seed, "kill_before_publish": self.config.kill_before_publish,
+                  "kill_at_start": self.config.kill_at_start, "log": str(self.worker_log or os.devnull)}  # fmt: skip
+        return {WORKER_FAULTS_VARIABLE: json.dumps(faults), WORKER_NUMBER_VARIABLE: str(number)}
+
+    def during_invocation(self, function: str, pid: int) -> Callable[[], None]:
+        """Maybe SIGKILL this invocation's worker a moment into it; returns what calls it off
+        (the invocation ended first). Each invocation is at risk once, as in Lambda, however
+        long it runs."""
+        if self._draw(lambda r: r.random()) >= self.config.kill_invocation:
+            return _nothing
+        delay = self._draw(lambda r: r.uniform(*self.config.kill_delay_s))
+
+        def kill() -> None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            self.record("lambda_worker_killed")
+            logger.info("chaos: killed a worker of %s (pid %d)", function, pid)
+
+        timer = threading.Timer(delay, kill)
+        timer.daemon = True
+        timer.start()
+        return timer.cancel
+
+    # ------------------------------------------------------------------ the endpoint
+    def crash_during(self, kill: Callable[[], None]) -> None:
+        """Maybe kill the endpoint's container a moment into an invocation."""
+        if self._draw(lambda r: r.random()) >= self.config.endpoint_crash:
+            return
+        delay = self._draw(lambda r: r.uniform(0.05, 0.6))
+
+        def crash() -> None:
+            kill()
+            self.record("endpoint_container_killed")
+
+        threading.Timer(delay, crash).start()
+
+    # ------------------------------------------------------------------ throttling
+    def throttles(self, service: str, session_token: str | None) -> bool:
+        if session_token is None or service not in ("dynamodb", "s3", "sns"):
+            return False
+        if self._draw(lambda r: r.random()) >= self.config.throttle_rate:
+            return False
+        self.record(f"{service}_throttled")
+        return True
+
+    # ------------------------------------------------------------------ bookkeeping
+    def record(self, what: str) -> None:
+        with self._lock:
+            self.counts[what] += 1
+
+    def report(self) -> dict[str, Any]:
+        with self._lock:
+            counts = Counter(self.counts)
+        if self.worker_log is not None and self.worker_log.exists():
+            counts.update(line.split()[0] for line in self.worker_log.read_text().splitlines() if line.strip())
+        return {"config": asdict(self.config), "injected": dict(sorted(counts.items()))}
+
+    def _choose(self, candidates: list[tuple[str, int]]) -> tuple[str, int]:
+        with self._lock:
+            return self._random.choice(candidates)
+
+    def _draw(self, pick: Callable[[random.Random], Any]) -> Any:
+        with self._lock:
+            return pick(self._random)
+
+
+class ThrottlingMiddleware:
+    """Answers a share of the stack's own DynamoDB/S3/SNS calls the way those services throttle."""
+
+    def __init__(self, app: Any, chaos: Chaos) -> None:
+        self._app = app
+        self._chaos = chaos
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        from sdpipe_local.iam import signed_request
+
+        request = signed_request(environ)
+        if not self._chaos.throttles(request.service, request.session_token):
+            return self._app(environ, start_response)  # type: ignore[no-any-return]
+        request_id = str(uuid.uuid4())
+        if request.service == "s3":
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                f"<Message>Please reduce your request rate.</Message><RequestId>{request_id}</RequestId></Error>"
+            ).encode()
+            status, headers = "503 Slow Down", [("Content-Type", "application/xml")]
+        elif request.service == "dynamodb":
+            error = {"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException", "message": "Rate exceeded"}
+            body = json.dumps(error).encode()
+            status, headers = "400 Bad Request", [("Content-Type", "application/x-amz-json-1.0")]
+        else:
+            body = (
+                "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message>"
+                f"</Error><RequestId>{request_id}</RequestId></ErrorResponse>"
+            ).encode()
+            status, headers = "400 Bad Request", [("Content-Type", "text/xml")]
+        headers.append(("x-amzn-RequestId", request_id))
+        if request.method == "HEAD":
+            body = b""
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def _nothing() -> None:
+    return None
+
+
+def _die(log: str, what: str, function: str) -> None:
+    with open(log, "a") as out:  # one short line, appended: safe from several processes
+        out.write(f"{what} {function}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------- inside a worker process
+def install_worker_faults(phase: str) -> None:
+    """Called by a Lambda worker at ``start`` (before importing the handler) and ``ready``."""
+    faults = os.environ.get(WORKER_FAULTS_VARIABLE)
+    if not faults:
+        return
+    config = json.loads(faults)
+    number = os.environ.get(WORKER_NUMBER_VARIABLE, "0")
+    rng = random.Random(f"{config['seed']}-{number}-{phase}")  # noqa: S311 - replayable, not secret
+    if phase == "ready":  # the handler sees the function's environment, not the injector's
+        os.environ.pop(WORKER_FAULTS_VARIABLE, None)
+        os.environ.pop(WORKER_NUMBER_VARIABLE, None)
+    function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "?")
+    if phase == "start":
+        if rng.random() < config["kill_at_start"]:
+            _die(config["log"], "lambda_worker_killed_at_start", function)
+        return
+    try:
+        from sdpipe.adapters.events import EventPublisher
+    except ImportError:  # a function without the shared layer
+        return
+    original = EventPublisher.publish_raw
+    chance = float(config["kill_before_publish"])
+
+    def publish_raw(self: EventPublisher, body: str, attributes: dict[str, str]) -> None:
+        if rng.random() < chance:  # after the write the event announces
+            _die(config["log"], "lambda_worker_killed_before_publish", function)
+        original(self, body, attributes)
+
+    EventPublisher.publish_raw = publish_raw  # type: ignore[method-assign]
