@@ -189,7 +189,7 @@ class Sdpipe:
 
     def list_endpoints(self) -> list[dict[str, Any]]:
         from sdpipe.adapters.endpoints_table import EndpointsTable
-        from sdpipe.logic.endpoint_lifecycle import public_endpoint
+        from sdpipe.logic.endpoint_announcements import public_endpoint
 
         records = EndpointsTable(self.outputs["EndpointsTableName"], self.aws).all()
         return sorted((public_endpoint(r) for r in records), key=lambda r: str(r["name"]))
@@ -199,7 +199,7 @@ class Sdpipe:
         from sdpipe.adapters.autoscaling import EndpointScaling
         from sdpipe.adapters.endpoints_table import EndpointsTable
         from sdpipe.adapters.sagemaker import SageMakerEndpoints
-        from sdpipe.logic.endpoint_lifecycle import public_endpoint
+        from sdpipe.logic.endpoint_announcements import public_endpoint
 
         record = EndpointsTable(self.outputs["EndpointsTableName"], self.aws).get(name)
         if record is None:

@@ -11,6 +11,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sdpipe.contracts.sagemaker_events import AsyncInferenceNotification
+from sdpipe.lambda_support import come_back_when_free
 from sdpipe.logic.inference_complete import InferenceCompletion
 from sdpipe.tracing import make_tracer
 
@@ -27,9 +28,12 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
     completion = InferenceCompletion.from_settings()
 
     @tracer.capture_method
-    def record_handler(record: SQSRecord) -> None:
+    def handle(record: SQSRecord) -> None:
         notification = AsyncInferenceNotification.model_validate_json(record.body)
         logger.append_keys(job_id=notification.inference_id)
         completion.handle(notification)
+
+    def record_handler(record: SQSRecord) -> None:
+        come_back_when_free(record, handle)
 
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

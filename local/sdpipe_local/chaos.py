@@ -9,9 +9,8 @@ What AWS does to a serverless application on a bad day, at a chosen rate, from o
 - **DynamoDB, S3 and SNS calls throttled**: the stack's own calls (those signed with a role's
   session credentials, not the administrator's) are answered ThrottlingException / SlowDown /
   Throttling at ``throttle_rate``; the SDKs' retries see what they see in AWS.
-- **Time compressed**: every queue's visibility timeout is set to ``visibility_timeout_s`` so a
-  message whose worker was killed comes back in seconds rather than minutes (and, as a bonus,
-  a slow invocation sees its message delivered a second time).
+- **Time compressed**: every queue's visibility timeout is divided by ``visibility_scale`` so a
+  message whose worker was killed comes back in tens of seconds rather than minutes.
 
 The schedule comes from the seed (each worker process draws from ``seed`` and its sequence
 number), so a failing run can be replayed; process timing still varies from run to run.
@@ -32,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sdpipe_local.credentials import STATES
+
 logger = logging.getLogger(__name__)
 
 WORKER_FAULTS_VARIABLE = "SDPIPE_CHAOS"
@@ -42,13 +43,15 @@ StartResponse = Callable[..., Any]
 @dataclass(frozen=True)
 class ChaosConfig:
     seed: int
-    kill_invocation: float = 0.15  # chance an invocation's worker is killed part-way
-    kill_delay_s: tuple[float, float] = (0.0, 0.4)  # how far into the invocation
+    kill_invocation: float = 0.2  # chance an invocation's worker is killed part-way
+    kill_delay_s: tuple[float, float] = (0.0, 0.2)  # how far into it (most take 0.05-0.5 s)
     kill_before_publish: float = 0.03  # chance a worker dies just before an SNS publish
     kill_at_start: float = 0.03  # chance a new worker dies while it starts up
     endpoint_crash: float = 0.1  # chance the container dies during an asynchronous invocation
     throttle_rate: float = 0.03  # share of the stack's DynamoDB/S3/SNS calls throttled
-    visibility_timeout_s: int = 15
+    # Queue visibility timeouts divided by this (at least 10 s), so a killed worker's message
+    # comes back in tens of seconds; not so short that a slow invocation's comes back mid-way.
+    visibility_scale: int = 12
 
 
 def chaos_parameters(lease_seconds: int = 5) -> dict[str, str]:
@@ -100,6 +103,15 @@ class Chaos:
         timer.start()
         return timer.cancel
 
+    def force_kills_before_publish(self, count: int) -> None:
+        """The next ``count`` SNS publishes (any worker) kill their worker first: the
+        store-then-publish window exercised for sure, not just by chance."""
+        assert self.worker_log is not None, "arm the stack first"
+        tokens = self.worker_log.parent / "chaos-forced-kills"
+        tokens.mkdir(exist_ok=True)
+        for _ in range(count):
+            (tokens / uuid.uuid4().hex).touch()
+
     # ------------------------------------------------------------------ the endpoint
     def crash_during(self, kill: Callable[[], None]) -> None:
         """Maybe kill the endpoint's container a moment into an invocation."""
@@ -111,11 +123,15 @@ class Chaos:
             kill()
             self.record("endpoint_container_killed")
 
-        threading.Timer(delay, crash).start()
+        timer = threading.Timer(delay, crash)
+        timer.daemon = True
+        timer.start()
 
     # ------------------------------------------------------------------ throttling
-    def throttles(self, service: str, session_token: str | None) -> bool:
-        if session_token is None or service not in ("dynamodb", "s3", "sns"):
+    def throttles(self, service: str, session_token: str | None, caller_service: str | None = None) -> bool:
+        """Whether to throttle a call. Step Functions' own calls (an ItemReader's GetObject) are
+        spared: the service retries those itself, which moto's interpreter does not emulate."""
+        if session_token is None or service not in ("dynamodb", "s3", "sns") or caller_service == STATES:
             return False
         if self._draw(lambda r: r.random()) >= self.config.throttle_rate:
             return False
@@ -134,10 +150,6 @@ class Chaos:
             counts.update(line.split()[0] for line in self.worker_log.read_text().splitlines() if line.strip())
         return {"config": asdict(self.config), "injected": dict(sorted(counts.items()))}
 
-    def _choose(self, candidates: list[tuple[str, int]]) -> tuple[str, int]:
-        with self._lock:
-            return self._random.choice(candidates)
-
     def _draw(self, pick: Callable[[random.Random], Any]) -> Any:
         with self._lock:
             return pick(self._random)
@@ -146,15 +158,17 @@ class Chaos:
 class ThrottlingMiddleware:
     """Answers a share of the stack's own DynamoDB/S3/SNS calls the way those services throttle."""
 
-    def __init__(self, app: Any, chaos: Chaos) -> None:
+    def __init__(self, app: Any, chaos: Chaos, caller_service: Callable[[str], str | None]) -> None:
         self._app = app
         self._chaos = chaos
+        self._caller_service = caller_service  # access key -> the service principal it was issued to
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         from sdpipe_local.iam import signed_request
 
         request = signed_request(environ)
-        if not self._chaos.throttles(request.service, request.session_token):
+        caller = self._caller_service(request.access_key) if request.access_key else None
+        if not self._chaos.throttles(request.service, request.session_token, caller):
             return self._app(environ, start_response)  # type: ignore[no-any-return]
         request_id = str(uuid.uuid4())
         if request.service == "s3":
@@ -182,6 +196,19 @@ class ThrottlingMiddleware:
 
 def _nothing() -> None:
     return None
+
+
+def _take_token(folder: Path) -> bool:
+    """Claim one token file (unlinking is atomic: one process gets each)."""
+    if not folder.is_dir():
+        return False
+    for token in folder.iterdir():
+        try:
+            token.unlink()
+        except FileNotFoundError:
+            continue
+        return True
+    return False
 
 
 def _die(log: str, what: str, function: str) -> None:
@@ -214,8 +241,10 @@ def install_worker_faults(phase: str) -> None:
     original = EventPublisher.publish_raw
     chance = float(config["kill_before_publish"])
 
+    forced = Path(config["log"]).parent / "chaos-forced-kills"
+
     def publish_raw(self: EventPublisher, body: str, attributes: dict[str, str]) -> None:
-        if rng.random() < chance:  # after the write the event announces
+        if rng.random() < chance or _take_token(forced):  # after the write the event announces
             _die(config["log"], "lambda_worker_killed_before_publish", function)
         original(self, body, attributes)
 

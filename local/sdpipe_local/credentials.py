@@ -69,6 +69,7 @@ class RoleSessions:
         self._region = region
         self._credentials: dict[tuple[str, str], Credentials] = {}
         self._clients: dict[tuple[str, str, str], Any] = {}
+        self._service_by_key: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def credentials(self, role_arn: str, service: str, session_name: str = "sdpipe-local") -> Credentials:
@@ -77,7 +78,15 @@ class RoleSessions:
             found = self._credentials.get(key)
             if found is None:
                 found = self._credentials[key] = self._assume(role_arn, service, session_name)
+                self._service_by_key[found.access_key_id] = service
         return found
+
+    def service_of(self, access_key_id: str) -> str | None:
+        """Which service principal the credentials with this access key were issued to.
+
+        Lock-free on purpose: it is asked by the server while ``credentials`` may hold the lock
+        waiting for that same server's STS answer."""
+        return self._service_by_key.get(access_key_id)
 
     def _assume(self, role_arn: str, service: str, session_name: str) -> Credentials:
         iam = self._admin("iam")

@@ -136,6 +136,7 @@ class LocalAwsServer:
         *,
         port: int = 0,
         chaos: Chaos | None = None,
+        caller_service: Callable[[str], str | None] | None = None,
     ) -> None:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._hosts: set[str] = set()
@@ -143,7 +144,7 @@ class LocalAwsServer:
         self.s3_parts = S3UploadPartMiddleware(S3StreamingGetMiddleware(moto_app, self._hosts))
         served: Any = LambdaInvokeMiddleware(SageMakerMiddleware(self.s3_parts, sagemaker), runtime)
         if chaos is not None:  # throttling is decided after IAM, as AWS authorises first
-            served = ThrottlingMiddleware(served, chaos)
+            served = ThrottlingMiddleware(served, chaos, caller_service or (lambda _key: None))
         # IAM is checked before anything answers, the Lambda and SageMaker APIs included.
         checks = RequestChecks(account, secret_arn_lookup(account), sagemaker.endpoint_config_name)
         self.iam = IamEnforcer(served, Principals(account, admin_keys), checks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -121,6 +122,7 @@ class LocalStack:
             {CREDENTIALS["AWS_ACCESS_KEY_ID"]: ADMIN_USER},
             port=self._port,
             chaos=self.chaos,
+            caller_service=self.sessions.service_of,
         )
         self.sessions.endpoint_url = self.server.url
         # moto's Step Functions interpreter calls the other services on this port (process-wide:
@@ -271,9 +273,10 @@ class LocalStack:
         assert self.runtime is not None and self.sagemaker is not None and self.provisioned is not None
         sqs = self.client("sqs")
         for url in sqs.list_queues().get("QueueUrls", []):
-            sqs.set_queue_attributes(
-                QueueUrl=url, Attributes={"VisibilityTimeout": str(chaos.config.visibility_timeout_s)}
-            )
+            current = int(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"])
+                          ["Attributes"]["VisibilityTimeout"])  # fmt: skip
+            shorter = max(10, math.ceil(current / chaos.config.visibility_scale))
+            sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": str(shorter)})
         chaos.worker_log = self.state_dir / "logs" / "chaos.log"
         self.runtime.arm_faults(chaos.worker_environment, chaos.during_invocation)
         self.sagemaker.chaos = chaos

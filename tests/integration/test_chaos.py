@@ -20,16 +20,18 @@ def test_a_mixed_batch_under_faults_loses_nothing_and_duplicates_nothing(sdpipe_
     report = run_batch(stack, client, tmp_path)
     assert stack.chaos is not None
     context = f"seed {stack.chaos.config.seed}: {report}"
-    late = max(report.lateness_s.values(), default=0.0)
-    print(f"\nchaos seed {stack.chaos.config.seed}: injected {report.injected}; latest event {late:.1f} s")
+    print(f"\nchaos seed {stack.chaos.config.seed}: {report.summary()}")
 
     injected = report.injected
     kills = sum(v for k, v in injected.items() if k.startswith("lambda_worker_killed"))
-    assert kills >= 5, context  # the faults did happen
-    assert sum(v for k, v in injected.items() if k.endswith("_throttled")) >= 5, context
+    # The faults did happen (how many varies with timing: the schedule is seeded, the machine is
+    # not), three of them for sure between a write and its publish.
+    assert injected.get("lambda_worker_killed_before_publish", 0) >= 3, context
+    assert kills >= 4, context
+    assert sum(v for k, v in injected.items() if k.endswith("_throttled")) >= 3, context
 
-    statuses = {job_id: job.get("status") for job_id, job in report.jobs.items()}
-    assert all(status in {"SUCCEEDED", "FAILED"} for status in statuses.values()), context
+    statuses = {f"{report.kinds[job_id]} {job_id}": job.get("status") for job_id, job in report.jobs.items()}
+    assert all(status in {"SUCCEEDED", "FAILED"} for status in statuses.values()), f"{statuses}: {context}"
     for job_id, job in report.jobs.items():
         if job["status"] == "FAILED":  # only a crashed container may fail a job, and only inference
             assert report.kinds[job_id] == "txt2img" and job["error"]["code"] == "ENDPOINT_CRASHED", context
@@ -42,5 +44,7 @@ def test_a_mixed_batch_under_faults_loses_nothing_and_duplicates_nothing(sdpipe_
     assert report.open_multipart_uploads == [], context
     assert report.endpoint_in_flight == 0, context
     assert sum(report.dead_letters.values()) == 0, context
-    # Late at most the lease plus a sweep period after the write (and delivery's slack).
-    assert max(report.lateness_s.values()) <= 2 * (LEASE_S + SWEEP_S) + 5, context
+    # Every event of the batch late at most the lease plus a sweep period after its write, with
+    # slack: the sweeper itself is killed and throttled too, and this is a loaded 2-core machine.
+    assert max(report.lateness_s.values()) <= 3 * (LEASE_S + SWEEP_S), context
+    assert max(report.lateness_s.values()) > 1.0, context  # some did need recovering

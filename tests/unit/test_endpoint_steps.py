@@ -2,7 +2,7 @@
 jitter), an IAM refusal ``AccessDenied`` (the job says which permission is missing); anything else
 propagates for the workflow's Catch to record."""
 
-from unittest.mock import MagicMock
+from unittest.mock import ANY, MagicMock
 
 import pytest
 from botocore.exceptions import ClientError
@@ -73,5 +73,5 @@ def test_state_changes_out_of_order_or_after_deletion_change_nothing():
     lifecycle.endpoints.set_status.return_value = True
     assert lifecycle.track(late | {"LastModifiedTime": 3000, "FailureReason": "instance retired"}) == "FAILED"
     lifecycle.endpoints.set_status.assert_called_once_with(
-        "e", "FAILED", {"changed_at": 3000, "failure_reason": "instance retired"}
+        "e", "FAILED", {"changed_at": 3000, "failure_reason": "instance retired"}, announcement=ANY
     )

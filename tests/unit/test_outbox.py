@@ -189,3 +189,29 @@ def _registered():
     from sdpipe.contracts.events import Event, EventType
 
     return Event(type=EventType.DATASET_REGISTERED, status="REGISTERED", dataset={"name": "cats"})
+
+
+def test_an_endpoint_change_whose_writer_died_is_announced_by_the_sweep(aws, monkeypatch):
+    from sdpipe.adapters.endpoints_table import ANNOUNCEMENT, EndpointsTable
+    from sdpipe.logic.endpoint_announcements import EndpointAnnouncer
+
+    clients, topic, queue = aws
+    endpoints = EndpointsTable(ENDPOINTS, clients)
+    dying = EndpointAnnouncer(endpoints, DyingPublisher(topic, clients))
+    job = {"job_id": "job-9", "action": "deploy_endpoint", "request_id": "r-9", "context": {"user": "ana"}}
+    assert endpoints.begin_workflow(
+        "flow", "job-9", "CREATING", {}, from_statuses=("DELETED",), may_create=True, announcement=dying.mark(job)
+    )
+    with pytest.raises(_WriterDies):
+        dying.announce("flow", job)
+    sweeper = EndpointAnnouncer(endpoints, EventPublisher(topic, clients))
+    assert sweeper.sweep() == 0  # the writer's lease still holds
+    later(monkeypatch, 61)
+    monkeypatch.setattr("sdpipe.logic.endpoint_announcements.time.time", outbox_module.time.time)
+    assert sweeper.sweep() == 1
+    (event,) = published(queue)
+    assert event["type"] == "endpoint.status" and event["status"] == "CREATING"
+    assert (event["job_id"], event["context"], event["endpoint"]["name"]) == ("job-9", {"user": "ana"}, "flow")
+    record = endpoints.get("flow") or {}
+    assert ANNOUNCEMENT not in record and DUE_SHARD_ATTRIBUTE not in record
+    assert sweeper.sweep() == 0 and published(queue) == []

@@ -13,7 +13,7 @@ from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.adapters.object_store import ObjectInfo, ObjectStore
 from sdpipe.contracts.models import ModelRecord, ModelStatus
-from sdpipe.errors import ObjectChanged
+from sdpipe.errors import ObjectChanged, WorkInProgress
 from sdpipe.layout import ModelKey, parse_model_key
 from sdpipe.logic.inspection import InspectionLimits
 from sdpipe.logic.registration import Registrar
@@ -120,7 +120,9 @@ def test_a_live_claim_by_another_worker_is_left_alone(aws):
     key, etag = drop(clients, safetensors_bytes(kohya_lora("sd1")))
     table = ModelsTable(TABLE, clients)
     assert table.claim(model_id=key.model_id, etag=etag, token="busy", lease_seconds=900, fields={"s3_key": KEY})
-    registrar(clients, topic).on_created(key)  # a duplicate event while the first is working
+    with pytest.raises(WorkInProgress) as busy:  # a duplicate event while the first is working:
+        registrar(clients, topic).on_created(key)  # not acknowledged, it comes back after the claim
+    assert 890 <= busy.value.retry_after_seconds <= 901
     assert table.get(key.model_id)["claim_token"] == "busy"
     assert published(queue) == []
 

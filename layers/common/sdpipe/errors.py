@@ -22,6 +22,17 @@ class SdpipeError(Exception):
         return {"code": self.code, "message": self.message}
 
 
+class WorkInProgress(SdpipeError):
+    """Another delivery holds a live claim on this work: it is not done, and if that worker died
+    nobody will do it unless this message comes back once the claim has run out."""
+
+    code = "WORK_IN_PROGRESS"
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = max(1, retry_after_seconds)
+
+
 class ConfigurationError(SdpipeError):
     """A required setting (resource name, ARN) is missing or malformed."""
 

@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import TypeAdapter, ValidationError
 
-from sdpipe.errors import SdpipeError
+from sdpipe.errors import SdpipeError, WorkInProgress
 
 # A claim must outlast the invocation that holds it by a little, never less.
 _LEASE_MARGIN_SECONDS = 5
@@ -47,3 +47,16 @@ def answer_direct(
         return handle(request)
     except SdpipeError as exc:
         return {"error": exc.to_error()}
+
+
+def come_back_when_free(record: SQSRecord, handle: Callable[[SQSRecord], None]) -> None:
+    """Run ``handle``; when the work is claimed by another delivery (``WorkInProgress``), the
+    message is not acknowledged: it comes back when that claim runs out, so the work is taken
+    over if its worker died (the queue's visibility timeout could be much later, or sooner)."""
+    try:
+        handle(record)
+    except WorkInProgress as busy:
+        from sdpipe.adapters.queues import Redelivery
+
+        Redelivery().after(record.event_source_arn, record.receipt_handle, busy.retry_after_seconds)
+        raise

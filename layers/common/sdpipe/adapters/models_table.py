@@ -80,6 +80,15 @@ class ModelsTable(DynamoTable):
         condition = f"{update.name('claim_token')} = {update.value(token)}"
         return self._update_if(Key={"model_id": model_id}, **update.request(condition))
 
+    def renew_claim(self, model_id: str, token: str, lease_seconds: int) -> bool:
+        """Extend our claim (a heartbeat while we work); False when it is no longer ours."""
+        return self._update_if(
+            Key={"model_id": model_id},
+            UpdateExpression="SET claim_expires_at = :expires",
+            ConditionExpression="claim_token = :token",
+            ExpressionAttributeValues={":expires": int(time.time()) + lease_seconds, ":token": token},
+        )
+
     def release_claim(self, model_id: str, token: str) -> None:
         """Expire our lease at once so the next delivery can claim the version again."""
         self._update_if(

@@ -36,7 +36,6 @@ from sdpipe.contracts.endpoints import (
     EndpointStatus,
     UpdateEndpointParams,
 )
-from sdpipe.contracts.events import Event, EventType, utc_now
 from sdpipe.contracts.jobs import Action, JobStatus, RequestEnvelope
 from sdpipe.errors import (
     ConfigurationError,
@@ -48,6 +47,7 @@ from sdpipe.errors import (
     SdpipeError,
     ValidationFailed,
 )
+from sdpipe.logic.endpoint_announcements import EndpointAnnouncer
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.requests import ParsedRequest, parse_request, record_failure, validation_message
 from sdpipe.logic.workflow_errors import error_of_failure, run_step
@@ -243,6 +243,7 @@ class EndpointLifecycle:
             fields,
             from_statuses=tuple(s.value for s in from_statuses),
             may_create=action == Action.DEPLOY_ENDPOINT,
+            announcement=self.announcer.mark(job),
         )
         if not held:
             error = self._refusal(action, name)
@@ -273,23 +274,13 @@ class EndpointLifecycle:
             raise ConfigurationError(f"no state machine ARN for {action} ({action.upper()}_STATE_MACHINE_ARN)")
         return arn
 
+    @property
+    def announcer(self) -> EndpointAnnouncer:
+        return EndpointAnnouncer(self.endpoints, self.publisher, self.settings.event_lease_seconds)
+
     def announce(self, name: str, job: dict[str, Any] | None = None) -> None:
-        """``endpoint.status`` with the record as it is now."""
-        record = self.endpoints.get(name)
-        if record is None:
-            return
-        self.publisher.publish(
-            Event(
-                type=EventType.ENDPOINT_STATUS,
-                status=str(record.get("status")),
-                occurred_at=utc_now(),
-                job_id=job["job_id"] if job else None,
-                action=job.get("action") if job else None,
-                request_id=job.get("request_id") if job else None,
-                context=(job.get("context") or {}) if job else {},
-                endpoint=public_endpoint(record),
-            )
-        )
+        """``endpoint.status`` with the record as it is now (and clear its announcement mark)."""
+        self.announcer.announce(name, job)
 
     # ------------------------------------------------------------------ workflow steps
     def step(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -389,7 +380,9 @@ class EndpointLifecycle:
         if action == Action.DELETE_ENDPOINT:
             record = self.endpoints.get(name) or {}
             self.sagemaker.delete_leftovers(record.get("config_name"), record.get("model_name"))
-            recorded = self.endpoints.finish_workflow(name, job_id, EndpointStatus.DELETED.value, {"in_flight": 0})
+            recorded = self.endpoints.finish_workflow(
+                name, job_id, EndpointStatus.DELETED.value, {"in_flight": 0}, announcement=self.announcer.mark(job)
+            )
             if recorded:
                 self._fail_jobs_on(name)
         else:
@@ -400,7 +393,9 @@ class EndpointLifecycle:
                 "model_name": payload["model_name"],
                 "scaling_resources": (payload.get("scaling_resources") or {}).get("result") or {},
             }
-            recorded = self.endpoints.finish_workflow(name, job_id, EndpointStatus.IN_SERVICE.value, fields)
+            recorded = self.endpoints.finish_workflow(
+                name, job_id, EndpointStatus.IN_SERVICE.value, fields, announcement=self.announcer.mark(job)
+            )
         if job is not None:
             self.ledger.move(job, JobStatus.SUCCEEDED, allowed_from=_OPEN, fields={"outputs": {"endpoint": name}})
         if recorded or self._recorded_by(name, job_id):  # a retried step announces again rather than never
@@ -418,11 +413,13 @@ class EndpointLifecycle:
             described = self.sagemaker.describe(payload["sagemaker_name"])
             if described is not None and described.get("EndpointStatus") == "InService":
                 status = EndpointStatus.IN_SERVICE
-        recorded = self.endpoints.finish_workflow(name, job_id, status.value, {"failure_reason": reason})
+        job = self.ledger.get(job_id)
+        recorded = self.endpoints.finish_workflow(
+            name, job_id, status.value, {"failure_reason": reason}, announcement=self.announcer.mark(job)
+        )
         # A cause of our own (ACCESS_DENIED, IMAGE_NOT_FOUND...) keeps its code; SageMaker's is wrapped.
         cause = error_of_failure(failure, fallback_code=EndpointWorkflowFailed.code)
         error = {"code": cause["code"], "message": f"{action} {name!r} failed: {reason}"}
-        job = self.ledger.get(job_id)
         if job is not None:
             self.ledger.move(job, JobStatus.FAILED, allowed_from=_OPEN, fields={"error": error})
         if recorded or self._recorded_by(name, job_id):
@@ -463,7 +460,7 @@ class EndpointLifecycle:
             fields["failure_reason"] = str(detail.get("FailureReason") or "SageMaker reported the endpoint failed")
         if status is None or record.get("status") == status.value:
             return None
-        if not self.endpoints.set_status(name, status.value, fields):
+        if not self.endpoints.set_status(name, status.value, fields, announcement=self.announcer.mark()):
             return None  # a workflow took it meanwhile
         logger.info("endpoint changed outside sdpipe", extra={"endpoint": name, "status": status.value})
         if status is EndpointStatus.DELETED:
@@ -494,13 +491,3 @@ def _reason(failure: dict[str, Any]) -> str:
     if isinstance(parsed, dict):
         cause = parsed.get("errorMessage") or parsed.get("message") or parsed.get("Message") or cause
     return f"{error}: {cause}" if cause else error
-
-
-def public_endpoint(record: dict[str, Any]) -> dict[str, Any]:
-    """The record as users see it (CLI, events)."""
-    keep = (
-        "name", "sagemaker_name", "status", "instance_type", "min_instances", "max_instances",
-        "max_concurrent_invocations", "in_flight", "failure_reason", "pending_job", "last_job",
-        "created_at", "updated_at",
-    )  # fmt: skip
-    return {key: record[key] for key in keep if record.get(key) is not None}

@@ -25,7 +25,7 @@ from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.contracts.events import utc_now
 from sdpipe.contracts.jobs import JobStatus
 from sdpipe.contracts.sagemaker_events import AsyncInferenceNotification
-from sdpipe.errors import EndpointCrashed, EndpointFailed
+from sdpipe.errors import EndpointCrashed, EndpointFailed, WorkInProgress
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.parallel import io_pool
 from sdpipe.settings import job_settings
@@ -77,7 +77,7 @@ class InferenceCompletion:
         if status is JobStatus.ACCEPTED:
             # Not invoked yet as far as the table knows: the submitting worker is between the
             # invocation and its write. Retry shortly rather than race it.
-            raise RuntimeError(f"job {job_id} is still ACCEPTED; notification will be retried")
+            raise WorkInProgress(f"job {job_id} is still ACCEPTED; the notification comes back", retry_after_seconds=5)
         if status is JobStatus.QUEUED:
             # The endpoint finished before the submitter recorded RUNNING: record it now (once).
             job = self.ledger.move(job, JobStatus.RUNNING, allowed_from=[JobStatus.QUEUED]) or self.ledger.get(job_id)

@@ -48,6 +48,7 @@ from sdpipe.errors import (
     NoEndpointInService,
     SdpipeError,
     ValidationFailed,
+    WorkInProgress,
 )
 from sdpipe.inspect.images import SNIFF_BYTES, image_format
 from sdpipe.logic.jobs import JobLedger
@@ -211,8 +212,14 @@ class InferenceIntake:
             return
         claimed = self.ledger.claim(job, self.claim_seconds)
         if claimed is None:
-            logger.info("job is being worked on by another delivery", extra={"job_id": job["job_id"]})
-            return
+            current = self.ledger.get(job["job_id"]) or {}
+            if current.get("status") not in (JobStatus.ACCEPTED.value, JobStatus.QUEUED.value):
+                return  # it moved on meanwhile
+            # Another delivery holds the claim. Were this acknowledged and that worker dead, the
+            # job would never be invoked: come back when the claim runs out.
+            remaining = int(current.get("claim_expires_at") or 0) - int(time.time())
+            raise WorkInProgress(f"job {job['job_id']} is being dispatched by another delivery",
+                                 retry_after_seconds=remaining + 1)  # fmt: skip
         logger.info("taking over a job whose worker stopped", extra={"job_id": job["job_id"]})
         self.dispatch(claimed)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
@@ -21,6 +21,9 @@ from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.outbox import PENDING_EVENTS, OutboxTable, outbox_fields, stage_event
 from sdpipe.contracts.events import Event
 from sdpipe.settings import sweep_settings
+
+if TYPE_CHECKING:
+    from sdpipe.logic.endpoint_announcements import EndpointAnnouncer
 
 logger = Logger(child=True)
 
@@ -83,9 +86,14 @@ class StoredEventSweep:
     """The sweeper's pass over every table that stores events: jobs, models, datasets."""
 
     outboxes: list[Outbox]
+    # Endpoint records are announced as they are (snapshots), by their own outbox.
+    endpoints: EndpointAnnouncer | None = None
 
     @classmethod
     def from_settings(cls) -> StoredEventSweep:
+        from sdpipe.adapters.endpoints_table import EndpointsTable
+        from sdpipe.logic.endpoint_announcements import EndpointAnnouncer
+
         settings = sweep_settings()
         publisher = EventPublisher(settings.events_topic_arn)
         tables = [
@@ -93,11 +101,15 @@ class StoredEventSweep:
             OutboxTable(settings.models_table_name, "model_id"),
             OutboxTable(settings.datasets_table_name, "name"),
         ]
-        return cls([Outbox(table, publisher, settings.event_lease_seconds) for table in tables])
+        endpoints = EndpointAnnouncer(
+            EndpointsTable(settings.endpoints_table_name), publisher, settings.event_lease_seconds
+        )
+        return cls([Outbox(table, publisher, settings.event_lease_seconds) for table in tables], endpoints)
 
     def sweep(self) -> int:
         """Publish every stored event whose writer's lease has run out; how many."""
-        return sum(outbox.sweep() for outbox in self.outboxes)
+        published = sum(outbox.sweep() for outbox in self.outboxes)
+        return published + (self.endpoints.sweep() if self.endpoints is not None else 0)
 
 
 def pending_events(item: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

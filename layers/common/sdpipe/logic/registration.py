@@ -7,7 +7,10 @@ is stored on the item until published.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aws_lambda_powertools import Logger
@@ -28,7 +31,7 @@ from sdpipe.contracts.uploads import (
     META_SOURCE,
     META_TRAINING_JOB,
 )
-from sdpipe.errors import ModelRejected, Sha256Mismatch
+from sdpipe.errors import ModelRejected, Sha256Mismatch, WorkInProgress
 from sdpipe.layout import COMPANION_EXTENSIONS, ModelKey, parse_model_key
 from sdpipe.logic.inspection import InspectionLimits, inspect_model
 from sdpipe.logic.jobs import JobLedger
@@ -51,7 +54,9 @@ class Registrar:
     limits: InspectionLimits
     # Uploads and fetches name their job in the object's metadata; registration finishes it.
     ledger: JobLedger | None = None
-    lease_seconds: int = 900  # the claim on one object version: the whole invocation
+    # The claim on one object version; renewed every third of it while the worker inspects, so a
+    # worker that dies lets another take over within this (not the invocation's 15 minutes).
+    lease_seconds: int = 60
     event_lease_seconds: int = DEFAULT_LEASE_SECONDS
 
     @property
@@ -60,8 +65,8 @@ class Registrar:
         return Outbox(table, self.publisher, self.event_lease_seconds)
 
     @classmethod
-    def from_settings(cls, lease_seconds: int) -> Registrar:
-        """Wire the adapters from the environment; the lease must not outlive the invocation."""
+    def from_settings(cls) -> Registrar:
+        """Wire the adapters from the environment."""
         settings = registration_settings()
         return cls(
             store=ObjectStore(settings.assets_bucket_name),
@@ -73,7 +78,6 @@ class Registrar:
                 chunk_size=settings.hash_chunk_bytes,
             ),
             ledger=JobLedger.from_settings(settings),
-            lease_seconds=lease_seconds,
             event_lease_seconds=settings.event_lease_seconds,
         )
 
@@ -128,11 +132,19 @@ class Registrar:
             logger.info("this version is registered or being registered", extra={"key": key.key, "etag": info.etag})
             self.flush_pending_event(key.model_id)
             item = self.table.get(key.model_id) or {}
+            if item.get("etag") == info.etag and item.get("status") == ModelStatus.PENDING.value:
+                # Another worker is registering it; should it have died, this event must come
+                # back when its claim runs out, or the model would stay PENDING.
+                remaining = int(item.get("claim_expires_at") or 0) - int(time.time())
+                raise WorkInProgress(f"{key.key} is being registered by another delivery",
+                                     retry_after_seconds=remaining + 1)  # fmt: skip
             if item.get("etag") == info.etag and item.get("status") in (ModelStatus.ACTIVE, ModelStatus.REJECTED):
                 self._settle_job(info, ModelRecord.model_validate(item))  # a previous attempt may have stopped short
             return
         try:
-            record = self._inspect(key, info, now)
+            with _Heartbeat(lambda: self.table.renew_claim(key.model_id, token, self.lease_seconds),
+                            every=self.lease_seconds / 3):  # fmt: skip
+                record = self._inspect(key, info, now)
             event = _event_for(record)
             finished = self.table.finish(
                 model_id=key.model_id,
@@ -249,6 +261,30 @@ class Registrar:
                 )
         if record.status is ModelStatus.REJECTED and self.store.delete_if_unchanged(info):
             logger.info("rejected upload deleted", extra={"key": info.key, "job_id": job_id})
+
+
+class _Heartbeat:
+    """Call ``beat`` every ``every`` seconds in the background while the block runs."""
+
+    def __init__(self, beat: Callable[[], object], every: float) -> None:
+        self._beat, self._every = beat, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="claim-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self._beat()
+            except Exception:  # a missed beat (throttled): the next one, or the claim's slack, covers it
+                logger.warning("claim heartbeat failed", exc_info=True)
 
 
 def _source(info: ObjectInfo) -> ModelSource:

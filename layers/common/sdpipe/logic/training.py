@@ -12,6 +12,7 @@ stop). ``cancel_job`` stops the training job (see ``JobControl``).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -47,6 +48,7 @@ from sdpipe.errors import (
     TrainingFailed,
     TrainingTimedOut,
     ValidationFailed,
+    WorkInProgress,
 )
 from sdpipe.layout import ModelKey, model_key_for, parse_model_key
 from sdpipe.logic.jobs import JobLedger
@@ -326,7 +328,7 @@ class LoraTraining:
         # Only this step registers files: a cold start for any other step does not import it.
         from sdpipe.logic.registration import Registrar
 
-        registrar = Registrar.from_settings(lease_seconds=300)
+        registrar = Registrar.from_settings()
         records = [self._registered(registrar, model_key) for model_key in keys]
         models = [
             {
@@ -359,7 +361,8 @@ class LoraTraining:
     def _registered(self, registrar: Registrar, model_key: ModelKey) -> dict[str, Any]:
         """Register the file here (the S3 event's registration may get there first: then wait for
         it); the settled Models item."""
-        registrar.on_created(model_key)
+        with contextlib.suppress(WorkInProgress):  # being registered by the S3 event: wait below
+            registrar.on_created(model_key)
         info = self.store.head(model_key.key)
         deadline = time.monotonic() + _REGISTRATION_WAIT_S
         while True:
