@@ -20,7 +20,7 @@ from aws_lambda_powertools import Logger
 from sdpipe.adapters.datasets_table import DatasetsTable
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.object_store import ObjectInfo, ObjectStore
-from sdpipe.adapters.outbox import PENDING_EVENTS, OutboxTable
+from sdpipe.adapters.outbox import PENDING_EVENTS
 from sdpipe.contracts.datasets import (
     CAPTION_EXTENSION,
     CONCEPT_FOLDER,
@@ -70,8 +70,7 @@ class DatasetCatalog:
 
     @property
     def outbox(self) -> Outbox:
-        table = OutboxTable(self.table.table_name, "name", self.table.aws)
-        return Outbox(table, self.publisher, self.event_lease_seconds)
+        return Outbox.on(self.table, "name", self.publisher, self.event_lease_seconds)
 
     @classmethod
     def from_settings(cls) -> DatasetCatalog:

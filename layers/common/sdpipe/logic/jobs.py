@@ -21,7 +21,7 @@ from aws_lambda_powertools import Logger
 from sdpipe.adapters.dynamo import UpdateBuilder
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.jobs_table import OPEN_SHARD, JobsTable
-from sdpipe.adapters.outbox import PENDING_EVENTS, OutboxTable
+from sdpipe.adapters.outbox import PENDING_EVENTS
 from sdpipe.contracts.events import Event, EventType, utc_now
 from sdpipe.contracts.jobs import OPEN_STATUSES, JobStatus
 from sdpipe.logic.outbox import DEFAULT_LEASE_SECONDS, Outbox
@@ -80,8 +80,7 @@ class JobLedger:
 
     @property
     def outbox(self) -> Outbox:
-        table = OutboxTable(self.table.table_name, "job_id", self.table.aws)
-        return Outbox(table, self.publisher, self.lease_seconds)
+        return Outbox.on(self.table, "job_id", self.publisher, self.lease_seconds)
 
     @classmethod
     def from_settings(cls, settings: JobTablesSettings) -> JobLedger:

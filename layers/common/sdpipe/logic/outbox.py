@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
-from sdpipe.adapters.dynamo import UpdateBuilder
+from sdpipe.adapters.dynamo import DynamoTable, UpdateBuilder
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.outbox import PENDING_EVENTS, OutboxTable, outbox_fields, stage_event
 from sdpipe.contracts.events import Event
@@ -36,6 +36,11 @@ class Outbox:
     publisher: EventPublisher
     # How long an event's writer has to publish it before anyone else may.
     lease_seconds: int = DEFAULT_LEASE_SECONDS
+
+    @classmethod
+    def on(cls, table: DynamoTable, key_name: str, publisher: EventPublisher, lease_seconds: int) -> Outbox:
+        """The outbox of the items of ``table`` (keyed by ``key_name``), read with its clients."""
+        return cls(OutboxTable(table.table_name, key_name, table.aws), publisher, lease_seconds)
 
     def stored(self, event: Event) -> dict[str, Any]:
         return {"event": event.model_dump(mode="json"), "lease_until": int(time.time()) + self.lease_seconds}

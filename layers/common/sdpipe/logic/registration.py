@@ -18,7 +18,6 @@ from aws_lambda_powertools import Logger
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.adapters.object_store import ObjectInfo, ObjectStore
-from sdpipe.adapters.outbox import OutboxTable
 from sdpipe.contracts.events import Event, EventType, utc_now
 from sdpipe.contracts.jobs import JobStatus
 from sdpipe.contracts.models import ModelError, ModelRecord, ModelSource, ModelStatus
@@ -61,8 +60,7 @@ class Registrar:
 
     @property
     def outbox(self) -> Outbox:
-        table = OutboxTable(self.table.table_name, "model_id", self.table.aws)
-        return Outbox(table, self.publisher, self.event_lease_seconds)
+        return Outbox.on(self.table, "model_id", self.publisher, self.event_lease_seconds)
 
     @classmethod
     def from_settings(cls) -> Registrar:
