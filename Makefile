@@ -12,7 +12,7 @@ BUILT := .aws-sam/build/template.yaml
 RUNTIME_SDK := .aws-sam/runtime-sdk
 STACK_NAME ?= sdpipe
 
-.PHONY: all venv demo test test-unit lint format bench local clean validate build images fuzz
+.PHONY: all venv demo test test-unit lint format bench local clean validate build images fuzz asl
 
 all: test
 
@@ -73,6 +73,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/sam validate --lint --region us-east-1
+
+# The shared workflow fragments (statemachines/fragments/) copied into every *.asl.json.
+asl: $(STAMP)
+	$(BIN)/python -m tools.asl
 
 format: $(STAMP)
 	$(BIN)/ruff format .

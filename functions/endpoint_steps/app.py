@@ -7,7 +7,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sdpipe.logic.endpoint_lifecycle import EndpointLifecycle
+from sdpipe.logic.endpoint_steps import EndpointSteps
 from sdpipe.tracing import make_tracer
 
 logger = Logger()
@@ -17,6 +17,6 @@ tracer = make_tracer()
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    workflow = event.get("workflow") or {}
-    logger.append_keys(job_id=workflow.get("job_id"), endpoint=workflow.get("name"), step=event.get("step"))
-    return EndpointLifecycle.from_settings().step(event)
+    state = event.get("state") or {}
+    logger.append_keys(job_id=state.get("job_id"), endpoint=state.get("name"), step=event.get("step"))
+    return EndpointSteps.from_settings().step(event)

@@ -17,6 +17,6 @@ tracer = make_tracer()
 @logger.inject_lambda_context(log_event=False)  # never log what could carry a signed URL
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    fetch = event.get("fetch") or {}
-    logger.append_keys(job_id=fetch.get("job_id"), step=event.get("step"), part=fetch.get("part"))
+    state = event.get("state") or {}
+    logger.append_keys(job_id=state.get("job_id"), step=event.get("step"), part=state.get("part"))
     return ModelFetcher.from_settings().step(event, remaining_seconds=context.get_remaining_time_in_millis() / 1000)

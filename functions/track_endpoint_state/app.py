@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sdpipe.logic.endpoint_lifecycle import EndpointLifecycle
+from sdpipe.logic.endpoint_drift import EndpointDrift
 from sdpipe.tracing import make_tracer
 
 logger = Logger()
@@ -22,11 +22,11 @@ processor = BatchProcessor(event_type=EventType.SQS)
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    lifecycle = EndpointLifecycle.from_settings()
+    drift = EndpointDrift.from_settings()
 
     def record_handler(record: SQSRecord) -> None:
         change = json.loads(record.body)
-        recorded = lifecycle.track(change.get("detail") or {})
+        recorded = drift.track(change.get("detail") or {})
         logger.info("endpoint state change", extra={"detail": change.get("detail"), "recorded": recorded})
 
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -17,5 +17,5 @@ tracer = make_tracer()
 @logger.inject_lambda_context(log_event=True)
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    logger.append_keys(job_id=(event.get("training") or {}).get("job_id"), step=event.get("step"))
+    logger.append_keys(job_id=(event.get("state") or {}).get("job_id"), step=event.get("step"))
     return LoraTraining.from_settings().step(event)

@@ -288,8 +288,9 @@ def test_a_training_job_without_a_lora_in_its_output_fails_the_job(training, job
     with pytest.raises(NoLoraOutput) as raised:
         steps.register(job_id)
     cause = json.dumps({"errorType": "NoLoraOutput", "errorMessage": str(raised.value)})
-    steps.fail(job_id, {"failure": {"Error": "NoLoraOutput", "Cause": cause}, "outcome": {"status": "Completed"}})
-    job = steps.ledger.get(job_id)
-    assert job["status"] == "FAILED" and job["error"]["code"] == "NO_LORA_OUTPUT"
-    assert "holds no .safetensors LoRA" in job["error"]["message"]
+    steps.step({"step": "fail", "state": {"job_id": job_id, "failure": {"Error": "NoLoraOutput", "Cause": cause},
+                                         "outcome": {"status": "Completed"}}})  # fmt: skip
+    job = steps.ledger.require(job_id)
+    assert job.status == "FAILED" and job.error is not None and job.error["code"] == "NO_LORA_OUTPUT"
+    assert "holds no .safetensors LoRA" in job.error["message"]
     assert job_events(job_listener, job_id, {"job.failed"})[-1]["error"]["code"] == "NO_LORA_OUTPUT"

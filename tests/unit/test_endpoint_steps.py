@@ -7,13 +7,16 @@ from unittest.mock import ANY, MagicMock
 import pytest
 from botocore.exceptions import ClientError
 
+from sdpipe.contracts.workflows import StepFailure
 from sdpipe.errors import AccessDenied, Throttled
-from sdpipe.logic.endpoint_lifecycle import EndpointLifecycle, _reason
+from sdpipe.logic.endpoint_drift import EndpointDrift
+from sdpipe.logic.endpoint_records import EndpointRecords
+from sdpipe.logic.endpoint_steps import EndpointSteps
+from sdpipe.logic.workflows import failure_reason
 
 
-def lifecycle_with(scaling: MagicMock) -> EndpointLifecycle:
-    parts = {name: MagicMock() for name in ("ledger", "jobs", "endpoints", "workflows", "sagemaker", "publisher")}
-    return EndpointLifecycle(scaling=scaling, settings=MagicMock(), **parts)
+def lifecycle_with(scaling: MagicMock) -> EndpointSteps:
+    return EndpointSteps(MagicMock(), MagicMock(), MagicMock(), scaling, MagicMock())
 
 
 def client_error(code: str, message: str = "slow down") -> ClientError:
@@ -21,7 +24,8 @@ def client_error(code: str, message: str = "slow down") -> ClientError:
 
 
 def teardown() -> dict:
-    return {"step": "teardown", "workflow": {"sagemaker_name": "s-e", "name": "e", "job_id": "j-1"}}
+    state = {"sagemaker_name": "s-e", "name": "e", "job_id": "j-1", "action": "delete_endpoint", "poll_seconds": 5}
+    return {"step": "teardown", "state": state}
 
 
 def test_throttling_in_a_step_becomes_throttled():
@@ -46,20 +50,22 @@ def test_other_errors_propagate_unchanged():
     with pytest.raises(ClientError):
         lifecycle_with(scaling).step(teardown())
     with pytest.raises(ValueError, match="unknown endpoint step"):
-        lifecycle_with(MagicMock()).step({"step": "dance", "workflow": {}})
+        lifecycle_with(MagicMock()).step({"step": "dance", "state": {}})
 
 
 def test_failure_reasons_read_the_lambda_error_message():
     cause = '{"errorMessage": "No capacity for ml.g5.xlarge", "errorType": "ClientError"}'
-    assert _reason({"Error": "ClientError", "Cause": cause}) == "ClientError: No capacity for ml.g5.xlarge"
-    assert _reason({"Error": "SageMaker.EndpointFailed", "Cause": "endpoint is Failed: image pull"}) == (
+    assert failure_reason(StepFailure(Error="ClientError", Cause=cause)) == "ClientError: No capacity for ml.g5.xlarge"
+    assert failure_reason(StepFailure(Error="SageMaker.EndpointFailed", Cause="endpoint is Failed: image pull")) == (
         "SageMaker.EndpointFailed: endpoint is Failed: image pull"
     )
 
 
 def test_state_changes_out_of_order_or_after_deletion_change_nothing():
-    lifecycle = lifecycle_with(MagicMock())
-    lifecycle.settings.stack_name = "sdpipe"
+    endpoints = MagicMock()
+    records = EndpointRecords(MagicMock(), endpoints, MagicMock(), 60)
+    lifecycle = EndpointDrift(records, MagicMock(), "sdpipe")
+    lifecycle.endpoints = endpoints  # type: ignore[attr-defined]
     record = {"name": "e", "sagemaker_name": "sdpipe-e", "status": "IN_SERVICE", "changed_at": 2000}
     lifecycle.endpoints.get.return_value = record
     late = {"EndpointName": "sdpipe-e", "EndpointStatus": "FAILED", "LastModifiedTime": 1000}

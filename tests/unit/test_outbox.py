@@ -14,6 +14,7 @@ from sdpipe.adapters.jobs_table import JobsTable
 from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.adapters.outbox import DUE_ATTRIBUTE, DUE_SHARD_ATTRIBUTE, OutboxTable
 from sdpipe.contracts.jobs import JobStatus
+from sdpipe.contracts.workflows import JobRecord
 from sdpipe.logic import outbox as outbox_module
 from sdpipe.logic.datasets import DatasetCatalog
 from sdpipe.logic.jobs import JobLedger
@@ -82,7 +83,7 @@ def later(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     monkeypatch.setattr(outbox_module.time, "time", lambda: now)
 
 
-def create_job(jobs: JobLedger, job_id: str = "job-1") -> dict:
+def create_job(jobs: JobLedger, job_id: str = "job-1") -> JobRecord:
     created = jobs.create(
         job_id=job_id, request_id=f"r-{job_id}", action="fetch_model", status=JobStatus.ACCEPTED,
         deadline_seconds=3600, fields={},
@@ -108,7 +109,7 @@ def test_an_event_whose_writer_died_is_published_by_the_sweep_once_its_lease_ran
     stored_id = events[0]["event_id"]
     assert len(stored_id) == 32
 
-    item = JobsTable(JOBS, ENDPOINTS, clients).get(job["job_id"])
+    item = JobsTable(JOBS, ENDPOINTS, clients).get(job.job_id)
     assert item is not None and not item["pending_events"]
     assert DUE_SHARD_ATTRIBUTE not in item and DUE_ATTRIBUTE not in item  # off the due index
     assert sweep(clients, topic) == 0 and published(queue) == []  # nothing twice
@@ -123,10 +124,10 @@ def test_a_redelivery_during_the_writers_lease_leaves_the_event_to_the_sweep(aws
             job, JobStatus.RUNNING, allowed_from=[JobStatus.ACCEPTED]
         )
     redelivery = ledger(clients, topic)
-    redelivery.flush(redelivery.get(job["job_id"]) or {})
+    redelivery.flush(redelivery.require(job.job_id))
     assert published(queue) == []
     later(monkeypatch, 61)
-    redelivery.flush(redelivery.get(job["job_id"]) or {})
+    redelivery.flush(redelivery.require(job.job_id))
     assert [e["type"] for e in published(queue)] == ["job.running"]
     assert sweep(clients, topic) == 0 and published(queue) == []
 
@@ -156,14 +157,14 @@ def test_the_marker_stays_until_the_last_stored_event_is_out(aws, monkeypatch):
     dying = ledger(clients, topic, DyingPublisher(topic, clients))
     with pytest.raises(_WriterDies):
         dying.move(job, JobStatus.RUNNING, allowed_from=[JobStatus.ACCEPTED])
-    running = ledger(clients, topic).get(job["job_id"]) or {}
+    running = ledger(clients, topic).require(job.job_id)
     ledger(clients, topic).move(running, JobStatus.SUCCEEDED, allowed_from=[JobStatus.RUNNING])
-    item = JobsTable(JOBS, ENDPOINTS, clients).get(job["job_id"]) or {}
+    item = JobsTable(JOBS, ENDPOINTS, clients).get(job.job_id) or {}
     assert len(item["pending_events"]) == 1 and item[DUE_SHARD_ATTRIBUTE] == "due"
     later(monkeypatch, 61)
     assert sweep(clients, topic) == 1
     assert [e["type"] for e in published(queue)] == ["job.accepted", "job.succeeded", "job.running"]
-    item = JobsTable(JOBS, ENDPOINTS, clients).get(job["job_id"]) or {}
+    item = JobsTable(JOBS, ENDPOINTS, clients).get(job.job_id) or {}
     assert not item["pending_events"] and DUE_SHARD_ATTRIBUTE not in item
 
 
@@ -198,7 +199,7 @@ def test_an_endpoint_change_whose_writer_died_is_announced_by_the_sweep(aws, mon
     clients, topic, queue = aws
     endpoints = EndpointsTable(ENDPOINTS, clients)
     dying = EndpointAnnouncer(endpoints, DyingPublisher(topic, clients))
-    job = {"job_id": "job-9", "action": "deploy_endpoint", "request_id": "r-9", "context": {"user": "ana"}}
+    job = JobRecord(job_id="job-9", action="deploy_endpoint", request_id="r-9", context={"user": "ana"}, status="RUNNING")
     assert endpoints.begin_workflow(
         "flow", "job-9", "CREATING", {}, from_statuses=("DELETED",), may_create=True, announcement=dying.mark(job)
     )

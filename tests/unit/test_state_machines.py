@@ -89,3 +89,14 @@ def test_every_matched_error_name_can_be_raised(machine):
     }
     unknown = sorted(set(error_names(definition(machine)["States"])) - ours - STATES_ERRORS - LAMBDA_ERRORS)
     assert unknown == [], f"ErrorEquals names that nothing raises: {unknown}"
+
+
+def test_every_lambda_task_retries_transient_errors_with_the_shared_fragment():
+    """One retry policy for Lambda's own failures and our Throttled, kept in step by ``make asl``."""
+    from tools.asl import out_of_step, transient_retry
+
+    assert out_of_step() == []
+    for machine in MACHINES:
+        for _path, state in tasks(definition(machine)["States"]):
+            if state.get("Resource") == "arn:aws:states:::lambda:invoke":
+                assert transient_retry() in state["Retry"]

@@ -134,14 +134,6 @@ def test_toml_round_trips():
     assert tomllib.loads(to_toml(document)) == document
 
 
-class _Logs:
-    def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
-
-    def tail(self, name: str, lines: int) -> list[str]:
-        return self.lines[-lines:]
-
-
 @pytest.mark.parametrize(
     ("lines", "expected"),
     [
@@ -153,7 +145,6 @@ class _Logs:
     ],
 )  # fmt: skip
 def test_step_and_loss_are_read_from_either_engines_log(lines, expected):
-    from sdpipe.logic.training import LoraTraining
+    from sdpipe.logic.training_progress import latest_progress
 
-    reader = LoraTraining(*([None] * 7), logs=_Logs(lines))  # type: ignore[arg-type]
-    assert reader._progress("job", {}) == expected
+    assert latest_progress(lines) == expected

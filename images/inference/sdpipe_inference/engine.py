@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import random
 import threading
 from collections import OrderedDict
@@ -421,7 +420,3 @@ def _controlnet_infotext(unit: ControlNetUnit, add_on: AddOn) -> str:
 
 def _number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
-
-
-def info_json(result: GenerationResult) -> str:
-    return json.dumps(result.info)

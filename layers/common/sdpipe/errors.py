@@ -179,6 +179,13 @@ class Throttled(SdpipeError):
     code = "THROTTLED"
 
 
+class RegistrationPending(SdpipeError):
+    """A file a step needs registered is being registered by another worker; the TrainLora
+    workflow retries the step (ASL matches this name) instead of a Lambda waiting for it."""
+
+    code = "REGISTRATION_PENDING"
+
+
 class JobNotCancellable(SdpipeError):
     """A job that cannot be stopped half-way (an endpoint workflow)."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdpipe.adapters.dynamo import DynamoTable, from_dynamo, to_dynamo
+from sdpipe.adapters.dynamo import DynamoTable, to_dynamo
 
 
 class GenerationsTable(DynamoTable):
@@ -13,9 +13,3 @@ class GenerationsTable(DynamoTable):
         with self._table.batch_writer() as batch:
             for item in items:
                 batch.put_item(Item=to_dynamo(item))
-
-    def for_job(self, job_id: str) -> list[dict[str, Any]]:
-        response = self._table.query(
-            KeyConditionExpression="job_id = :job", ExpressionAttributeValues={":job": job_id}, ConsistentRead=True
-        )
-        return [from_dynamo(i) for i in response.get("Items", [])]

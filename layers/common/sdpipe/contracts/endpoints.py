@@ -119,7 +119,7 @@ class UpdateEndpointParams(BaseModel):
 
     def merged_with(self, current: dict[str, Any]) -> DeployEndpointParams:
         """The endpoint's settings after this update (validated again as a whole: ``min <= max``)."""
-        settings = {key: current[key] for key in DeployEndpointParams.model_fields if current.get(key) is not None}
+        settings = {k: v for k, v in current.items() if k in DeployEndpointParams.model_fields and v is not None}
         settings |= self.model_dump(exclude_none=True)
         return DeployEndpointParams.model_validate(settings)
 
@@ -130,3 +130,49 @@ class DeleteEndpointParams(BaseModel):
     name: str
 
     _name = field_validator("name")(staticmethod(_check_name))
+
+
+# What an Endpoints record carries of its settings (and an update starts from).
+SETTINGS_FIELDS = (
+    "instance_type",
+    "min_instances",
+    "max_instances",
+    "max_concurrent_invocations",
+    "image_uri",
+    "environment",
+    "scaling",
+)
+
+
+class EndpointRecord(BaseModel):
+    """An Endpoints table item: the endpoint as sdpipe last recorded it."""
+
+    model_config = ConfigDict(defer_build=True, extra="allow")
+
+    name: str
+    status: EndpointStatus
+    sagemaker_name: str = ""
+    instance_type: str | None = None
+    min_instances: int | None = None
+    max_instances: int | None = None
+    max_concurrent_invocations: int | None = None
+    image_uri: str | None = None
+    environment: dict[str, str] | None = None
+    scaling: dict[str, Any] | None = None
+    in_flight: int = 0
+    config_name: str | None = None
+    model_name: str | None = None
+    failure_reason: str | None = None
+    # The job whose workflow holds the endpoint now, and the last one that changed it.
+    pending_job: str | None = None
+    last_job: str | None = None
+    # SageMaker's LastModifiedTime of the last state change applied from its events.
+    changed_at: int = 0
+
+    @property
+    def is_gone(self) -> bool:
+        return self.status is EndpointStatus.DELETED
+
+    def settings(self) -> dict[str, Any]:
+        """The deployment settings recorded (an update starts from these)."""
+        return {key: getattr(self, key) for key in SETTINGS_FIELDS if getattr(self, key) is not None}

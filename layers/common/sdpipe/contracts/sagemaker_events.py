@@ -1,4 +1,4 @@
-"""SageMaker's asynchronous inference notification (the message on the success/error topic)."""
+"""SageMaker's own messages: the asynchronous inference notification and endpoint state changes."""
 
 from __future__ import annotations
 
@@ -32,3 +32,15 @@ class AsyncInferenceNotification(BaseModel):
     @property
     def succeeded(self) -> bool:
         return self.invocation_status == "Completed"
+
+
+class EndpointStateChange(BaseModel):
+    """The ``detail`` of EventBridge's "SageMaker Endpoint State Change"."""
+
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
+
+    endpoint_name: str = Field(default="", alias="EndpointName")
+    status: str = Field(default="", alias="EndpointStatus")
+    failure_reason: str | None = Field(default=None, alias="FailureReason")
+    # Milliseconds since the epoch (0 when the event carries none: older than anything applied).
+    last_modified: int = Field(default=0, alias="LastModifiedTime")

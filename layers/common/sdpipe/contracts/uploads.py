@@ -1,4 +1,4 @@
-"""Requests of the Uploads function (chunked multipart uploads) and ``fetch_model`` params."""
+"""Requests of the Uploads function (chunked multipart uploads) and the metadata intake puts on files."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ META_BASE_MODEL = "sdpipe-base-model-sha256"
 META_DATASET = "sdpipe-dataset"
 
 
-def _lower(value: str | None) -> str | None:
+def lower_hex(value: str | None) -> str | None:
     return value.lower() if value else value
 
 
@@ -40,7 +40,7 @@ class CreateUpload(BaseModel):
     expires_seconds: int | None = Field(default=None, ge=60, le=7 * 24 * 3600)
     context: dict[str, object] = Field(default_factory=dict)
 
-    _normalise_sha = field_validator("sha256")(_lower)
+    _normalise_sha = field_validator("sha256")(lower_hex)
 
 
 class ResumeUpload(BaseModel):
@@ -79,24 +79,3 @@ class AbortUpload(BaseModel):
 
 
 UploadRequest = Annotated[CreateUpload | ResumeUpload | CompleteUpload | AbortUpload, Field(discriminator="operation")]
-
-
-class FetchModelParams(BaseModel):
-    """``fetch_model`` request params."""
-
-    model_config = ConfigDict(defer_build=True, extra="forbid")
-
-    url: str = Field(min_length=8, max_length=4096)
-    type: ModelType
-    name: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=800,
-        description="file name under the type's folder (default: the server's)",
-    )
-    sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
-    # A Secrets Manager secret (named <stack>/...) holding a token or {"header": ..., "value": ...}.
-    auth_secret: str | None = Field(default=None, min_length=1, max_length=512)
-    overwrite: bool = False
-
-    _normalise_sha = field_validator("sha256")(_lower)

@@ -21,6 +21,7 @@ from sdpipe.adapters.endpoints_table import ANNOUNCEMENT, EndpointsTable
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.outbox import OutboxTable
 from sdpipe.contracts.events import Event, EventType, utc_now
+from sdpipe.contracts.workflows import JobRecord
 from sdpipe.logic.outbox import DEFAULT_LEASE_SECONDS
 
 logger = Logger(child=True)
@@ -43,20 +44,20 @@ class EndpointAnnouncer:
     publisher: EventPublisher
     lease_seconds: int = DEFAULT_LEASE_SECONDS
 
-    def mark(self, job: dict[str, Any] | None = None) -> dict[str, Any]:
+    def mark(self, job: JobRecord | None = None) -> dict[str, Any]:
         """What a write stores to be announced (``job``: the job making the change, if any)."""
         made_by = None
         if job is not None:
-            made_by = {key: job.get(key) for key in ("job_id", "action", "request_id", "context")}
+            made_by = {"job_id": job.job_id, "action": job.action, "request_id": job.request_id, "context": job.context}
         return {"event_id": uuid.uuid4().hex, "lease_until": int(time.time()) + self.lease_seconds, "job": made_by}
 
-    def announce(self, name: str, job: dict[str, Any] | None = None) -> None:
+    def announce(self, name: str, job: JobRecord | None = None) -> None:
         """Publish the record as it is now (with the job that changed it) and clear its mark."""
         record = self.endpoints.get(name)
         if record is None:
             return
         mark = record.get(ANNOUNCEMENT) or {}
-        self._publish(record, mark, job)
+        self._publish(record, mark, self.mark(job)["job"] if job is not None else None)
 
     def sweep(self, limit: int = 100) -> int:
         """Announce the records whose writer died before announcing them; how many."""

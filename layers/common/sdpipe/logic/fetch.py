@@ -15,20 +15,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from pydantic import ValidationError
 
 from sdpipe import errors
 from sdpipe.adapters.http_source import HttpSource
 from sdpipe.adapters.multipart import MultipartUploads
 from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.adapters.secrets import AuthSecrets
-from sdpipe.adapters.workflows import Workflows, execution_arn
+from sdpipe.adapters.workflows import Workflows
+from sdpipe.contracts.fetch import FetchModelParams
 from sdpipe.contracts.jobs import REGISTERING, JobStatus
 from sdpipe.contracts.models import ModelSource
-from sdpipe.contracts.uploads import META_JOB_ID, META_SHA256, META_SOURCE, META_SOURCE_URL, FetchModelParams
+from sdpipe.contracts.uploads import META_JOB_ID, META_SHA256, META_SOURCE, META_SOURCE_URL
+from sdpipe.contracts.workflows import (
+    FetchExecution,
+    FetchSource,
+    FetchState,
+    JobRecord,
+    ProbeResult,
+    StepFailure,
+    UploadState,
+)
 from sdpipe.errors import (
     FileTooLarge,
-    JobAlreadyFinished,
     ModelExists,
     SourceFailed,
     SourceMisbehaved,
@@ -39,10 +47,9 @@ from sdpipe.errors import (
 from sdpipe.layout import model_key_for
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.part_plan import plan_parts
-from sdpipe.logic.requests import accept_workflow_request, validation_message
 from sdpipe.logic.uploads import part_problems, plan_of
 from sdpipe.logic.url_policy import UrlPolicy, check_url
-from sdpipe.logic.workflow_errors import error_of_failure, run_step
+from sdpipe.logic.workflows import Accepted, WorkflowRequests, error_of_failure, run_step, validated
 from sdpipe.settings import FetchSettings, fetch_settings
 
 logger = Logger(child=True)
@@ -86,22 +93,24 @@ class ModelFetcher:
             ),
         )
 
+    @property
+    def requests(self) -> WorkflowRequests:
+        return WorkflowRequests(self.ledger, self.workflows)
+
     # ------------------------------------------------------------------ requests
     def handle_message(self, body: str, attribute_action: str | None, message_id: str) -> str:
-        return accept_workflow_request(
-            self.ledger,
+        return self.requests.accept(
             (body, attribute_action, message_id),
-            validate=self._validate,
+            validate=lambda envelope: Accepted(
+                self.validate(envelope.params).model_dump(mode="json", exclude_none=True),
+                deadline_seconds=self.settings.fetch_deadline_seconds,
+            ),
             start=self._start,
-            deadline_seconds=lambda _: self.settings.fetch_deadline_seconds,
             public_params=_public_params,  # a URL's query may hold a signature
         )
 
-    def _validate(self, raw: dict[str, Any]) -> FetchModelParams:
-        try:
-            params = FetchModelParams.model_validate(raw)
-        except ValidationError as exc:
-            raise ValidationFailed(validation_message(exc, "params")) from None
+    def validate(self, raw: dict[str, Any]) -> FetchModelParams:
+        params = validated(FetchModelParams, raw)
         try:
             check_url(params.url, self.policy)
         except errors.UrlRejected as exc:
@@ -119,40 +128,34 @@ class ModelFetcher:
             )
         return params
 
-    def _start(self, job: dict[str, Any]) -> None:
-        if self.settings.fetch_model_state_machine_arn is None:
-            raise errors.ConfigurationError("FETCH_MODEL_STATE_MACHINE_ARN is not set")
-        execution_input = {"job_id": job["job_id"], "max_concurrency": self.settings.fetch_concurrency}
-        arn = self.workflows.start(self.settings.fetch_model_state_machine_arn, job["job_id"], execution_input)
-        self.ledger.move(job, JobStatus.RUNNING, allowed_from=[JobStatus.ACCEPTED], fields={"execution_arn": arn})
+    def _start(self, job: JobRecord) -> None:
+        execution = FetchExecution(job_id=job.job_id, max_concurrency=self.settings.fetch_concurrency)
+        self.requests.start(job, self.settings.fetch_model_state_machine_arn, execution, status=JobStatus.RUNNING)
 
     # ------------------------------------------------------------------ workflow steps
     def step(self, event: dict[str, Any], remaining_seconds: float = 900) -> dict[str, Any]:
-        step = str(event.get("step"))
-        payload = event.get("fetch") or {}
-        steps = {
-            "probe": lambda: self.probe(payload["job_id"]),
-            "copy_part": lambda: self.copy_part(
-                payload["job_id"],
-                int(payload["part"]),
-                int(payload["start"]),
-                int(payload["end"]),
-                remaining_seconds,
-            ),
-            "stream": lambda: self.stream(payload["job_id"], remaining_seconds),
-            "complete": lambda: self.complete(payload["job_id"]),
-            "fail": lambda: self.fail(payload["job_id"], payload.get("failure") or {}),
-        }
-        return run_step("fetch", step, steps)
+        def copy_part(state: FetchState) -> dict[str, Any]:
+            if state.part is None or state.start is None or state.end is None:
+                raise ValidationFailed("copy_part needs part, start and end")
+            return self.copy_part(state.job_id, state.part, state.start, state.end, remaining_seconds)
 
-    def probe(self, job_id: str) -> dict[str, Any]:
+        steps: dict[str, Any] = {
+            "probe": lambda state: self.probe(state.job_id),
+            "copy_part": copy_part,
+            "stream": lambda state: self.stream(state.job_id, remaining_seconds),
+            "complete": lambda state: self.complete(state.job_id),
+            "fail": lambda state: self.fail(state.job_id, state.failure),
+        }
+        return run_step("fetch", event, FetchState, steps)
+
+    def probe(self, job_id: str) -> ProbeResult:
         """Check the URL, learn size, name and range support, and open the multipart upload."""
         job = self._running(job_id)
-        params = FetchModelParams.model_validate(job["params"])
-        if job.get("upload"):  # a retried probe: the upload is open already
+        params = FetchModelParams.model_validate(job.params)
+        if job.upload:  # a retried probe: the upload is open already
             self._write_parts(job)
             return self._probe_result(job)
-        source = self._source(params)
+        source = self._source(job)
         found = source.probe(params.url)
         if found.size is not None and found.size > self.settings.fetch_max_bytes:
             raise FileTooLarge(f"the file is {found.size} bytes, over the {self.settings.fetch_max_bytes}-byte limit")
@@ -176,7 +179,7 @@ class ModelFetcher:
         if params.sha256:
             metadata[META_SHA256] = params.sha256
         upload_id = self.uploads.create(key.key, metadata)
-        upload = {"upload_id": upload_id, "key": key.key, "size": found.size or 0, "part_size": plan.part_size}
+        upload = UploadState(upload_id=upload_id, key=key.key, size=found.size or 0, part_size=plan.part_size)
         moved = self.ledger.move(
             job,
             JobStatus.RUNNING,
@@ -184,7 +187,7 @@ class ModelFetcher:
             fields={
                 "upload": upload,
                 "fetch_url": found.url,  # after redirects; may carry a signature, so not public
-                "source": {"filename": found.filename, "size": found.size, "ranges": ranges},
+                "source": FetchSource(filename=found.filename, size=found.size, ranges=bool(ranges)),
                 "progress": {"bytes_total": found.size or 0, "bytes_done": 0},
             },
         )
@@ -198,19 +201,19 @@ class ModelFetcher:
     def copy_part(self, job_id: str, part: int, start: int, end: int, remaining_seconds: float = 900) -> dict[str, Any]:
         """One ranged GET into one UploadPart; memory is one part; done before the function's time is."""
         job = self._running(job_id)
-        upload = job["upload"]
+        upload = self._upload(job)
         length = end - start + 1
-        opened = self._source(FetchModelParams.model_validate(job["params"])).open(
-            job["fetch_url"], byte_range=(start, end), deadline_seconds=_request_deadline(remaining_seconds)
+        opened = self._source(job).open(
+            str(job.fetch_url), byte_range=(start, end), deadline_seconds=_request_deadline(remaining_seconds)
         )
         try:
             content_range = opened.content_range()
             if opened.status != 206 or content_range is None or content_range[:2] != (start, end):
                 sent = opened.headers.get("Content-Range") or "the whole file"
                 raise SourceMisbehaved(f"part {part}: asked for bytes {start}-{end}, the server sent {sent}")
-            if content_range[2] != upload["size"]:
+            if content_range[2] != upload.size:
                 raise SourceMisbehaved(
-                    f"part {part}: the server now says the file is {content_range[2]} bytes, not {upload['size']}"
+                    f"part {part}: the server now says the file is {content_range[2]} bytes, not {upload.size}"
                 )
             body = bytearray()
             for chunk in opened.iter_chunks(limit=length):
@@ -219,21 +222,21 @@ class ModelFetcher:
             opened.close()
         if len(body) != length:
             raise SourceFailed(f"part {part}: the connection ended after {len(body)} of {length} bytes")
-        etag = self.uploads.upload_part(upload["key"], upload["upload_id"], part, body)
+        etag = self.uploads.upload_part(upload.key, upload.upload_id, part, body)
         self.ledger.progress(job, length)
         return {"part": part, "etag": etag}
 
     def stream(self, job_id: str, remaining_seconds: float) -> dict[str, Any]:
         """A server without range support: the whole body, one part at a time, in one invocation."""
         job = self._running(job_id)
-        upload = job["upload"]
+        upload = self._upload(job)
         deadline = time.monotonic() + remaining_seconds - _STREAM_MARGIN_SECONDS
-        part_size = int(upload["part_size"])
-        announced = job["source"].get("size")
+        part_size = upload.part_size
+        announced = job.source.size if job.source else None
         limit = int(announced) if announced else self.settings.fetch_max_bytes
         # The request's own deadline comes just after the loop's, which says more when bytes flow.
-        opened = self._source(FetchModelParams.model_validate(job["params"])).open(
-            job["fetch_url"], deadline_seconds=_request_deadline(remaining_seconds) + _STREAM_MARGIN_SECONDS / 2
+        opened = self._source(job).open(
+            str(job.fetch_url), deadline_seconds=_request_deadline(remaining_seconds) + _STREAM_MARGIN_SECONDS / 2
         )
         part, total, buffer = 1, 0, bytearray()
         try:
@@ -260,51 +263,55 @@ class ModelFetcher:
         if announced and total != int(announced):
             raise SourceFailed(f"the connection ended after {total} of {announced} bytes")
         self.ledger.move(
-            job, JobStatus.RUNNING, allowed_from=[JobStatus.RUNNING], fields={"upload": upload | {"size": total}}
+            job,
+            JobStatus.RUNNING,
+            allowed_from=[JobStatus.RUNNING],
+            fields={"upload": upload.model_copy(update={"size": total})},
         )
         return {"bytes": total}
 
-    def _stream_part(self, job: dict[str, Any], part: int, body: bytearray) -> None:
-        upload = job["upload"]
-        self.uploads.upload_part(upload["key"], upload["upload_id"], part, body)
+    def _stream_part(self, job: JobRecord, part: int, body: bytearray) -> None:
+        upload = self._upload(job)
+        self.uploads.upload_part(upload.key, upload.upload_id, part, body)
         self.ledger.progress(job, len(body))
 
     def complete(self, job_id: str) -> dict[str, Any]:
         job = self._running(job_id)
-        if job.get("phase") == REGISTERING:
-            return {"key": job["upload"]["key"]}
-        upload = job["upload"]
-        plan = plan_of(job)
+        upload = self._upload(job)
+        if job.phase == REGISTERING:
+            return {"key": upload.key}
+        plan = plan_of(upload)
         try:
-            held = self.uploads.list_parts(upload["key"], upload["upload_id"])
+            held = self.uploads.list_parts(upload.key, upload.upload_id)
         except UploadNotFound:
-            found = self.store.head(upload["key"])
+            found = self.store.head(upload.key)
             if found is None or found.metadata.get(META_JOB_ID) != job_id:
                 raise
             held = {}  # completed by an attempt whose answer was lost
         if held:
-            problems = part_problems(plan, {n: p["etag"] for n, p in held.items()}, held)
+            etags = {n: p["etag"] for n, p in held.items()}
+            problems = part_problems(plan, etags, held)
             if problems:
                 raise UploadPartsInvalid("; ".join(problems))
-            self.uploads.complete(upload["key"], upload["upload_id"], {n: p["etag"] for n, p in held.items()})
+            self.uploads.complete(upload.key, upload.upload_id, etags)
         self.ledger.move(
             job,
             JobStatus.RUNNING,
             allowed_from=[JobStatus.RUNNING],
             fields={"phase": REGISTERING, "progress": {"bytes_total": plan.size, "bytes_done": plan.size}},
         )
-        return {"key": upload["key"]}
+        return {"key": upload.key}
 
-    def fail(self, job_id: str, failure: dict[str, Any]) -> dict[str, Any]:
+    def fail(self, job_id: str, failure: StepFailure | None) -> dict[str, Any]:
         """Abort the upload, delete anything written under ``models/``, fail the job with the cause."""
         job = self.ledger.get(job_id)
         if job is None:
             return {"failed": False}
-        upload = job.get("upload")
+        upload = job.upload
         if upload:
-            self.uploads.abort(upload["key"], upload["upload_id"])
-            written = self.store.head(upload["key"])
-            if written is not None and written.metadata.get(META_JOB_ID) == job_id and job.get("phase") != REGISTERING:
+            self.uploads.abort(upload.key, upload.upload_id)
+            written = self.store.head(upload.key)
+            if written is not None and written.metadata.get(META_JOB_ID) == job_id and job.phase != REGISTERING:
                 self.store.delete_if_unchanged(written)
         error = error_of_failure(failure, fallback_code="FETCH_FAILED", timeout=_FETCH_TIMEOUT)
         moved = self.ledger.move(
@@ -314,23 +321,19 @@ class ModelFetcher:
         return {"failed": moved is not None, "error": error}
 
     # ------------------------------------------------------------------ helpers
-    def _running(self, job_id: str) -> dict[str, Any]:
-        job = self.ledger.get(job_id)
-        if job is None:
-            raise errors.JobNotFound(f"job {job_id} does not exist")
-        if job["status"] == JobStatus.ACCEPTED.value and self.settings.fetch_model_state_machine_arn:
-            # The workflow runs, so it was started: the request's worker died (or is slow)
-            # between StartExecution and recording it. Record it here (once, conditionally).
-            arn = execution_arn(self.settings.fetch_model_state_machine_arn, job_id)
-            moved = self.ledger.move(
-                job, JobStatus.RUNNING, allowed_from=[JobStatus.ACCEPTED], fields={"execution_arn": arn}
-            )
-            job = moved or self.ledger.get(job_id) or job  # not moved: someone else recorded it
-        if job["status"] != JobStatus.RUNNING.value:
-            raise JobAlreadyFinished(f"job {job_id} is {job['status']}; the fetch stops")
-        return job
+    def _running(self, job_id: str) -> JobRecord:
+        return self.requests.open_job(
+            job_id, self.settings.fetch_model_state_machine_arn, started_as=JobStatus.RUNNING, stops="the fetch stops"
+        )
 
-    def _source(self, params: FetchModelParams) -> HttpSource:
+    @staticmethod
+    def _upload(job: JobRecord) -> UploadState:
+        if job.upload is None:
+            raise errors.UploadNotFound(f"job {job.job_id} has no multipart upload open (probe it first)")
+        return job.upload
+
+    def _source(self, job: JobRecord) -> HttpSource:
+        params = FetchModelParams.model_validate(job.params)
         auth = self.secrets.auth_header(params.auth_secret) if params.auth_secret else None
         return HttpSource(
             self.policy,
@@ -340,20 +343,19 @@ class ModelFetcher:
             **self.source_options,
         )
 
-    def _write_parts(self, job: dict[str, Any]) -> None:
+    def _write_parts(self, job: JobRecord) -> None:
         """The part list the distributed Map reads (too long for the state payload)."""
-        if (job.get("source") or {}).get("ranges"):
-            items = json.dumps(plan_of(job).items()).encode()
-            self.store.put_bytes(parts_key(job["job_id"]), items, "application/json")
+        if job.source is not None and job.source.ranges:
+            items = json.dumps(plan_of(self._upload(job)).items()).encode()
+            self.store.put_bytes(parts_key(job.job_id), items, "application/json")
 
-    def _probe_result(self, job: dict[str, Any]) -> dict[str, Any]:
-        source = job.get("source") or {}
-        return {
-            "job_id": job["job_id"],
-            "ranges": bool(source.get("ranges")),
-            "bucket": self.store.bucket,
-            "parts_key": parts_key(job["job_id"]),
-        }
+    def _probe_result(self, job: JobRecord) -> ProbeResult:
+        return ProbeResult(
+            job_id=job.job_id,
+            ranges=bool(job.source and job.source.ranges),
+            bucket=self.store.bucket,
+            parts_key=parts_key(job.job_id),
+        )
 
 
 def _request_deadline(remaining_seconds: float) -> float:

@@ -25,6 +25,7 @@ from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.contracts.events import utc_now
 from sdpipe.contracts.jobs import JobStatus
 from sdpipe.contracts.sagemaker_events import AsyncInferenceNotification
+from sdpipe.contracts.workflows import JobRecord
 from sdpipe.errors import EndpointCrashed, EndpointFailed, WorkInProgress
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.parallel import io_pool
@@ -70,7 +71,7 @@ class InferenceCompletion:
             logger.warning("notification for an unknown job ignored", extra={"inference_id": job_id})
             return
         self.ledger.flush(job)
-        status = JobStatus(job["status"])
+        status = job.status
         if status.is_terminal:
             logger.info("job already finished; late or duplicate notification", extra={"job_id": job_id})
             return
@@ -80,22 +81,25 @@ class InferenceCompletion:
             raise WorkInProgress(f"job {job_id} is still ACCEPTED; the notification comes back", retry_after_seconds=5)
         if status is JobStatus.QUEUED:
             # The endpoint finished before the submitter recorded RUNNING: record it now (once).
-            job = self.ledger.move(job, JobStatus.RUNNING, allowed_from=[JobStatus.QUEUED]) or self.ledger.get(job_id)
-            if job is None or JobStatus(job["status"]).is_terminal:
+            running = self.ledger.move(job, JobStatus.RUNNING, allowed_from=[JobStatus.QUEUED]) or self.ledger.get(
+                job_id
+            )
+            if running is None or running.is_finished:
                 return
+            job = running
         if output is not None:
             self._succeed(job, notification, output)
         else:
             self._fail(job, self._failure(notification))
 
-    def _fail(self, job: dict[str, Any], error: dict[str, str]) -> None:
-        logger.info("job failed on the endpoint", extra={"job_id": job["job_id"], "error": error})
+    def _fail(self, job: JobRecord, error: dict[str, str]) -> None:
+        logger.info("job failed on the endpoint", extra={"job_id": job.job_id, "error": error})
         self.ledger.move(
             job,
             JobStatus.FAILED,
             allowed_from=_IN_FLIGHT,
             fields={"error": error},
-            endpoint=job.get("endpoint"),
+            endpoint=job.endpoint,
             in_flight_delta=-1,
         )
 
@@ -124,8 +128,8 @@ class InferenceCompletion:
         key = self.store.key_of(notification.response.output_location or "")
         return None if key is None else self.store.get_bytes(key, _MAX_RESULT_BYTES)
 
-    def _succeed(self, job: dict[str, Any], notification: AsyncInferenceNotification, output: Future[Any]) -> None:
-        job_id = job["job_id"]
+    def _succeed(self, job: JobRecord, notification: AsyncInferenceNotification, output: Future[Any]) -> None:
+        job_id = job.job_id
         try:
             body = output.result()
         except (FileNotFoundError, ValueError) as exc:  # gone, or over the size limit
@@ -179,7 +183,7 @@ class InferenceCompletion:
             "images": image_uris,
             "result": result_uri,
             "all_seeds": seeds,
-            "warnings": info.get("warnings") or job.get("warnings") or [],
+            "warnings": info.get("warnings") or job.warnings or [],
             "invocation_ms": info.get("invocation_ms"),
         }
         moved = self.ledger.move(
@@ -187,7 +191,7 @@ class InferenceCompletion:
             JobStatus.SUCCEEDED,
             allowed_from=_IN_FLIGHT,
             fields={"outputs": outputs},
-            endpoint=job.get("endpoint"),
+            endpoint=job.endpoint,
             in_flight_delta=-1,
         )
         if moved is None:
@@ -204,13 +208,14 @@ def _parse_time(value: str | None) -> datetime:
 
 
 def _generation(
-    job: dict[str, Any], info: dict[str, Any], *, index: int, uri: str, seeds: list[int], created: datetime
+    job: JobRecord, info: dict[str, Any], *, index: int, uri: str, seeds: list[int], created: datetime
 ) -> dict[str, Any]:
     """One row of the generations table, with the fields of a WebUI generations database."""
+    model = job.model or {}
     prompts = info.get("all_prompts") or []
     negatives = info.get("all_negative_prompts") or []
     return {
-        "job_id": job["job_id"],
+        "job_id": job.job_id,
         "image_index": index,
         "prompt": prompts[index] if index < len(prompts) else info.get("prompt", ""),
         "negative_prompt": negatives[index] if index < len(negatives) else info.get("negative_prompt", ""),
@@ -221,12 +226,12 @@ def _generation(
         "cfg_scale": info.get("cfg_scale"),
         "width": info.get("width"),
         "height": info.get("height"),
-        "model_name": info.get("sd_model_name") or (job.get("model") or {}).get("name"),
-        "model_hash": info.get("sd_model_hash") or (job.get("model") or {}).get("short_hash") or "unknown",
-        "loras": job.get("loras") or [],
+        "model_name": info.get("sd_model_name") or model.get("name"),
+        "model_hash": info.get("sd_model_hash") or model.get("short_hash") or "unknown",
+        "loras": job.loras or [],
         "vae": info.get("sd_vae_name"),
         "image_s3_uri": uri,
-        "request_id": job.get("request_id"),
+        "request_id": job.request_id or None,
         "created_at": created.isoformat(),
         "created_day": created.date().isoformat(),
     }

@@ -40,6 +40,7 @@ from sdpipe.contracts.inference import (
 )
 from sdpipe.contracts.jobs import Action, JobStatus, RequestEnvelope
 from sdpipe.contracts.models import ModelFamily, ModelStatus, ModelType
+from sdpipe.contracts.workflows import JobRecord
 from sdpipe.errors import (
     AccessDenied,
     EndpointFailed,
@@ -58,6 +59,9 @@ from sdpipe.logic.requests import ParsedRequest, parse_request, record_failure, 
 from sdpipe.settings import job_settings
 
 logger = Logger(child=True)
+
+# A job no delivery has invoked the endpoint for yet.
+_UNDISPATCHED = (JobStatus.ACCEPTED, JobStatus.QUEUED)
 
 # Endpoint statuses that accept invocations (an endpoint being updated keeps serving).
 _SERVING = {IN_SERVICE, "UPDATING"}
@@ -205,28 +209,28 @@ class InferenceIntake:
         finally:
             self.ledger.drain()
 
-    def resume(self, job: dict[str, Any]) -> None:
+    def resume(self, job: JobRecord) -> None:
         """A duplicate delivery: publish what a dead worker left, continue work it did not finish."""
         self.ledger.flush(job)
-        if job.get("status") not in (JobStatus.ACCEPTED.value, JobStatus.QUEUED.value):
+        if job.status not in _UNDISPATCHED:
             return
         claimed = self.ledger.claim(job, self.claim_seconds)
         if claimed is None:
-            current = self.ledger.get(job["job_id"]) or {}
-            if current.get("status") not in (JobStatus.ACCEPTED.value, JobStatus.QUEUED.value):
+            current = self.ledger.get(job.job_id)
+            if current is None or current.status not in _UNDISPATCHED:
                 return  # it moved on meanwhile
             # Another delivery holds the claim. Were this acknowledged and that worker dead, the
             # job would never be invoked: come back when the claim runs out.
-            remaining = int(current.get("claim_expires_at") or 0) - int(time.time())
-            raise WorkInProgress(f"job {job['job_id']} is being dispatched by another delivery",
+            remaining = int(current.claim_expires_at or 0) - int(time.time())
+            raise WorkInProgress(f"job {job.job_id} is being dispatched by another delivery",
                                  retry_after_seconds=remaining + 1)  # fmt: skip
-        logger.info("taking over a job whose worker stopped", extra={"job_id": job["job_id"]})
+        logger.info("taking over a job whose worker stopped", extra={"job_id": job.job_id})
         self.dispatch(claimed)
 
-    def dispatch(self, job: dict[str, Any]) -> None:
+    def dispatch(self, job: JobRecord) -> None:
         """ACCEPTED → QUEUED (slot on the endpoint) → InvokeEndpointAsync → RUNNING, under our claim."""
-        token, endpoint = job["claim_token"], job["endpoint"]
-        if job["status"] == JobStatus.ACCEPTED.value:
+        token, endpoint = job.claim_token, job.endpoint
+        if job.status is JobStatus.ACCEPTED:
             try:
                 queued = self.ledger.move(
                     job,
@@ -246,7 +250,7 @@ class InferenceIntake:
             job = queued
         try:
             invoked = self.runtime.invoke(
-                job["sagemaker_endpoint"], job["input_uri"], job["job_id"], ttl_seconds=self.deadline_seconds
+                str(job.sagemaker_endpoint), str(job.input_uri), job.job_id, ttl_seconds=self.deadline_seconds
             )
         except (EndpointFailed, AccessDenied) as exc:
             self.ledger.move(

@@ -12,7 +12,8 @@ from sdpipe.adapters.multipart import MultipartUploads
 from sdpipe.adapters.sagemaker import SageMakerTraining
 from sdpipe.contracts.events import utc_now
 from sdpipe.contracts.jobs import REGISTERING, Action, CancelJobParams, JobStatus
-from sdpipe.errors import JobAlreadyFinished, JobNotCancellable, JobNotFound, SdpipeError, ValidationFailed
+from sdpipe.contracts.workflows import JobRecord
+from sdpipe.errors import JobAlreadyFinished, JobNotCancellable, SdpipeError, ValidationFailed
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.requests import parse_request, record_failure, validation_message
 from sdpipe.settings import job_settings
@@ -26,8 +27,8 @@ _INFERENCE = frozenset({Action.TXT2IMG, Action.IMG2IMG})
 _WORKFLOW_ACTIONS = frozenset({Action.DEPLOY_ENDPOINT, Action.UPDATE_ENDPOINT, Action.DELETE_ENDPOINT})
 
 
-def public_view(job: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in job.items() if k not in _INTERNAL}
+def public_view(job: JobRecord) -> dict[str, Any]:
+    return {k: v for k, v in job.item().items() if k not in _INTERNAL}
 
 
 @dataclass
@@ -47,22 +48,19 @@ class JobControl:
             SageMakerTraining(),
         )
 
-    def get(self, job_id: str) -> dict[str, Any]:
-        job = self.ledger.get(job_id)
-        if job is None:
-            raise JobNotFound(f"job {job_id!r} does not exist")
-        return job
+    def get(self, job_id: str) -> JobRecord:
+        return self.ledger.require(job_id)
 
-    def recent(self, action: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        return self.ledger.table.recent(action, limit)
+    def recent(self, action: str | None = None, limit: int = 20) -> list[JobRecord]:
+        return self.ledger.recent(action, limit)
 
-    def cancel(self, job_id: str, reason: str) -> dict[str, Any]:
+    def cancel(self, job_id: str, reason: str) -> JobRecord:
         """Cancel a job that has not finished; the cancelled job (a finished one is an error)."""
         job = self.get(job_id)
-        if job.get("action") in _WORKFLOW_ACTIONS and not JobStatus(job["status"]).is_terminal:
+        if job.action in _WORKFLOW_ACTIONS and not job.is_finished:
             # Stopping a workflow half-way would leave SageMaker resources nobody tracks.
             raise JobNotCancellable(
-                f"job {job_id} is an {job['action']} workflow; it cannot be cancelled half-way "
+                f"job {job_id} is an {job.action} workflow; it cannot be cancelled half-way "
                 "(let it finish, then update or delete the endpoint)"
             )
         finished = self._finish(job_id, JobStatus.CANCELLED, {"code": "CANCELLED", "message": reason})
@@ -98,7 +96,7 @@ class JobControl:
             fields={
                 "context": parsed.context,
                 "params": params.model_dump(),
-                "outputs": {"cancelled_job_id": cancelled["job_id"]},
+                "outputs": {"cancelled_job_id": cancelled.job_id},
             },
         )
 
@@ -106,49 +104,49 @@ class JobControl:
         """Time out every open job past its deadline; the ids of those timed out."""
         now = utc_now().isoformat()
         timed_out = []
-        for job in self.ledger.table.open_past_deadline(now):
+        for job in self.ledger.open_past_deadline(now):
             self.ledger.flush(job)
-            message = f"the job did not finish by its deadline {job.get('deadline')} (status was {job['status']})"
-            if job.get("upload") and job.get("phase") != REGISTERING:
+            message = f"the job did not finish by its deadline {job.deadline} (status was {job.status.value})"
+            if job.upload and job.phase != REGISTERING:
                 message += "; its abandoned multipart upload was aborted"
             try:
-                finished = self._finish(job["job_id"], JobStatus.TIMED_OUT, {"code": "TIMED_OUT", "message": message})
+                finished = self._finish(job.job_id, JobStatus.TIMED_OUT, {"code": "TIMED_OUT", "message": message})
             except JobAlreadyFinished:
                 continue
             self._abort_upload(finished)
             self._stop_training(finished)
-            timed_out.append(job["job_id"])
+            timed_out.append(job.job_id)
         return timed_out
 
-    def _abort_upload(self, job: dict[str, Any]) -> None:
+    def _abort_upload(self, job: JobRecord) -> None:
         """Abort the multipart upload a finished job held (none once it was completed)."""
-        upload = job.get("upload")
-        if not upload or job.get("phase") == REGISTERING or self.uploads is None:
+        upload = job.upload
+        if upload is None or job.phase == REGISTERING or self.uploads is None:
             return
-        if self.uploads.abort(upload["key"], upload["upload_id"]):
-            logger.info("multipart upload aborted", extra={"job_id": job["job_id"], "key": upload["key"]})
+        if self.uploads.abort(upload.key, upload.upload_id):
+            logger.info("multipart upload aborted", extra={"job_id": job.job_id, "key": upload.key})
 
-    def _stop_training(self, job: dict[str, Any]) -> None:
+    def _stop_training(self, job: JobRecord) -> None:
         """Stop the training job of a train_lora job that ended early (its workflow then sees it
         Stopped and ends; the job keeps the status it was given here)."""
-        name = (job.get("training") or {}).get("name")
+        name = job.training.name if job.training else None
         if name and self.training is not None and self.training.stop(name):
-            logger.info("training job stopped", extra={"job_id": job["job_id"], "training_job": name})
+            logger.info("training job stopped", extra={"job_id": job.job_id, "training_job": name})
 
-    def _finish(self, job_id: str, status: JobStatus, error: dict[str, str]) -> dict[str, Any]:
+    def _finish(self, job_id: str, status: JobStatus, error: dict[str, str]) -> JobRecord:
         for _ in range(_MAX_RACES):
             job = self.get(job_id)
-            current = JobStatus(job["status"])
+            current = job.status
             if current.is_terminal:
                 raise JobAlreadyFinished(f"job {job_id} already finished as {current.value}")
             # Only inference jobs hold a slot on their endpoint (endpoint workflows name one too).
-            holds_slot = current in (JobStatus.QUEUED, JobStatus.RUNNING) and job.get("action") in _INFERENCE
+            holds_slot = current in (JobStatus.QUEUED, JobStatus.RUNNING) and job.action in _INFERENCE
             moved = self.ledger.move(
                 job,
                 status,
                 allowed_from=[current],
                 fields={"error": error},
-                endpoint=job.get("endpoint") if holds_slot else None,
+                endpoint=job.endpoint if holds_slot else None,
                 in_flight_delta=-1 if holds_slot else 0,
             )
             if moved is not None:

@@ -24,6 +24,8 @@ from sdpipe.adapters.jobs_table import OPEN_SHARD, JobsTable
 from sdpipe.adapters.outbox import PENDING_EVENTS
 from sdpipe.contracts.events import Event, EventType, utc_now
 from sdpipe.contracts.jobs import OPEN_STATUSES, JobStatus
+from sdpipe.contracts.workflows import JobRecord
+from sdpipe.errors import JobAlreadyFinished, JobNotFound, SdpipeError
 from sdpipe.logic.outbox import DEFAULT_LEASE_SECONDS, Outbox
 from sdpipe.logic.parallel import io_pool
 
@@ -53,7 +55,7 @@ EVENT_FOR_STATUS: dict[JobStatus, EventType] = {
 }
 
 
-def job_event(job: dict[str, Any], status: JobStatus, occurred_at: datetime) -> Event | None:
+def job_event(job: JobRecord, status: JobStatus, occurred_at: datetime) -> Event | None:
     event_type = EVENT_FOR_STATUS.get(status)
     if event_type is None:
         return None
@@ -61,12 +63,12 @@ def job_event(job: dict[str, Any], status: JobStatus, occurred_at: datetime) -> 
         type=event_type,
         status=status.value,
         occurred_at=occurred_at,
-        job_id=job["job_id"],
-        action=job.get("action"),
-        request_id=job.get("request_id"),
-        outputs=job.get("outputs") or {},
-        error=job.get("error"),
-        context=job.get("context") or {},
+        job_id=job.job_id,
+        action=job.action or None,
+        request_id=job.request_id or None,
+        outputs=job.outputs,
+        error=job.error,
+        context=job.context,
     )
 
 
@@ -90,8 +92,43 @@ class JobLedger:
             lease_seconds=settings.event_lease_seconds,
         )
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        return self.table.get(job_id)
+    def get(self, job_id: str) -> JobRecord | None:
+        item = self.table.get(job_id)
+        return None if item is None else JobRecord.model_validate(item)
+
+    def require(self, job_id: str) -> JobRecord:
+        """The job; ``JobNotFound`` when there is none."""
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFound(f"job {job_id!r} does not exist")
+        return job
+
+    def open_job(
+        self,
+        job_id: str,
+        *,
+        action: str | None = None,
+        stops: str = "the work stops",
+        finished: type[SdpipeError] = JobAlreadyFinished,
+    ) -> JobRecord:
+        """The job, still open (and of ``action`` when given): what every step and request on an
+        existing job starts from. ``JobNotFound``, or ``finished`` for a job that has ended."""
+        job = self.get(job_id)
+        if job is None or (action is not None and job.action != action):
+            raise JobNotFound(f"{action or 'job'} job {job_id!r} does not exist".replace("job job", "job"))
+        if job.is_finished:
+            why = f" ({job.error['message']})" if job.error and job.error.get("message") else ""
+            raise finished(f"job {job_id} is {job.status.value}{why}; {stops}")
+        return job
+
+    def open_jobs(self) -> list[JobRecord]:
+        return [JobRecord.model_validate(item) for item in self.table.open_jobs()]
+
+    def open_past_deadline(self, now_iso: str) -> list[JobRecord]:
+        return [JobRecord.model_validate(item) for item in self.table.open_past_deadline(now_iso)]
+
+    def recent(self, action: str | None = None, limit: int = 20) -> list[JobRecord]:
+        return [JobRecord.model_validate(item) for item in self.table.recent(action, limit)]
 
     def create(
         self,
@@ -104,7 +141,7 @@ class JobLedger:
         fields: dict[str, Any],
         endpoint: str | None = None,
         publish_in_background: bool = False,
-    ) -> dict[str, Any] | None:
+    ) -> JobRecord | None:
         """Create the job in ``status`` and announce it; None when the job exists already.
 
         A job created QUEUED (taking a slot on ``endpoint`` in the same write) was accepted on
@@ -124,14 +161,17 @@ class JobLedger:
             "updated_at": now.isoformat(),
             "history": history,
             "attempts": 1,
-        } | fields
+        }
         if status.is_terminal:
             item["finished_at"] = now.isoformat()
         else:
             item["open_shard"] = OPEN_SHARD
             item["deadline"] = (now + timedelta(seconds=deadline_seconds)).isoformat()
+        fields = {k: v.model_dump(mode="json", exclude_none=True) if hasattr(v, "model_dump") else v
+                  for k, v in fields.items()}  # fmt: skip
+        item |= fields
         announced = JobStatus.ACCEPTED if status is JobStatus.QUEUED else status
-        event = job_event(item | {"status": announced.value}, announced, now)
+        event = job_event(JobRecord.model_validate(item | {"status": announced.value}), announced, now)
         item[PENDING_EVENTS] = {}  # later moves store their events in it
         if event is not None:
             item |= self.outbox.item_fields(event)
@@ -142,16 +182,16 @@ class JobLedger:
                 self._background.append(io_pool.submit(self.outbox.publish, job_id, event))
             else:
                 self.outbox.publish(job_id, event)
-        return item
+        return JobRecord.model_validate(item)
 
-    def resume_duplicate(self, job_id: str, start: Callable[[dict[str, Any]], None]) -> bool:
+    def resume_duplicate(self, job_id: str, start: Callable[[JobRecord], None]) -> bool:
         """A request delivered again: publish what a stopped worker left and, if its job was
         accepted but never started, ``start`` it. False when there is no such job yet."""
         existing = self.get(job_id)
         if existing is None:
             return False
         self.flush(existing)
-        if existing.get("status") == JobStatus.ACCEPTED.value:
+        if existing.status is JobStatus.ACCEPTED:
             start(existing)
         return True
 
@@ -162,7 +202,7 @@ class JobLedger:
 
     def move(
         self,
-        job: dict[str, Any],
+        job: JobRecord,
         to: JobStatus,
         *,
         allowed_from: Iterable[JobStatus],
@@ -171,7 +211,7 @@ class JobLedger:
         drop_claim: bool = False,
         endpoint: str | None = None,
         in_flight_delta: int = 0,
-    ) -> dict[str, Any] | None:
+    ) -> JobRecord | None:
         """Move ``job`` to ``to`` if it is still in ``allowed_from`` (and, given ``claim_token``,
         still claimed by us); the moved job, or None when another writer got there first.
 
@@ -179,17 +219,17 @@ class JobLedger:
         open-jobs index.
         """
         now = utc_now()
-        fields = dict(fields or {})
-        moved = job | fields | {"status": to.value, "updated_at": now.isoformat()}
+        fields = {k: v.model_dump(mode="json", exclude_none=True) if hasattr(v, "model_dump") else v
+                  for k, v in (fields or {}).items()}  # fmt: skip
         update = UpdateBuilder()
         for name, value in fields.items():
             if value is None:
                 update.remove(name)
-                moved.pop(name, None)
             else:
                 update.set(name, value)
         update.set("status", to.value).set("updated_at", now.isoformat())
-        if to.value != job.get("status"):
+        changes: dict[str, Any] = fields | {"status": to.value, "updated_at": now.isoformat()}
+        if to is not job.status:
             update.append("history", [{"status": to.value, "at": now.isoformat()}])
         removed: tuple[str, ...] = ()
         if to.is_terminal:
@@ -197,14 +237,17 @@ class JobLedger:
             removed = ("open_shard", "claim_token", "claim_expires_at")
         elif drop_claim:
             removed = ("claim_token", "claim_expires_at")
+        if to.is_terminal:
+            changes["finished_at"] = now.isoformat()
         for name in removed:
             update.remove(name)
-            moved.pop(name, None)
-        event = job_event(moved, to, now) if to.value != job.get("status") else None
+            changes[name] = None
+        moved = job.changed(changes)
+        event = job_event(moved, to, now) if to is not job.status else None
         if event is not None:
             self.outbox.stage(update, event)
         if not self.table.update(
-            job["job_id"],
+            job.job_id,
             update,
             statuses=list(allowed_from),
             claim_token=claim_token,
@@ -214,10 +257,10 @@ class JobLedger:
             return None
         if event is not None:
             self.drain()  # events of one job go out in the order of its transitions
-            self.outbox.publish(job["job_id"], event)
+            self.outbox.publish(job.job_id, event)
         return moved
 
-    def claim(self, job: dict[str, Any], seconds: int) -> dict[str, Any] | None:
+    def claim(self, job: JobRecord, seconds: int) -> JobRecord | None:
         """Take the work claim of an open job nobody holds (or whose holder's claim ran out)."""
         now = int(time.time())
         token = uuid.uuid4().hex
@@ -228,51 +271,50 @@ class JobLedger:
         )
         statuses = ", ".join(update.value(s.value) for s in OPEN_STATUSES)
         update.names["#status"] = "status"
-        if not self.table.conditional_update(job["job_id"], update, f"#status IN ({statuses}) AND {unclaimed}"):
+        if not self.table.conditional_update(job.job_id, update, f"#status IN ({statuses}) AND {unclaimed}"):
             return None
-        return job | {"claim_token": token, "claim_expires_at": now + seconds}
+        return job.changed({"claim_token": token, "claim_expires_at": now + seconds})
 
-    def release(self, job: dict[str, Any]) -> None:
+    def release(self, job: JobRecord) -> None:
         """Give the claim back at once (the work failed transiently; the next delivery retries)."""
-        token = job.get("claim_token")
-        if token:
+        if job.claim_token:
             update = UpdateBuilder().set("claim_expires_at", 0)
-            self.table.conditional_update(job["job_id"], update, f"claim_token = {update.value(token)}")
+            self.table.conditional_update(job.job_id, update, f"claim_token = {update.value(job.claim_token)}")
 
-    def flush(self, job: dict[str, Any]) -> None:
+    def flush(self, job: JobRecord) -> None:
         """Publish the events a writer stored but did not get to publish (its lease ran out).
 
         One still under its writer's lease is left alone: the writer may be publishing it, and
         if it died the sweeper publishes it once the lease runs out.
         """
-        self.outbox.flush(job)
+        self.outbox.flush(job.item())
 
-    def progress(self, job: dict[str, Any], done_delta: int, interval: float = 1.0) -> dict[str, Any]:
+    def progress(self, job: JobRecord, done_delta: int, interval: float = 1.0) -> dict[str, Any]:
         """Count ``done_delta`` more bytes done; announce ``job.progress`` at most once per ``interval``.
 
         Progress events are a courtesy (a lost one is superseded by the next), so they are
         published directly rather than through the job's stored events.
         """
-        progress = self.table.add_progress(job["job_id"], done_delta)
+        progress = self.table.add_progress(job.job_id, done_delta)
         self._announce_progress(job, progress, interval)
         return progress
 
-    def report(self, job: dict[str, Any], progress: dict[str, Any], interval: float = 1.0) -> None:
+    def report(self, job: JobRecord, progress: dict[str, Any], interval: float = 1.0) -> None:
         """Replace the job's ``progress`` (a training step and loss); announce it as ``progress``
         does, at most once per ``interval``."""
-        self.table.set_progress(job["job_id"], progress)
+        self.table.set_progress(job.job_id, progress)
         self._announce_progress(job, progress, interval)
 
-    def _announce_progress(self, job: dict[str, Any], progress: dict[str, Any], interval: float) -> None:
-        if self.table.take_progress_slot(job["job_id"], time.time(), interval):
+    def _announce_progress(self, job: JobRecord, progress: dict[str, Any], interval: float) -> None:
+        if self.table.take_progress_slot(job.job_id, time.time(), interval):
             self.publisher.publish(
                 Event(
                     type=EventType.JOB_PROGRESS,
-                    status=str(job["status"]),
-                    job_id=job["job_id"],
-                    action=job.get("action"),
-                    request_id=job.get("request_id"),
+                    status=job.status.value,
+                    job_id=job.job_id,
+                    action=job.action or None,
+                    request_id=job.request_id or None,
                     outputs={"progress": progress},
-                    context=job.get("context") or {},
+                    context=job.context,
                 )
             )

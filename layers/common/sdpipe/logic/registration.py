@@ -239,11 +239,11 @@ class Registrar:
         if not job_id or self.ledger is None:
             return
         job = self.ledger.get(job_id)
-        if job is None or (job.get("upload") or {}).get("key") != info.key:
+        if job is None or job.upload is None or job.upload.key != info.key:
             # Metadata anyone could set: only the upload or fetch that holds this key is finished.
             logger.warning("object names a job that did not write it", extra={"key": info.key, "job_id": job_id})
             return
-        if job.get("status") == JobStatus.RUNNING.value:
+        if job.status is JobStatus.RUNNING:
             model = record.model_dump(mode="json", include=set(_SUMMARY_FIELDS)) | {"title": record.title}
             if record.status is ModelStatus.ACTIVE:
                 self.ledger.move(

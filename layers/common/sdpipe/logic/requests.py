@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from pydantic import ValidationError
 
 from sdpipe.contracts.jobs import REQUEST_ID_PATTERN, SUPPORTED_ACTIONS, JobStatus, RequestEnvelope, job_id_for
 from sdpipe.errors import RequestNotJson, SdpipeError, UnknownAction, ValidationFailed
 from sdpipe.logic.jobs import JobLedger
-
-_ParamsT = TypeVar("_ParamsT", bound="_Params")
 
 
 def validation_message(exc: ValidationError, prefix: str = "") -> str:
@@ -108,49 +105,6 @@ def record_failure(ledger: JobLedger, parsed: ParsedRequest, error: SdpipeError,
         existing = ledger.get(parsed.job_id)
         if existing is not None:
             ledger.flush(existing)
-
-
-class _Params(Protocol):
-    def model_dump(self, *, mode: str, exclude_none: bool) -> dict[str, Any]: ...
-
-
-def accept_workflow_request(
-    ledger: JobLedger,
-    request: tuple[str, str | None, str],
-    *,
-    validate: Callable[[dict[str, Any]], _ParamsT],
-    start: Callable[[dict[str, Any]], None],
-    deadline_seconds: Callable[[_ParamsT], int],
-    public_params: Callable[[dict[str, Any]], dict[str, Any]] = dict,
-) -> str:
-    """A request that a workflow carries out (``fetch_model``, ``train_lora``): its job id.
-
-    A redelivery resumes the job it made (``start`` again if it never started); a request that
-    fails ``validate`` becomes a FAILED job; a valid one an ACCEPTED job that is then ``start``ed.
-    ``request`` is the message's body, ``action`` attribute and id.
-    """
-    parsed = parse_request(*request)
-    if ledger.resume_duplicate(parsed.job_id, start):
-        return parsed.job_id
-    try:
-        if parsed.error is not None or parsed.envelope is None:
-            raise parsed.error or ValidationFailed("unreadable request")
-        params = validate(parsed.envelope.params)
-    except SdpipeError as exc:
-        given = parsed.envelope.params if parsed.envelope else {}
-        record_failure(ledger, parsed, exc, {"params": public_params(given)})
-        return parsed.job_id
-    job = ledger.create(
-        job_id=parsed.job_id,
-        request_id=parsed.request_id,
-        action=parsed.action,
-        status=JobStatus.ACCEPTED,
-        deadline_seconds=deadline_seconds(params),
-        fields={"context": parsed.context, "params": params.model_dump(mode="json", exclude_none=True)},
-    )
-    if job is not None:
-        start(job)
-    return parsed.job_id
 
 
 def reject_unknown_action(ledger: JobLedger, body: str, attribute_action: str | None, message_id: str) -> None:

@@ -13,16 +13,12 @@ stop). ``cancel_job`` stops the training job (see ``JobControl``).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import re
-import tarfile
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
-from pydantic import ValidationError
 
 from sdpipe import errors
 from sdpipe.adapters.datasets_table import DatasetsTable
@@ -33,10 +29,18 @@ from sdpipe.adapters.sagemaker import SageMakerTraining
 from sdpipe.adapters.training_logs import TrainingLogs
 from sdpipe.adapters.workflows import Workflows
 from sdpipe.contracts.datasets import DatasetRecord, dataset_prefix
-from sdpipe.contracts.jobs import JobStatus
+from sdpipe.contracts.jobs import JobStatus, RequestEnvelope
 from sdpipe.contracts.models import ModelFamily, ModelSource, ModelStatus, ModelType
 from sdpipe.contracts.training import TrainLoraParams, builtin_problems
 from sdpipe.contracts.uploads import META_BASE_MODEL, META_DATASET, META_SOURCE, META_TRAINING_JOB
+from sdpipe.contracts.workflows import (
+    JobRecord,
+    StepFailure,
+    TrainingExecution,
+    TrainingOutcome,
+    TrainingPlan,
+    TrainingState,
+)
 from sdpipe.errors import (
     DatasetNotFound,
     DatasetNotUsable,
@@ -44,7 +48,7 @@ from sdpipe.errors import (
     ModelExists,
     ModelNotUsable,
     NoLoraOutput,
-    Throttled,
+    RegistrationPending,
     TrainingFailed,
     TrainingTimedOut,
     ValidationFailed,
@@ -60,9 +64,10 @@ from sdpipe.logic.kohya_config import (
     DATASET_CONFIG_FILE,
     build_kohya_files,
 )
+from sdpipe.logic.lora_archive import lora_members
 from sdpipe.logic.model_refs import resolve_model
-from sdpipe.logic.requests import accept_workflow_request, validation_message
-from sdpipe.logic.workflow_errors import error_of_failure, run_step
+from sdpipe.logic.training_progress import METRIC_DEFINITIONS, latest_progress
+from sdpipe.logic.workflows import Accepted, WorkflowRequests, error_of_failure, run_step, validated
 from sdpipe.settings import TrainingSettings, training_settings
 
 if TYPE_CHECKING:
@@ -70,17 +75,11 @@ if TYPE_CHECKING:
 
 logger = Logger(child=True)
 
-# SageMaker scrapes these from the log into the job's metrics (both engines' progress lines).
-METRIC_DEFINITIONS = [
-    {"Name": "train:loss", "Regex": r"(?:avr_)?loss=([0-9.eE+-]+)"},
-    {"Name": "train:step", "Regex": r"step=(\d+)/"},
-]
-_BUILTIN_PROGRESS = re.compile(r"step=(\d+)/(\d+)(?: epoch=(\d+)/(\d+))? loss=([0-9.eE+-]+|nan)")
-_KOHYA_PROGRESS = re.compile(r"(\d+)/(\d+) \[[^\]]*avr_loss=([0-9.eE+-]+|nan)")
 _LOG_LINES = 20
-# How long the register step waits for a registration another worker holds (then it is retried).
-_REGISTRATION_WAIT_S = 120
-_MAX_MODEL_BYTES = 4 * 1024 * 1024 * 1024  # a LoRA file larger than this is not a LoRA
+# How long the register step waits for a registration another worker holds before it hands the
+# wait to the workflow (RegistrationPending, retried by the ASL) rather than sleeping in a Lambda.
+_REGISTRATION_WAIT_S = 10
+_OPEN = [JobStatus.ACCEPTED, JobStatus.QUEUED, JobStatus.RUNNING]
 # Checkpoint files in the model channel: the file and its diffusers config folder beside it.
 _CONFIG_SUFFIX = ".config/"
 
@@ -116,23 +115,23 @@ class LoraTraining:
             images=ContainerImages(),
         )
 
+    @property
+    def requests(self) -> WorkflowRequests:
+        return WorkflowRequests(self.ledger, self.workflows)
+
     # ------------------------------------------------------------------ requests
     def handle_message(self, body: str, attribute_action: str | None, message_id: str) -> str:
-        return accept_workflow_request(
-            self.ledger,
-            (body, attribute_action, message_id),
-            validate=self.validate,
-            start=self._start,
+        def accept(envelope: RequestEnvelope) -> Accepted:
+            params = self.validate(envelope.params)
             # The sweeper must not time out a job SageMaker is still allowed to run.
-            deadline_seconds=lambda params: int(params.max_runtime_seconds or 0) + 3 * 3600,
-        )
+            deadline = int(params.max_runtime_seconds or 0) + 3 * 3600
+            return Accepted(params.model_dump(mode="json", exclude_none=True), deadline_seconds=deadline)
+
+        return self.requests.accept((body, attribute_action, message_id), validate=accept, start=self._start)
 
     def validate(self, raw: dict[str, Any]) -> TrainLoraParams:
         """The request's params with the stack's defaults filled in; an error names each problem."""
-        try:
-            params = TrainLoraParams.model_validate(raw)
-        except ValidationError as exc:
-            raise ValidationFailed(validation_message(exc, "params")) from None
+        params = validated(TrainLoraParams, raw)
         params = params.model_copy(
             update={
                 "engine": params.engine or self.settings.default_training_engine,
@@ -146,32 +145,28 @@ class LoraTraining:
                 raise ValidationFailed("; ".join(f"params.{p}" for p in problems))
         return params
 
-    def _start(self, job: dict[str, Any]) -> None:
-        if self.settings.train_lora_state_machine_arn is None:
-            raise errors.ConfigurationError("TRAIN_LORA_STATE_MACHINE_ARN is not set")
+    def _start(self, job: JobRecord) -> None:
         # ``outcome`` is filled by each poll; a step that fails first records it empty.
-        execution_input = {"job_id": job["job_id"], "poll_seconds": self.settings.training_poll_seconds, "outcome": {}}
-        arn = self.workflows.start(self.settings.train_lora_state_machine_arn, job["job_id"], execution_input)
-        self.ledger.move(job, JobStatus.QUEUED, allowed_from=[JobStatus.ACCEPTED], fields={"execution_arn": arn})
+        execution = TrainingExecution(job_id=job.job_id, poll_seconds=self.settings.training_poll_seconds)
+        self.requests.start(job, self.settings.train_lora_state_machine_arn, execution, status=JobStatus.QUEUED)
 
     # ------------------------------------------------------------------ workflow steps
     def step(self, event: dict[str, Any]) -> dict[str, Any]:
-        step, job_id = str(event.get("step")), str((event.get("training") or {}).get("job_id"))
-        steps = {
-            "prepare": lambda: self.prepare(job_id),
-            "create": lambda: self.create(job_id),
-            "poll": lambda: self.poll(job_id),
-            "register": lambda: self.register(job_id),
-            "fail": lambda: self.fail(job_id, event.get("training") or {}),
+        steps: dict[str, Any] = {
+            "prepare": lambda state: self.prepare(state.job_id),
+            "create": lambda state: self.create(state.job_id),
+            "poll": lambda state: self.poll(state.job_id),
+            "register": lambda state: self.register(state.job_id),
+            "fail": lambda state: self.fail(state.job_id, state.outcome, state.failure),
         }
-        return run_step("training", step, steps)
+        return run_step("training", event, TrainingState, steps)
 
     def prepare(self, job_id: str) -> dict[str, Any]:
         """Resolve the base model and the dataset; write the configs and the model manifest."""
         job = self._open(job_id)
         # First: a training image that was never pushed fails the job before anything else is done.
         image = self.images.pinned(self.settings.training_image_uri)
-        params = TrainLoraParams.model_validate(job["params"])
+        params = TrainLoraParams.model_validate(job.params)
         family = ModelFamily(params.family)
         base = resolve_model(params.base_model, ModelType.CHECKPOINT, self.models, family, field="params.base_model")
         if base.get("family") != family.value:
@@ -192,18 +187,17 @@ class LoraTraining:
             prefix + f"{CHANNEL_CONFIG}/{DATASET_CONFIG_FILE}", files.dataset_toml.encode(), "application/toml"
         )
         self.store.put_bytes(prefix + "model.manifest", json.dumps(self._manifest(base)).encode(), "application/json")
-        training = {
-            "name": training_job_name(self.settings.stack_name, job_id),
-            "output_name": output_name,
-            "base_model": {k: base.get(k) for k in ("name", "sha256", "short_hash", "legacy_hash", "family", "s3_key")},
-            "dataset": {"name": dataset.name, "images": dataset.images, "marker_version": dataset.marker_version},
-            "total_steps": files.total_steps,
-            "image": image,
-        }
-        self.ledger.move(job, JobStatus(job["status"]), allowed_from=[JobStatus(job["status"])],
-                         fields={"training": training})  # fmt: skip
-        logger.info("prepared", extra={"job_id": job_id, "training_job": training["name"]})
-        return {"training_job_name": training["name"]}
+        training = TrainingPlan(
+            name=training_job_name(self.settings.stack_name, job_id),
+            output_name=output_name,
+            base_model={k: base.get(k) for k in ("name", "sha256", "short_hash", "legacy_hash", "family", "s3_key")},
+            dataset={"name": dataset.name, "images": dataset.images, "marker_version": dataset.marker_version},
+            total_steps=files.total_steps,
+            image=image,
+        )
+        self.ledger.move(job, job.status, allowed_from=[job.status], fields={"training": training})
+        logger.info("prepared", extra={"job_id": job_id, "training_job": training.name})
+        return {"training_job_name": training.name}
 
     def _dataset(self, name: str) -> DatasetRecord:
         item = self.datasets.get(name)
@@ -228,17 +222,18 @@ class LoraTraining:
 
     def create(self, job_id: str) -> dict[str, Any]:
         job = self._open(job_id)
-        params = TrainLoraParams.model_validate(job["params"])
-        training = job["training"]
-        base_file = str(training["base_model"]["s3_key"]).rsplit("/", 1)[1]
+        params = TrainLoraParams.model_validate(job.params)
+        training = self._plan(job)
+        base = training.base_model
+        base_file = str(base["s3_key"]).rsplit("/", 1)[1]
         stem = base_file.rsplit(".", 1)[0]
         if self.settings.training_role_arn is None:
             raise errors.ConfigurationError("TRAINING_ROLE_ARN is not set")
         prefix = self.store.uri(f"jobs/{job_id}/")
         request = {
-            "TrainingJobName": training["name"],
+            "TrainingJobName": training.name,
             "AlgorithmSpecification": {
-                "TrainingImage": training.get("image") or self.settings.training_image_uri,
+                "TrainingImage": training.image or self.settings.training_image_uri,
                 "TrainingInputMode": "File",
                 "MetricDefinitions": METRIC_DEFINITIONS,
             },
@@ -248,9 +243,9 @@ class LoraTraining:
                 "family": params.family,
                 "checkpoint": base_file,
                 "model_config": stem + _CONFIG_SUFFIX.rstrip("/"),
-                "base_model_name": str(training["base_model"]["name"]),
-                "base_model_sha256": str(training["base_model"]["sha256"]),
-                "base_model_legacy_hash": str(training["base_model"].get("legacy_hash") or ""),
+                "base_model_name": str(base["name"]),
+                "base_model_sha256": str(base["sha256"]),
+                "base_model_legacy_hash": str(base.get("legacy_hash") or ""),
             },
             "InputDataConfig": [
                 _channel(CHANNEL_MODEL, "ManifestFile", prefix + "model.manifest"),
@@ -267,51 +262,37 @@ class LoraTraining:
             "Tags": [{"Key": "sdpipe:job-id", "Value": job_id}],
         }
         self.sagemaker.create(request)
-        if self._job(job_id)["status"] not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
-            self.sagemaker.stop(training["name"])  # cancelled while the job was being created
+        if self.ledger.require(job_id).status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+            self.sagemaker.stop(training.name)  # cancelled while the job was being created
             raise JobAlreadyFinished(f"job {job_id} was cancelled; its training job is stopped")
-        return {"training_job_name": training["name"]}
+        return {"training_job_name": training.name}
 
-    def poll(self, job_id: str) -> dict[str, Any]:
+    def poll(self, job_id: str) -> TrainingOutcome:
         """SageMaker's status of the training job; the job moves RUNNING and shows step and loss."""
-        job = self._job(job_id)
-        name = job["training"]["name"]
+        job = self.ledger.require(job_id)
+        name = self._plan(job).name
         described = self.sagemaker.describe(name)
         if described is None:
             raise TrainingFailed(f"training job {name} does not exist")
         status, secondary = described["TrainingJobStatus"], described.get("SecondaryStatus", "")
-        if JobStatus(job["status"]).is_terminal:
-            return {"status": status, "secondary": secondary, "job_status": job["status"]}
-        if secondary == "Training" and job["status"] == JobStatus.QUEUED.value:
-            moved = self.ledger.move(job, JobStatus.RUNNING, allowed_from=[JobStatus.QUEUED])
-            job = moved or self._job(job_id)
-        progress = self._progress(name, job)
-        if progress:
+        if job.is_finished:
+            return TrainingOutcome(status=status, secondary=secondary, job_status=job.status.value)
+        if secondary == "Training" and job.status is JobStatus.QUEUED:
+            job = self.ledger.move(job, JobStatus.RUNNING, allowed_from=[JobStatus.QUEUED]) or self.ledger.require(
+                job_id
+            )
+        progress = latest_progress(self.logs.tail(name, _LOG_LINES))
+        if progress and progress != job.progress:
             self.ledger.report(job, progress)
-        return {"status": status, "secondary": secondary, "job_status": job["status"]}
-
-    def _progress(self, name: str, job: dict[str, Any]) -> dict[str, Any] | None:
-        for line in reversed(self.logs.tail(name, _LOG_LINES)):
-            # sd-scripts' tqdm bar rewrites itself with '\r': the last update in a line counts.
-            if match := _last(_BUILTIN_PROGRESS, line):
-                step, total, epoch, epochs, loss = match.groups()
-            elif match := _last(_KOHYA_PROGRESS, line):
-                (step, total, loss), epoch, epochs = match.groups(), None, None
-            else:
-                continue
-            progress: dict[str, Any] = {"step": int(step), "total_steps": int(total), "loss": float(loss)}
-            if epoch:
-                progress |= {"epoch": int(epoch), "epochs": int(epochs or 0)}
-            return None if progress == job.get("progress") else progress
-        return None
+        return TrainingOutcome(status=status, secondary=secondary, job_status=job.status.value)
 
     def register(self, job_id: str) -> dict[str, Any]:
         """Register every LoRA in the model artefact; the job SUCCEEDED with them as its models."""
-        job = self._job(job_id)
-        if JobStatus(job["status"]).is_terminal:
-            return {"models": (job.get("outputs") or {}).get("models", [])}
-        training = job["training"]
-        described = self.sagemaker.describe(training["name"]) or {}
+        job = self.ledger.require(job_id)
+        if job.is_finished:
+            return {"models": job.outputs.get("models", [])}
+        training = self._plan(job)
+        described = self.sagemaker.describe(training.name) or {}
         artefact = str((described.get("ModelArtifacts") or {}).get("S3ModelArtifacts") or "")
         key = self.store.key_of(artefact)
         if key is None:
@@ -319,8 +300,8 @@ class LoraTraining:
         metadata = {
             META_SOURCE: ModelSource.TRAINING.value,
             META_TRAINING_JOB: job_id,
-            META_BASE_MODEL: str(training["base_model"]["sha256"]),
-            META_DATASET: str(training["dataset"]["name"]),
+            META_BASE_MODEL: str(training.base_model["sha256"]),
+            META_DATASET: str(training.dataset["name"]),
         }
         keys = self._unpack(key, metadata)
         if not keys:
@@ -340,7 +321,7 @@ class LoraTraining:
         ]
         outputs = {
             "models": models,
-            "training_job_name": training["name"],
+            "training_job_name": training.name,
             "billable_seconds": described.get("BillableTimeInSeconds"),
             "metrics": {m["MetricName"]: m["Value"] for m in described.get("FinalMetricDataList") or []},
         }
@@ -351,11 +332,9 @@ class LoraTraining:
                 "code": "MODEL_REJECTED",
                 "message": f"{first['s3_key']}: {(first.get('error') or {}).get('message')}",
             }
-            self.ledger.move(job, JobStatus.FAILED, allowed_from=[JobStatus.QUEUED, JobStatus.RUNNING],
-                             fields={"outputs": outputs, "error": error})  # fmt: skip
+            self.ledger.move(job, JobStatus.FAILED, allowed_from=_OPEN, fields={"outputs": outputs, "error": error})
         else:
-            self.ledger.move(job, JobStatus.SUCCEEDED, allowed_from=[JobStatus.QUEUED, JobStatus.RUNNING],
-                             fields={"outputs": outputs})  # fmt: skip
+            self.ledger.move(job, JobStatus.SUCCEEDED, allowed_from=_OPEN, fields={"outputs": outputs})
         return {"models": [m["s3_key"] for m in models]}
 
     def _registered(self, registrar: Registrar, model_key: ModelKey) -> dict[str, Any]:
@@ -371,53 +350,43 @@ class LoraTraining:
             if settled and info is not None and item.get("etag") == info.etag:
                 return item
             if time.monotonic() > deadline:
-                raise Throttled(f"{model_key.key} is still being registered; the step is retried")
+                raise RegistrationPending(f"{model_key.key} is still being registered; the step is retried")
             time.sleep(0.5)
 
-    def _unpack(self, key: str, metadata: dict[str, str]) -> list[Any]:
+    def _unpack(self, key: str, metadata: dict[str, str]) -> list[ModelKey]:
         """Stream the artefact; each ``.safetensors`` member into ``models/Lora/``; their keys."""
         info = self.store.head(key)
         if info is None:
             raise NoLoraOutput(f"the model artefact s3://{self.store.bucket}/{key} does not exist")
         written = []
-        stream = io.BufferedReader(_ChunkReader(self.store.iter_chunks(info, 8 * 1024 * 1024)))
-        with tarfile.open(fileobj=stream, mode="r|gz") as archive:
-            for member in archive:
-                name = member.name.rsplit("/", 1)[-1]
-                if not member.isfile() or not name.endswith(".safetensors") or member.size > _MAX_MODEL_BYTES:
-                    continue
-                target = model_key_for(ModelType.LORA, name).key
-                existing = self.store.head(target)
-                if existing is not None and existing.metadata.get(META_TRAINING_JOB) != metadata[META_TRAINING_JOB]:
-                    raise ModelExists(f"{target} exists already and was not written by this job; it is left alone")
-                source = archive.extractfile(member)
-                if source is None:
-                    continue
-                self.store.upload_stream(target, source, metadata, "application/octet-stream")
-                parsed = parse_model_key(target)
-                if parsed is not None:
-                    written.append(parsed)
+        for name, source in lora_members(self.store.iter_chunks(info, 8 * 1024 * 1024)):
+            target = model_key_for(ModelType.LORA, name).key
+            existing = self.store.head(target)
+            if existing is not None and existing.metadata.get(META_TRAINING_JOB) != metadata[META_TRAINING_JOB]:
+                raise ModelExists(f"{target} exists already and was not written by this job; it is left alone")
+            self.store.upload_stream(target, source, metadata, "application/octet-stream")
+            parsed = parse_model_key(target)
+            if parsed is not None:
+                written.append(parsed)
         return written
 
-    def fail(self, job_id: str, training: dict[str, Any]) -> dict[str, Any]:
+    def fail(self, job_id: str, outcome: TrainingOutcome, failure: StepFailure | None = None) -> dict[str, Any]:
         """End the job for a step's error or for how the training job ended (Failed or Stopped)."""
         job = self.ledger.get(job_id)
-        if job is None or JobStatus(job["status"]).is_terminal:
+        if job is None or job.is_finished:
             return {"recorded": False}
-        name = (job.get("training") or {}).get("name")
-        outcome = training.get("outcome") or {}
-        failure = training.get("failure")
+        name = job.training.name if job.training else None
         status = JobStatus.FAILED
-        if failure:
+        if failure is not None:
             error = error_of_failure(failure, fallback_code="TRAINING_FAILED")
-            if name and outcome.get("status") in ("InProgress", "Stopping", None):
+            if name and outcome.status in ("InProgress", "Stopping", None):
                 self.sagemaker.stop(name)  # a step failed while SageMaker still trains: do not leave it running
-        elif outcome.get("status") == "Stopped" and outcome.get("secondary") == "MaxRuntimeExceeded":
-            seconds = job["params"].get("max_runtime_seconds")
+        elif outcome.status == "Stopped" and outcome.secondary == "MaxRuntimeExceeded":
+            seconds = job.params.get("max_runtime_seconds")
             error = TrainingTimedOut(
                 f"the training ran past max_runtime_seconds ({seconds}) and was stopped"
             ).to_error()
-        elif outcome.get("status") == "Stopped":
+        elif outcome.status == "Stopped":
             status = JobStatus.CANCELLED
             error = {"code": "CANCELLED", "message": "the training job was stopped outside sdpipe"}
         else:
@@ -425,34 +394,24 @@ class LoraTraining:
             reason = described.get("FailureReason") or "SageMaker gives no reason"
             tail = self.logs.tail(name, _LOG_LINES) if name else []
             error = TrainingFailed(f"{reason}" + ("\nlast log lines:\n" + "\n".join(tail) if tail else "")).to_error()
-        moved = self.ledger.move(
-            job,
-            status,
-            allowed_from=[JobStatus.ACCEPTED, JobStatus.QUEUED, JobStatus.RUNNING],
-            fields={"error": error},
-        )
+        moved = self.ledger.move(job, status, allowed_from=_OPEN, fields={"error": error})
         logger.info("training ended", extra={"job_id": job_id, "code": error["code"], "recorded": moved is not None})
         return {"recorded": moved is not None, "error": error}
 
     # ------------------------------------------------------------------ helpers
-    def _job(self, job_id: str) -> dict[str, Any]:
-        job = self.ledger.get(job_id)
-        if job is None:
-            raise errors.JobNotFound(f"job {job_id} does not exist")
-        return job
+    def _open(self, job_id: str) -> JobRecord:
+        return self.requests.open_job(
+            job_id,
+            self.settings.train_lora_state_machine_arn,
+            started_as=JobStatus.QUEUED,
+            stops="the training workflow stops",
+        )
 
-    def _open(self, job_id: str) -> dict[str, Any]:
-        job = self._job(job_id)
-        if JobStatus(job["status"]).is_terminal:
-            raise JobAlreadyFinished(f"job {job_id} is {job['status']}; the training workflow stops")
-        return job
-
-
-def _last(pattern: re.Pattern[str], line: str) -> re.Match[str] | None:
-    found = None
-    for found in pattern.finditer(line):  # noqa: B007 - the loop keeps the last match
-        pass
-    return found
+    @staticmethod
+    def _plan(job: JobRecord) -> TrainingPlan:
+        if job.training is None:
+            raise errors.JobNotFound(f"job {job.job_id} has no training prepared (the prepare step did not run)")
+        return job.training
 
 
 def _channel(name: str, data_type: str, uri: str) -> dict[str, Any]:
@@ -463,26 +422,3 @@ def _channel(name: str, data_type: str, uri: str) -> dict[str, Any]:
         },
         "InputMode": "File",
     }
-
-
-class _ChunkReader(io.RawIOBase):
-    """A read-only stream over an iterator of chunks (for tarfile's streaming mode)."""
-
-    def __init__(self, chunks: Any) -> None:
-        self._chunks = iter(chunks)
-        self._buffer = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        while not self._buffer:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._buffer = chunk
-        count = min(len(view), len(self._buffer))
-        view[:count] = self._buffer[:count]
-        self._buffer = self._buffer[count:]
-        return count

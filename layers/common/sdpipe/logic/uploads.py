@@ -29,6 +29,7 @@ from sdpipe.contracts.uploads import (
     CreateUpload,
     ResumeUpload,
 )
+from sdpipe.contracts.workflows import JobRecord, UploadState
 from sdpipe.errors import (
     JobNotFound,
     ModelExists,
@@ -46,9 +47,8 @@ logger = Logger(child=True)
 UPLOAD_ACTION = "upload_model"
 
 
-def plan_of(job: dict[str, Any]) -> PartPlan:
-    upload = job["upload"]
-    return PartPlan(size=int(upload["size"]), part_size=int(upload["part_size"]))
+def plan_of(upload: UploadState) -> PartPlan:
+    return PartPlan(size=upload.size, part_size=upload.part_size)
 
 
 @dataclass
@@ -97,7 +97,7 @@ class ModelUploads:
             fields={
                 "context": request.context,
                 "params": params,
-                "upload": {"upload_id": upload_id, "key": key.key, "size": plan.size, "part_size": plan.part_size},
+                "upload": UploadState(upload_id=upload_id, key=key.key, size=plan.size, part_size=plan.part_size),
                 "progress": {"bytes_total": plan.size},
             },
         )
@@ -107,87 +107,80 @@ class ModelUploads:
             assert raced is not None
             return self._existing(raced, request, key.key)
         logger.info("upload created", extra={"job_id": job_id, "key": key.key, "parts": plan.part_count})
-        return self._describe(job, {}, request.expires_seconds)
+        assert job.upload is not None
+        return self._describe(job_id, job.upload, {}, request.expires_seconds)
 
     def resume(self, request: ResumeUpload) -> dict[str, Any]:
-        job = self._open_upload(request.job_id)
-        if job.get("phase") == REGISTERING:
-            return self._registering(job)
-        held = self.uploads.list_parts(job["upload"]["key"], job["upload"]["upload_id"])
-        return self._describe(job, held, request.expires_seconds)
+        job, upload = self._open_upload(request.job_id)
+        if job.phase == REGISTERING:
+            return self._registering(job, upload)
+        held = self.uploads.list_parts(upload.key, upload.upload_id)
+        return self._describe(job.job_id, upload, held, request.expires_seconds)
 
     def complete(self, request: CompleteUpload) -> dict[str, Any]:
         """Check the parts against the plan and what S3 holds, then complete (once)."""
-        job = self._open_upload(request.job_id)
-        if job.get("phase") == REGISTERING:
-            return self._registering(job)
-        upload = job["upload"]
-        plan = plan_of(job)
-        held = self.uploads.list_parts(upload["key"], upload["upload_id"])
+        job, upload = self._open_upload(request.job_id)
+        if job.phase == REGISTERING:
+            return self._registering(job, upload)
+        plan = plan_of(upload)
+        held = self.uploads.list_parts(upload.key, upload.upload_id)
         problems = part_problems(plan, {p.part_number: p.etag for p in request.parts}, held)
         if problems:
             raise UploadPartsInvalid(
-                f"upload {job['job_id']} cannot complete: {'; '.join(problems)}. "
+                f"upload {job.job_id} cannot complete: {'; '.join(problems)}. "
                 "Upload the missing parts again (resume_upload gives their URLs), then complete."
             )
-        self.uploads.complete(upload["key"], upload["upload_id"], {n: held[n]["etag"] for n in held})
+        self.uploads.complete(upload.key, upload.upload_id, {n: held[n]["etag"] for n in held})
         moved = self.ledger.move(
             job,
             JobStatus.RUNNING,
             allowed_from=[JobStatus.RUNNING],
             fields={"phase": REGISTERING, "progress": {"bytes_total": plan.size, "bytes_done": plan.size}},
         )
-        logger.info("upload completed; registration takes over", extra={"job_id": job["job_id"]})
-        return self._registering(moved or job)
+        logger.info("upload completed; registration takes over", extra={"job_id": job.job_id})
+        return self._registering(moved or job, upload)
 
     def abort(self, request: AbortUpload) -> dict[str, Any]:
-        job = self._open_upload(request.job_id)
-        if job.get("phase") == REGISTERING:
-            raise UploadFinished(f"upload {job['job_id']} is complete; it can no longer be aborted")
-        self.uploads.abort(job["upload"]["key"], job["upload"]["upload_id"])
+        job, upload = self._open_upload(request.job_id)
+        if job.phase == REGISTERING:
+            raise UploadFinished(f"upload {job.job_id} is complete; it can no longer be aborted")
+        self.uploads.abort(upload.key, upload.upload_id)
         moved = self.ledger.move(
             job,
             JobStatus.CANCELLED,
             allowed_from=[JobStatus.RUNNING],
             fields={"error": {"code": "CANCELLED", "message": "upload aborted by the client"}},
         )
-        return {"job_id": job["job_id"], "status": (moved or job)["status"]}
+        return {"job_id": job.job_id, "status": (moved or job).status.value}
 
     # ------------------------------------------------------------------ helpers
-    def _open_upload(self, job_id: str) -> dict[str, Any]:
-        job = self.ledger.get(job_id)
-        if job is None or job.get("action") != UPLOAD_ACTION:
-            raise JobNotFound(f"upload job {job_id!r} does not exist")
-        if JobStatus(job["status"]).is_terminal:
-            raise UploadFinished(f"upload {job_id} is {job['status']}: {(job.get('error') or {}).get('message', '')}")
-        return job
+    def _open_upload(self, job_id: str) -> tuple[JobRecord, UploadState]:
+        job = self.ledger.open_job(job_id, action=UPLOAD_ACTION, stops="upload again", finished=UploadFinished)
+        if job.upload is None:
+            raise JobNotFound(f"upload job {job_id!r} holds no upload")
+        return job, job.upload
 
-    def _existing(self, job: dict[str, Any], request: CreateUpload, key: str) -> dict[str, Any]:
-        upload = job.get("upload") or {}
-        if (
-            job.get("action") != UPLOAD_ACTION
-            or upload.get("key") != key
-            or int(upload.get("size", -1)) != request.size
-        ):
-            raise ValidationFailed(
-                f"request_id: {job.get('request_id')!r} belongs to another upload or job ({job['job_id']})"
-            )
-        if JobStatus(job["status"]).is_terminal:
+    def _existing(self, job: JobRecord, request: CreateUpload, key: str) -> dict[str, Any]:
+        upload = job.upload
+        if job.action != UPLOAD_ACTION or upload is None or upload.key != key or upload.size != request.size:
+            raise ValidationFailed(f"request_id: {job.request_id!r} belongs to another upload or job ({job.job_id})")
+        if job.is_finished:
             return {
-                "job_id": job["job_id"],
+                "job_id": job.job_id,
                 "key": key,
-                "status": job["status"],
-                "error": job.get("error"),
-                "outputs": job.get("outputs") or {},
+                "status": job.status.value,
+                "error": job.error,
+                "outputs": job.outputs,
             }
         return self.resume(
-            ResumeUpload(operation="resume_upload", job_id=job["job_id"], expires_seconds=request.expires_seconds)
+            ResumeUpload(operation="resume_upload", job_id=job.job_id, expires_seconds=request.expires_seconds)
         )
 
-    def _describe(self, job: dict[str, Any], held: dict[int, dict[str, Any]], expires: int | None) -> dict[str, Any]:
+    def _describe(
+        self, job_id: str, upload: UploadState, held: dict[int, dict[str, Any]], expires: int | None
+    ) -> dict[str, Any]:
         """The plan, the parts S3 holds (right size) and presigned URLs for all the others."""
-        upload = job["upload"]
-        plan = plan_of(job)
+        plan = plan_of(upload)
         expiry = expires or self.settings.part_url_expiry_seconds
         done, missing = [], []
         for item in plan.items():
@@ -196,12 +189,12 @@ class ModelUploads:
             if found is not None and found["size"] == plan.part_length(number):
                 done.append({"part_number": number, "etag": found["etag"]})
                 continue
-            url = self.uploads.presign_part(upload["key"], upload["upload_id"], number, expiry)
+            url = self.uploads.presign_part(upload.key, upload.upload_id, number, expiry)
             missing.append({"part_number": number, "start": item["start"], "end": item["end"], "url": url})
         return {
-            "job_id": job["job_id"],
+            "job_id": job_id,
             "status": JobStatus.RUNNING.value,
-            "key": upload["key"],
+            "key": upload.key,
             "size": plan.size,
             "part_size": plan.part_size,
             "part_count": plan.part_count,
@@ -210,13 +203,9 @@ class ModelUploads:
             "urls_expire_at": int(utc_now().timestamp()) + expiry,
         }
 
-    def _registering(self, job: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "job_id": job["job_id"],
-            "status": JobStatus.RUNNING.value,
-            "phase": REGISTERING,
-            "key": job["upload"]["key"],
-        }
+    @staticmethod
+    def _registering(job: JobRecord, upload: UploadState) -> dict[str, Any]:
+        return {"job_id": job.job_id, "status": JobStatus.RUNNING.value, "phase": REGISTERING, "key": upload.key}
 
 
 def part_problems(plan: PartPlan, given: dict[int, str], held: dict[int, dict[str, Any]]) -> list[str]:
