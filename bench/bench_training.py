@@ -115,13 +115,60 @@ def run_bare(
 
     import torch
     import torch.nn.functional as F  # noqa: N812
-    from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-    from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig
+    from diffusers import DDPMScheduler
 
     from sdpipe_training.dataset import DatasetConfig, load_pixels
 
     dataset = DatasetConfig.from_toml(setup["dataset_toml"])
+    pipe, dtype = _bare_pipeline(setup, family, device)
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    with torch.no_grad():
+        latents = [
+            pipe.vae.encode(load_pixels(e.image, dataset.size).unsqueeze(0).to(device)).latent_dist.sample()
+            * pipe.vae.config.scaling_factor
+            for e in dataset.examples
+        ]
+    rng = random.Random(0)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    order: list[int] = []
+    times: dict[int, float] = {}
+    autocast = torch.autocast(device, dtype=dtype, enabled=device == "cuda")
+    for step in range(1, steps + 1):
+        if len(order) < batch:
+            order += dataset.epoch(rng)
+        indexes, order = order[:batch], order[batch:]
+        x0 = torch.cat([latents[i] for i in indexes])
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=device)
+        noisy = scheduler.add_noise(x0, noise, t)
+        hidden, extra = _bare_conditioning(pipe, family, [dataset.examples[i].caption for i in indexes], dataset.size,
+                                           device)  # fmt: skip
+        with autocast:
+            prediction = pipe.unet(noisy.to(dtype), t, hidden, added_cond_kwargs=extra, return_dict=False)[0]
+        loss = F.mse_loss(prediction.float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()  # the engine logs the loss each step in this benchmark too
+        times[step] = time.perf_counter()
+    assert math.isfinite(loss.item())
+    return {
+        "steps_per_s": (steps - warmup) / (times[steps] - times[warmup]),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0,
+    }
+
+
+def _bare_pipeline(setup: dict[str, Any], family: str, device: str) -> tuple[Any, Any]:
+    """The single-file pipeline, frozen, with a LoRA adapter on the UNet's attention."""
+    import torch
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     pipe = cls.from_single_file(
         str(setup["checkpoint"]), config=str(setup["config_folder"]), local_files_only=True, torch_dtype=torch.float32
@@ -137,58 +184,28 @@ def run_bare(
         pipe.text_encoder_2.to(device, dtype=dtype)
     pipe.unet.add_adapter(LoraConfig(r=16, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     cast_training_params(pipe.unet, dtype=torch.float32)
-    params = [p for p in pipe.unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    return pipe, dtype
+
+
+def _bare_conditioning(
+    pipe: Any, family: str, captions: list[str], size: tuple[int, int], device: str
+) -> tuple[Any, dict[str, Any] | None]:
+    """The text conditioning of one batch (SDXL: both encoders' penultimate layers and size ids)."""
+    import torch
+
+    width, height = size
     with torch.no_grad():
-        latents = [
-            pipe.vae.encode(load_pixels(e.image, dataset.size).unsqueeze(0).to(device)).latent_dist.sample()
-            * pipe.vae.config.scaling_factor
-            for e in dataset.examples
-        ]
-    width, height = dataset.size
-    rng = random.Random(0)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    order: list[int] = []
-    times: dict[int, float] = {}
-    autocast = torch.autocast(device, dtype=dtype, enabled=device == "cuda")
-    for step in range(1, steps + 1):
-        if len(order) < batch:
-            order += dataset.epoch(rng)
-        indexes, order = order[:batch], order[batch:]
-        x0 = torch.cat([latents[i] for i in indexes])
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=device)
-        noisy = scheduler.add_noise(x0, noise, t)
-        captions = [dataset.examples[i].caption for i in indexes]
-        with torch.no_grad():
-            ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids.to(device)  # fmt: skip
-            if family == "sdxl":
-                out1 = pipe.text_encoder(ids, output_hidden_states=True)
-                ids2 = pipe.tokenizer_2(captions, padding="max_length", max_length=pipe.tokenizer_2.model_max_length,
-                                        truncation=True, return_tensors="pt").input_ids.to(device)  # fmt: skip
-                out2 = pipe.text_encoder_2(ids2, output_hidden_states=True)
-                hidden = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
-                ids_t = torch.tensor([[height, width, 0, 0, height, width]] * len(indexes), device=device)
-                extra = {"text_embeds": out2[0], "time_ids": ids_t.to(hidden.dtype)}
-            else:
-                hidden, extra = pipe.text_encoder(ids)[0], None
-        with autocast:
-            prediction = pipe.unet(noisy.to(dtype), t, hidden, added_cond_kwargs=extra, return_dict=False)[0]
-        loss = F.mse_loss(prediction.float(), noise.float())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss.item()  # the engine logs the loss each step in this benchmark too
-        times[step] = time.perf_counter()
-    assert math.isfinite(loss.item())
-    return {
-        "steps_per_s": (steps - warmup) / (times[steps] - times[warmup]),
-        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0,
-    }
+        ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(device)  # fmt: skip
+        if family != "sdxl":
+            return pipe.text_encoder(ids)[0], None
+        out1 = pipe.text_encoder(ids, output_hidden_states=True)
+        ids2 = pipe.tokenizer_2(captions, padding="max_length", max_length=pipe.tokenizer_2.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids.to(device)  # fmt: skip
+        out2 = pipe.text_encoder_2(ids2, output_hidden_states=True)
+        hidden = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
+        ids_t = torch.tensor([[height, width, 0, 0, height, width]] * len(captions), device=device)
+        return hidden, {"text_embeds": out2[0], "time_ids": ids_t.to(hidden.dtype)}
 
 
 def bench_engine(args: argparse.Namespace) -> dict[str, Any]:

@@ -77,86 +77,88 @@ class FileServer:
             return sum(self.hits.values())
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        server = self
+        return type("Handler", (_Handler,), {"files": self})
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
+class _Handler(BaseHTTPRequestHandler):
+    """The routes of ``FileServer`` (``files`` is the server whose root and counters it uses)."""
 
-            def do_GET(self) -> None:
-                parts = urlsplit(self.path)
-                with server._lock:
-                    server.hits[parts.path] += 1
-                segments = parts.path.strip("/").split("/")
-                kind, rest = segments[0], segments[1:]
-                if kind == "redirect-to":
-                    target = parse_qs(parts.query).get("url", [""])[0]
-                    return self._redirect(target)
-                if kind == "download" and rest:
-                    return self._redirect(f"/files/{'/'.join(rest)}?sig=secret", disposition=rest[-1])
-                if kind == "redirect" and len(rest) >= 2:
-                    remaining = int(rest[0])
-                    name = "/".join(rest[1:])
-                    return self._redirect(f"/redirect/{remaining - 1}/{name}" if remaining > 1 else f"/files/{name}")
-                path = server.root / "/".join(rest)
-                if kind not in ("files", "norange", "liar", "reset") or not rest or not path.is_file():
-                    return self._status(404, "Not Found")
-                size = path.stat().st_size
-                match = _RANGE.match(self.headers.get("Range", ""))
-                if kind == "norange" or match is None:
-                    return self._send(path, 0, size - 1, size=size, status=200, kind=kind)
-                start = int(match.group(1))
-                end = min(int(match.group(2)) if match.group(2) else size - 1, size - 1)
-                if start >= size:
-                    return self._status(416, "Range Not Satisfiable")
-                return self._send(path, start, end, size=size, status=206, kind=kind)
+    protocol_version = "HTTP/1.1"
+    files: FileServer
 
-            def _redirect(self, location: str, disposition: str | None = None) -> None:
-                self.send_response(302)
-                self.send_header("Location", location)
-                self.send_header("Content-Length", "0")
-                if disposition:
-                    self.send_header("Content-Disposition", f"attachment; filename*=UTF-8''{quote(disposition)}")
-                self.end_headers()
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
-            def _status(self, code: int, reason: str) -> None:
-                self.send_response(code, reason)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        with self.files._lock:
+            self.files.hits[parts.path] += 1
+        segments = parts.path.strip("/").split("/")
+        kind, rest = segments[0], segments[1:]
+        if kind == "redirect-to":
+            target = parse_qs(parts.query).get("url", [""])[0]
+            return self._redirect(target)
+        if kind == "download" and rest:
+            return self._redirect(f"/files/{'/'.join(rest)}?sig=secret", disposition=rest[-1])
+        if kind == "redirect" and len(rest) >= 2:
+            remaining = int(rest[0])
+            name = "/".join(rest[1:])
+            return self._redirect(f"/redirect/{remaining - 1}/{name}" if remaining > 1 else f"/files/{name}")
+        path = self.files.root / "/".join(rest)
+        if kind not in ("files", "norange", "liar", "reset") or not rest or not path.is_file():
+            return self._status(404, "Not Found")
+        size = path.stat().st_size
+        match = _RANGE.match(self.headers.get("Range", ""))
+        if kind == "norange" or match is None:
+            return self._send(path, 0, size - 1, size=size, status=200, kind=kind)
+        start = int(match.group(1))
+        end = min(int(match.group(2)) if match.group(2) else size - 1, size - 1)
+        if start >= size:
+            return self._status(416, "Range Not Satisfiable")
+        return self._send(path, start, end, size=size, status=206, kind=kind)
 
-            def _send(self, path: Path, start: int, end: int, *, size: int, status: int, kind: str) -> None:
-                length = end - start + 1
-                announced_size, announced_length = size, length
-                if kind == "liar":
-                    announced_size = size * 2
-                    announced_length = length if status == 206 else announced_size
-                self.send_response(status)
-                self.send_header("Content-Length", str(announced_length))
-                self.send_header("Accept-Ranges", "none" if kind == "norange" else "bytes")
-                if status == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{end}/{announced_size}")
-                self.end_headers()
-                to_send = length // 2 if kind == "reset" else length
-                with path.open("rb") as handle:
-                    handle.seek(start)
-                    while to_send > 0:
-                        chunk = handle.read(min(_CHUNK, to_send))
-                        if not chunk:
-                            break
-                        try:
-                            self.wfile.write(chunk)
-                        except OSError:
-                            return
-                        to_send -= len(chunk)
-                        if server.delay_s:
-                            time.sleep(server.delay_s)
-                if kind == "reset":
-                    self.close_connection = True
-                    self.connection.shutdown(2)  # drop mid-body
+    def _redirect(self, location: str, disposition: str | None = None) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        if disposition:
+            self.send_header("Content-Disposition", f"attachment; filename*=UTF-8''{quote(disposition)}")
+        self.end_headers()
 
-        return Handler
+    def _status(self, code: int, reason: str) -> None:
+        self.send_response(code, reason)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _send(self, path: Path, start: int, end: int, *, size: int, status: int, kind: str) -> None:
+        length = end - start + 1
+        announced_size, announced_length = size, length
+        if kind == "liar":
+            announced_size = size * 2
+            announced_length = length if status == 206 else announced_size
+        self.send_response(status)
+        self.send_header("Content-Length", str(announced_length))
+        self.send_header("Accept-Ranges", "none" if kind == "norange" else "bytes")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{announced_size}")
+        self.end_headers()
+        to_send = length // 2 if kind == "reset" else length
+        with path.open("rb") as handle:
+            handle.seek(start)
+            while to_send > 0:
+                chunk = handle.read(min(_CHUNK, to_send))
+                if not chunk:
+                    break
+                try:
+                    self.wfile.write(chunk)
+                except OSError:
+                    return
+                to_send -= len(chunk)
+                if self.files.delay_s:
+                    time.sleep(self.files.delay_s)
+        if kind == "reset":
+            self.close_connection = True
+            self.connection.shutdown(2)  # drop mid-body
 
 
 def main() -> None:  # pragma: no cover - a convenience for trying fetch by hand

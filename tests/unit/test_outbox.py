@@ -199,7 +199,9 @@ def test_an_endpoint_change_whose_writer_died_is_announced_by_the_sweep(aws, mon
     clients, topic, queue = aws
     endpoints = EndpointsTable(ENDPOINTS, clients)
     dying = EndpointAnnouncer(endpoints, DyingPublisher(topic, clients))
-    job = JobRecord(job_id="job-9", action="deploy_endpoint", request_id="r-9", context={"user": "ana"}, status="RUNNING")
+    job = JobRecord(
+        job_id="job-9", action="deploy_endpoint", request_id="r-9", context={"user": "ana"}, status="RUNNING"
+    )
     assert endpoints.begin_workflow(
         "flow", "job-9", "CREATING", {}, from_statuses=("DELETED",), may_create=True, announcement=dying.mark(job)
     )

@@ -235,13 +235,33 @@ class Engine:
     def generate(
         self, params: Txt2ImgParams | Img2ImgParams, model: ModelSpec, add_ons: AddOns | None = None
     ) -> GenerationResult:
-        import torch
-
+        """Validate and prepare the inputs, run the batches under the device lock, describe them."""
         add_ons = add_ons or AddOns()
-        prompt, negative_prompt = strip_extra_networks(params.prompt), strip_extra_networks(params.negative_prompt)
+        inputs = self._inputs(params, add_ons)
+        with self._lock:
+            pipeline, scheduler_config = self.cache.get(model)
+            self.cache.apply(pipeline, model, add_ons)
+            pipeline = self._task_pipeline(pipeline, model, add_ons, inputs)
+            pipeline.set_progress_bar_config(disable=True)
+            pipeline.scheduler = make_scheduler(scheduler_config, params.sampler_name, params.scheduler)
+            own_vae = pipeline.vae
+            if add_ons.vae is not None:
+                pipeline.vae = self.cache.vae(add_ons.vae, model)
+            try:
+                images: list[Image.Image] = []
+                for iteration in range(params.n_iter):
+                    batch_seeds = inputs.seeds[iteration * params.batch_size : (iteration + 1) * params.batch_size]
+                    images.extend(pipeline(**_call_arguments(params, inputs, batch_seeds)).images)
+            finally:
+                pipeline.vae = own_vae
+        infotexts = [self._infotext(params, model, seed, add_ons).text() for seed in inputs.seeds]
+        info = _generation_info(params, model, add_ons, inputs.seeds, infotexts)
+        return GenerationResult(images=images, seeds=inputs.seeds, infotexts=infotexts, info=info)
 
-        init_image = mask = None
+    def _inputs(self, params: Txt2ImgParams | Img2ImgParams, add_ons: AddOns) -> _Inputs:
+        """Everything a generation needs decided before the device is taken: images, seeds, maps."""
         size = (params.width, params.height)
+        init_image = mask = None
         if isinstance(params, Img2ImgParams):
             init_image = decode_image(params.init_images[0], "init_images[0]").resize(size)
             if params.mask:
@@ -251,92 +271,36 @@ class Engine:
             raise InvalidInput(
                 f"{len(units)} enabled ControlNet units but {len(add_ons.controlnets)} ControlNet models were sent"
             )
-        control_images = [self._control_image(index, unit, params, size) for index, unit in enumerate(units)]
         total = params.batch_size * params.n_iter
         first_seed = params.seed if params.seed != -1 else random.randint(0, MAX_SEED)  # noqa: S311 - not crypto
-        seeds = [(first_seed + i) % (MAX_SEED + 1) for i in range(total)]
-        with self._lock:
-            pipeline, scheduler_config = self.cache.get(model)
-            self.cache.apply(pipeline, model, add_ons)
-            controlnets = [self.cache.controlnet(add_on, model, pipeline.unet) for add_on in add_ons.controlnets]
-            # The task's pipeline shares the loaded weights; with ControlNets it is their variant.
-            variant: dict[str, Any] = {}
-            if controlnets:
-                variant["controlnet"] = controlnets[0] if len(controlnets) == 1 else controlnets
-            if mask is not None:
-                from diffusers import AutoPipelineForInpainting
+        return _Inputs(
+            prompt=strip_extra_networks(params.prompt),
+            negative_prompt=strip_extra_networks(params.negative_prompt),
+            init_image=init_image,
+            mask=mask,
+            control_images=[self._control_image(index, unit, params, size) for index, unit in enumerate(units)],
+            seeds=[(first_seed + i) % (MAX_SEED + 1) for i in range(total)],
+        )
 
-                pipeline = AutoPipelineForInpainting.from_pipe(pipeline, **variant)
-            elif init_image is not None:
-                from diffusers import AutoPipelineForImage2Image
+    def _task_pipeline(self, pipeline: Any, model: ModelSpec, add_ons: AddOns, inputs: _Inputs) -> Any:
+        """The task's pipeline: it shares the loaded weights; with ControlNets it is their variant."""
+        controlnets = [self.cache.controlnet(add_on, model, pipeline.unet) for add_on in add_ons.controlnets]
+        variant: dict[str, Any] = {}
+        if controlnets:
+            variant["controlnet"] = controlnets[0] if len(controlnets) == 1 else controlnets
+        if inputs.mask is not None:
+            from diffusers import AutoPipelineForInpainting
 
-                pipeline = AutoPipelineForImage2Image.from_pipe(pipeline, **variant)
-            elif controlnets:
-                from diffusers import AutoPipelineForText2Image
+            return AutoPipelineForInpainting.from_pipe(pipeline, **variant)
+        if inputs.init_image is not None:
+            from diffusers import AutoPipelineForImage2Image
 
-                pipeline = AutoPipelineForText2Image.from_pipe(pipeline, **variant)
-            pipeline.set_progress_bar_config(disable=True)
-            pipeline.scheduler = make_scheduler(scheduler_config, params.sampler_name, params.scheduler)
-            own_vae = pipeline.vae
-            if add_ons.vae is not None:
-                pipeline.vae = self.cache.vae(add_ons.vae, model)
-            try:
-                images: list[Image.Image] = []
-                for iteration in range(params.n_iter):
-                    batch_seeds = seeds[iteration * params.batch_size : (iteration + 1) * params.batch_size]
-                    kwargs: dict[str, Any] = {
-                        "prompt": [prompt] * len(batch_seeds),
-                        "negative_prompt": [negative_prompt] * len(batch_seeds),
-                        "num_inference_steps": params.steps,
-                        "guidance_scale": params.cfg_scale,
-                        "generator": [torch.Generator("cpu").manual_seed(seed) for seed in batch_seeds],
-                    }
-                    if params.clip_skip > 1:
-                        kwargs["clip_skip"] = params.clip_skip - 1  # A1111 counts the last layer as 1
-                    if isinstance(params, Img2ImgParams):
-                        kwargs |= {"image": init_image, "strength": params.denoising_strength}
-                        if mask is not None:
-                            kwargs |= {"mask_image": mask, "width": params.width, "height": params.height}
-                    else:
-                        kwargs |= {"width": params.width, "height": params.height}
-                    if units:
-                        image_key = "image" if init_image is None else "control_image"
-                        kwargs |= _control_kwargs(units, control_images, image_key)
-                    images.extend(pipeline(**kwargs).images)
-            finally:
-                pipeline.vae = own_vae
-        infotexts = [self._infotext(params, model, seed, add_ons).text() for seed in seeds]
-        controlnet_info = [
-            {"model": f"{add_on.name} [{add_on.short_hash}]", "module": unit.module, "weight": unit.weight}
-            for unit, add_on in zip(units, add_ons.controlnets, strict=True)
-        ]
-        info = {
-            "prompt": params.prompt,
-            "all_prompts": [params.prompt] * total,
-            "negative_prompt": params.negative_prompt,
-            "all_negative_prompts": [params.negative_prompt] * total,
-            "seed": seeds[0],
-            "all_seeds": seeds,
-            "subseed": -1,
-            "all_subseeds": [-1] * total,
-            "width": params.width,
-            "height": params.height,
-            "sampler_name": params.sampler_name,
-            "scheduler": params.scheduler,
-            "cfg_scale": params.cfg_scale,
-            "steps": params.steps,
-            "batch_size": params.batch_size,
-            "clip_skip": params.clip_skip,
-            "sd_model_name": model.name,
-            "sd_model_hash": model.short_hash,
-            "sd_vae_name": add_ons.vae.name if add_ons.vae else None,
-            "sd_vae_hash": add_ons.vae.short_hash if add_ons.vae else None,
-            "denoising_strength": params.denoising_strength if isinstance(params, Img2ImgParams) else None,
-            "infotexts": infotexts,
-            "controlnet_units": controlnet_info,
-            "version": VERSION,
-        }
-        return GenerationResult(images=images, seeds=seeds, infotexts=infotexts, info=info)
+            return AutoPipelineForImage2Image.from_pipe(pipeline, **variant)
+        if controlnets:
+            from diffusers import AutoPipelineForText2Image
+
+            return AutoPipelineForText2Image.from_pipe(pipeline, **variant)
+        return pipeline
 
     @staticmethod
     def _control_image(
@@ -420,3 +384,75 @@ def _controlnet_infotext(unit: ControlNetUnit, add_on: AddOn) -> str:
 
 def _number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
+
+
+@dataclass
+class _Inputs:
+    prompt: str
+    negative_prompt: str
+    init_image: Image.Image | None
+    mask: Image.Image | None
+    control_images: list[Image.Image]
+    seeds: list[int]
+
+
+def _call_arguments(params: Txt2ImgParams | Img2ImgParams, inputs: _Inputs, seeds: list[int]) -> dict[str, Any]:
+    """The diffusers pipeline call for one batch of ``seeds``."""
+    import torch
+
+    kwargs: dict[str, Any] = {
+        "prompt": [inputs.prompt] * len(seeds),
+        "negative_prompt": [inputs.negative_prompt] * len(seeds),
+        "num_inference_steps": params.steps,
+        "guidance_scale": params.cfg_scale,
+        "generator": [torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+    }
+    if params.clip_skip > 1:
+        kwargs["clip_skip"] = params.clip_skip - 1  # A1111 counts the last layer as 1
+    if isinstance(params, Img2ImgParams):
+        kwargs |= {"image": inputs.init_image, "strength": params.denoising_strength}
+        if inputs.mask is not None:
+            kwargs |= {"mask_image": inputs.mask, "width": params.width, "height": params.height}
+    else:
+        kwargs |= {"width": params.width, "height": params.height}
+    if params.controlnet_units:
+        image_key = "image" if inputs.init_image is None else "control_image"
+        kwargs |= _control_kwargs(params.controlnet_units, inputs.control_images, image_key)
+    return kwargs
+
+
+def _generation_info(
+    params: Txt2ImgParams | Img2ImgParams, model: ModelSpec, add_ons: AddOns, seeds: list[int], infotexts: list[str]
+) -> dict[str, Any]:
+    """The WebUI's ``info`` of a generation (what /sdapi/v1/txt2img answers beside the images)."""
+    total = len(seeds)
+    controlnet_info = [
+        {"model": f"{add_on.name} [{add_on.short_hash}]", "module": unit.module, "weight": unit.weight}
+        for unit, add_on in zip(params.controlnet_units, add_ons.controlnets, strict=True)
+    ]
+    return {
+        "prompt": params.prompt,
+        "all_prompts": [params.prompt] * total,
+        "negative_prompt": params.negative_prompt,
+        "all_negative_prompts": [params.negative_prompt] * total,
+        "seed": seeds[0],
+        "all_seeds": seeds,
+        "subseed": -1,
+        "all_subseeds": [-1] * total,
+        "width": params.width,
+        "height": params.height,
+        "sampler_name": params.sampler_name,
+        "scheduler": params.scheduler,
+        "cfg_scale": params.cfg_scale,
+        "steps": params.steps,
+        "batch_size": params.batch_size,
+        "clip_skip": params.clip_skip,
+        "sd_model_name": model.name,
+        "sd_model_hash": model.short_hash,
+        "sd_vae_name": add_ons.vae.name if add_ons.vae else None,
+        "sd_vae_hash": add_ons.vae.short_hash if add_ons.vae else None,
+        "denoising_strength": params.denoising_strength if isinstance(params, Img2ImgParams) else None,
+        "infotexts": infotexts,
+        "controlnet_units": controlnet_info,
+        "version": VERSION,
+    }

@@ -70,10 +70,60 @@ class _Models:
     scheduler: Any
 
 
+@dataclass
+class _Session:
+    """What one training run holds while it loops: the prepared models, optimiser and schedule."""
+
+    accelerator: Any
+    models: _Models
+    modules: list[Any]
+    parameters: list[Any]
+    optimizer: Any
+    lr_scheduler: Any
+    latents: Any
+    rng: random.Random
+    weight_dtype: Any
+    precision: str
+    epochs: int
+    total_steps: int
+    step: int = 0
+    last_log: float = 0.0
+
+
 def train(run: TrainingRun) -> list[Path]:
     """Train; the LoRA files written (each saved epoch, then the final one)."""
+    session = _start(run)
+    started = datetime.now(UTC)
+    session_id = str(uuid.uuid4().int % 2**31)
+    written: list[Path] = []
+    run.log(
+        f"training {run.family} LoRA: {len(run.dataset.examples)} images, {run.dataset.images_per_epoch} per epoch, "
+        f"{session.epochs} epochs, {session.total_steps} steps, batch {run.dataset.batch_size}, "
+        f"device {session.accelerator.device}, precision {session.precision}"
+    )
+    for epoch in range(1, session.epochs + 1):
+        _train_epoch(run, session, epoch)
+        every = run.options.get("save_every_n_epochs")
+        final = session.step >= session.total_steps or epoch == session.epochs
+        if final or (every and epoch % int(every) == 0):
+            name = run.options["output_name"] if final else f"{run.options['output_name']}-{epoch:06d}"
+            path = run.output_dir / f"{name}.safetensors"
+            metadata = _metadata(run, session.models, epoch=epoch, step=session.step, total_steps=session.total_steps,
+                                 epochs=session.epochs, started=started, session=session_id,
+                                 precision=session.precision)  # fmt: skip
+            _save(session.models, run, path, metadata, session.accelerator)
+            written.append(path)
+            run.log(f"saved {path.name} (epoch {epoch}, step {session.step})")
+        if final:
+            break
+    return written
+
+
+def _start(run: TrainingRun) -> _Session:
+    """Load the models, choose what trains, and prepare optimiser and schedule with accelerate."""
     import torch
     from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
 
     options = run.options
     device = run.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -89,19 +139,8 @@ def train(run: TrainingRun) -> list[Path]:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     models = _load(run, weight_dtype, accelerator.device)
     groups = _trainable(models, run)
-    parameters = [p for group in groups for p in group["params"]]
     optimizer = _optimizer(groups, options)
-    dataset = run.dataset
-    batches_per_epoch = math.ceil(dataset.images_per_epoch / dataset.batch_size)
-    updates_per_epoch = math.ceil(batches_per_epoch / accelerator.gradient_accumulation_steps)
-    if options.get("max_train_steps"):
-        total_steps = int(options["max_train_steps"])
-        epochs = math.ceil(total_steps / updates_per_epoch)
-    else:
-        epochs = int(options.get("max_train_epochs", 1))
-        total_steps = epochs * updates_per_epoch
-    from diffusers.optimization import get_scheduler
-
+    epochs, total_steps = _schedule(run, accelerator.gradient_accumulation_steps)
     lr_scheduler = get_scheduler(
         options.get("lr_scheduler", "constant"),
         optimizer=optimizer,
@@ -111,59 +150,63 @@ def train(run: TrainingRun) -> list[Path]:
     )
     modules = [models.unet, *models.trained_encoders]
     prepared = accelerator.prepare(*modules, optimizer, lr_scheduler)
-    optimizer, lr_scheduler = prepared[-2], prepared[-1]
-    latents = _cache_latents(models, dataset, accelerator.device) if options.get("cache_latents") else None
-    started = datetime.now(UTC)
-    session = str(uuid.uuid4().int % 2**31)
-    written: list[Path] = []
-    step, last_log, loss_value = 0, 0.0, math.nan
-    run.log(
-        f"training {run.family} LoRA: {len(dataset.examples)} images, {dataset.images_per_epoch} per epoch, "
-        f"{epochs} epochs, {total_steps} steps, batch {dataset.batch_size}, device {accelerator.device}, "
-        f"precision {precision}"
+    return _Session(
+        accelerator=accelerator,
+        models=models,
+        modules=modules,
+        parameters=[p for group in groups for p in group["params"]],
+        optimizer=prepared[-2],
+        lr_scheduler=prepared[-1],
+        latents=_cache_latents(models, run.dataset, accelerator.device) if options.get("cache_latents") else None,
+        rng=rng,
+        weight_dtype=weight_dtype,
+        precision=precision,
+        epochs=epochs,
+        total_steps=total_steps,
     )
-    for epoch in range(1, epochs + 1):
-        order = dataset.epoch(rng)
-        for start in range(0, len(order), dataset.batch_size):
-            if run.stop.is_set():
-                raise TrainingStopped("stopped on request")
-            indexes = order[start : start + dataset.batch_size]
-            with accelerator.accumulate(*modules):
-                loss = _loss(
-                    models, run, indexes, cached=latents, rng=rng, device=accelerator.device, weight_dtype=weight_dtype
-                )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and float(options.get("max_grad_norm", 0)) > 0:
-                    accelerator.clip_grad_norm_(parameters, float(options["max_grad_norm"]))
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            now = time.monotonic()
-            if now - last_log >= _LOG_INTERVAL_S or step == total_steps:
-                loss_value = float(loss.detach().item())
-                run.log(
-                    f"step={step}/{total_steps} epoch={epoch}/{epochs} loss={loss_value:.6f} "
-                    f"lr={lr_scheduler.get_last_lr()[0]:.3e}"
-                )
-                last_log = now
-            if step >= total_steps:
-                break
-        every = options.get("save_every_n_epochs")
-        final = step >= total_steps or epoch == epochs
-        if final or (every and epoch % int(every) == 0):
-            name = options["output_name"] if final else f"{options['output_name']}-{epoch:06d}"
-            path = run.output_dir / f"{name}.safetensors"
-            metadata = _metadata(run, models, epoch=epoch, step=step, total_steps=total_steps, epochs=epochs,
-                                 started=started, session=session, precision=precision)  # fmt: skip
-            _save(models, run, path, metadata, accelerator)
-            written.append(path)
-            run.log(f"saved {path.name} (epoch {epoch}, step {step})")
-        if final:
-            break
-    return written
+
+
+def _schedule(run: TrainingRun, accumulation: int) -> tuple[int, int]:
+    """Epochs and optimiser steps: ``max_train_steps`` wins over ``max_train_epochs``, as in sd-scripts."""
+    dataset = run.dataset
+    batches_per_epoch = math.ceil(dataset.images_per_epoch / dataset.batch_size)
+    updates_per_epoch = math.ceil(batches_per_epoch / accumulation)
+    if run.options.get("max_train_steps"):
+        total_steps = int(run.options["max_train_steps"])
+        return math.ceil(total_steps / updates_per_epoch), total_steps
+    epochs = int(run.options.get("max_train_epochs", 1))
+    return epochs, epochs * updates_per_epoch
+
+
+def _train_epoch(run: TrainingRun, session: _Session, epoch: int) -> None:
+    """One pass over the dataset (or up to the last step), logging step and loss every few seconds."""
+    options, accelerator, dataset = run.options, session.accelerator, run.dataset
+    order = dataset.epoch(session.rng)
+    for start in range(0, len(order), dataset.batch_size):
+        if run.stop.is_set():
+            raise TrainingStopped("stopped on request")
+        indexes = order[start : start + dataset.batch_size]
+        with accelerator.accumulate(*session.modules):
+            loss = _loss(session.models, run, indexes, cached=session.latents, rng=session.rng,
+                         device=accelerator.device, weight_dtype=session.weight_dtype)  # fmt: skip
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and float(options.get("max_grad_norm", 0)) > 0:
+                accelerator.clip_grad_norm_(session.parameters, float(options["max_grad_norm"]))
+            session.optimizer.step()
+            session.lr_scheduler.step()
+            session.optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
+        session.step += 1
+        now = time.monotonic()
+        if now - session.last_log >= _LOG_INTERVAL_S or session.step == session.total_steps:
+            run.log(
+                f"step={session.step}/{session.total_steps} epoch={epoch}/{session.epochs} "
+                f"loss={float(loss.detach().item()):.6f} lr={session.lr_scheduler.get_last_lr()[0]:.3e}"
+            )
+            session.last_log = now
+        if session.step >= session.total_steps:
+            return
 
 
 def _load(run: TrainingRun, weight_dtype: Any, device: Any) -> _Models:

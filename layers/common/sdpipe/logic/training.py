@@ -58,15 +58,14 @@ from sdpipe.layout import ModelKey, model_key_for, parse_model_key
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.kohya_config import (
     CHANNEL_CONFIG,
-    CHANNEL_DATASET,
-    CHANNEL_MODEL,
     CONFIG_FILE,
     DATASET_CONFIG_FILE,
     build_kohya_files,
 )
 from sdpipe.logic.lora_archive import lora_members
 from sdpipe.logic.model_refs import resolve_model
-from sdpipe.logic.training_progress import METRIC_DEFINITIONS, latest_progress
+from sdpipe.logic.training_progress import latest_progress
+from sdpipe.logic.training_request import CONFIG_SUFFIX, training_job_request
 from sdpipe.logic.workflows import Accepted, WorkflowRequests, error_of_failure, run_step, validated
 from sdpipe.settings import TrainingSettings, training_settings
 
@@ -80,8 +79,6 @@ _LOG_LINES = 20
 # wait to the workflow (RegistrationPending, retried by the ASL) rather than sleeping in a Lambda.
 _REGISTRATION_WAIT_S = 10
 _OPEN = [JobStatus.ACCEPTED, JobStatus.QUEUED, JobStatus.RUNNING]
-# Checkpoint files in the model channel: the file and its diffusers config folder beside it.
-_CONFIG_SUFFIX = ".config/"
 
 
 def training_job_name(stack_name: str, job_id: str) -> str:
@@ -217,50 +214,25 @@ class LoraTraining:
         key = str(base["s3_key"])
         folder, filename = key.rsplit("/", 1)
         stem = filename.rsplit(".", 1)[0]
-        configs = [info.key[len(folder) + 1 :] for info in self.store.list_prefix(f"{folder}/{stem}{_CONFIG_SUFFIX}")]
+        configs = [info.key[len(folder) + 1 :] for info in self.store.list_prefix(f"{folder}/{stem}{CONFIG_SUFFIX}")]
         return [{"prefix": self.store.uri(folder + "/")}, filename, *configs]
 
     def create(self, job_id: str) -> dict[str, Any]:
         job = self._open(job_id)
         params = TrainLoraParams.model_validate(job.params)
         training = self._plan(job)
-        base = training.base_model
-        base_file = str(base["s3_key"]).rsplit("/", 1)[1]
-        stem = base_file.rsplit(".", 1)[0]
         if self.settings.training_role_arn is None:
             raise errors.ConfigurationError("TRAINING_ROLE_ARN is not set")
-        prefix = self.store.uri(f"jobs/{job_id}/")
-        request = {
-            "TrainingJobName": training.name,
-            "AlgorithmSpecification": {
-                "TrainingImage": training.image or self.settings.training_image_uri,
-                "TrainingInputMode": "File",
-                "MetricDefinitions": METRIC_DEFINITIONS,
-            },
-            "RoleArn": self.settings.training_role_arn,
-            "HyperParameters": {
-                "engine": str(params.engine),
-                "family": params.family,
-                "checkpoint": base_file,
-                "model_config": stem + _CONFIG_SUFFIX.rstrip("/"),
-                "base_model_name": str(base["name"]),
-                "base_model_sha256": str(base["sha256"]),
-                "base_model_legacy_hash": str(base.get("legacy_hash") or ""),
-            },
-            "InputDataConfig": [
-                _channel(CHANNEL_MODEL, "ManifestFile", prefix + "model.manifest"),
-                _channel(CHANNEL_DATASET, "S3Prefix", self.store.uri(dataset_prefix(params.dataset))),
-                _channel(CHANNEL_CONFIG, "S3Prefix", prefix + f"{CHANNEL_CONFIG}/"),
-            ],
-            "OutputDataConfig": {"S3OutputPath": prefix + "output"},
-            "ResourceConfig": {
-                "InstanceType": params.instance_type,
-                "InstanceCount": 1,
-                "VolumeSizeInGB": self.settings.training_volume_gb,
-            },
-            "StoppingCondition": {"MaxRuntimeInSeconds": params.max_runtime_seconds},
-            "Tags": [{"Key": "sdpipe:job-id", "Value": job_id}],
-        }
+        request = training_job_request(
+            job_id,
+            training,
+            params,
+            image=training.image or self.settings.training_image_uri,
+            role_arn=self.settings.training_role_arn,
+            volume_gb=self.settings.training_volume_gb,
+            job_prefix=self.store.uri(f"jobs/{job_id}/"),
+            dataset_uri=self.store.uri(dataset_prefix(params.dataset)),
+        )
         self.sagemaker.create(request)
         if self.ledger.require(job_id).status not in (JobStatus.QUEUED, JobStatus.RUNNING):
             self.sagemaker.stop(training.name)  # cancelled while the job was being created
@@ -412,13 +384,3 @@ class LoraTraining:
         if job.training is None:
             raise errors.JobNotFound(f"job {job.job_id} has no training prepared (the prepare step did not run)")
         return job.training
-
-
-def _channel(name: str, data_type: str, uri: str) -> dict[str, Any]:
-    return {
-        "ChannelName": name,
-        "DataSource": {
-            "S3DataSource": {"S3DataType": data_type, "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
-        },
-        "InputMode": "File",
-    }
