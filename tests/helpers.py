@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -55,14 +56,18 @@ def kohya_lora(family: str = "sd1", rank: int = 4) -> dict[str, tuple[str, tuple
     }
 
 
-def create_table_from_template(dynamodb_client, logical_id: str, table_name: str) -> None:
-    """Create a table exactly as template.yaml declares it (keys and indexes: one source)."""
+@functools.cache
+def _template() -> dict:
     from pathlib import Path
 
     from samtranslator.yaml_helper import yaml_parse
 
-    template = yaml_parse((Path(__file__).resolve().parents[1] / "template.yaml").read_text())
-    properties = template["Resources"][logical_id]["Properties"]
+    return yaml_parse((Path(__file__).resolve().parents[1] / "template.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def create_table_from_template(dynamodb_client, logical_id: str, table_name: str) -> None:
+    """Create a table exactly as template.yaml declares it (keys and indexes: one source)."""
+    properties = _template()["Resources"][logical_id]["Properties"]
     kwargs = {
         k: properties[k] for k in ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes") if k in properties
     }

@@ -6,6 +6,7 @@ import pytest
 from moto import mock_aws
 
 from sdpipe.adapters.clients import AwsClients
+from tests.unit.world import World
 
 
 @pytest.fixture
@@ -15,3 +16,9 @@ def moto_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsClients]:
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():
         yield AwsClients()
+
+
+@pytest.fixture
+def world(moto_clients: AwsClients) -> World:
+    """The stack's tables, bucket and events topic on in-process moto (``tests/unit/world.py``)."""
+    return World.create(moto_clients)

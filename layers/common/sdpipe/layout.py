@@ -1,4 +1,4 @@
-"""The assets bucket layout (DESIGN §3.1): A1111 model folders under ``models/``."""
+"""The assets bucket layout (README "Model registration"): A1111 model folders under ``models/``."""
 
 from __future__ import annotations
 

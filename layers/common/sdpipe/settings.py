@@ -95,7 +95,7 @@ class UploadSettings(JobSettings):
 
 
 class FetchSettings(JobSettings):
-    """``fetch_model``: the URL rules (DESIGN §7) and the FetchModel workflow's limits."""
+    """``fetch_model``: the URL rules (logic/url_policy.py) and the FetchModel workflow's limits."""
 
     stack_name: str = Field(min_length=1)
     fetch_model_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")

@@ -1,4 +1,4 @@
-"""Training datasets in Kohya's layout (DESIGN §3.1, C2) and the Datasets table item."""
+"""Training datasets in Kohya's layout and the Datasets table item."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Envelopes published on the events topic (DESIGN §3.3)."""
+"""Envelopes published on the events topic (architecture §2)."""
 
 from __future__ import annotations
 

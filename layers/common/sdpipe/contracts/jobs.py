@@ -1,4 +1,4 @@
-"""Request envelopes (DESIGN §3.2) and the jobs they become (§3.4)."""
+"""Request envelopes and the jobs they become (architecture §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``train_lora`` params (DESIGN §3.6): Kohya ``train_network`` options, checked before any compute.
+"""``train_lora`` params: Kohya ``train_network`` options, checked before any compute.
 
 ``LoraConfig`` names Kohya's own options; a key it does not know is rejected by name, and the
 options sdpipe sets itself (paths, the network module, the output format) are refused with a

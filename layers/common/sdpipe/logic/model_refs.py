@@ -1,4 +1,4 @@
-"""Resolve what a user writes for a model to one registered model (DESIGN §3.2).
+"""Resolve what a user writes for a model to one registered model.
 
 Accepted: the registered name (``v1-5-pruned-emaonly``, with or without its extension, with or
 without its subfolder when that is unique), AUTOMATIC1111's title ``name [0123456789]`` (the hash

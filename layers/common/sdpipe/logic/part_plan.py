@@ -1,4 +1,4 @@
-"""How a file is cut into multipart-upload parts (S3's limits, DESIGN C1).
+"""How a file is cut into multipart-upload parts (S3's limits).
 
 The plan depends on the size alone, so a client that resumes, a ``complete_upload`` that checks
 the parts and a fetch workflow's parallel copiers all agree on it without storing it anywhere.

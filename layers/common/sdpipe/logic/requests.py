@@ -1,4 +1,4 @@
-"""Reading request envelopes (DESIGN §3.2) and answering the ones that cannot become work.
+"""Reading request envelopes (architecture §2) and answering the ones that cannot become work.
 
 A body that is JSON but wrong still becomes a job: FAILED, with an error naming the field, and a
 ``job.failed`` event. Only a body that is not JSON at all is refused (``RequestNotJson``), which

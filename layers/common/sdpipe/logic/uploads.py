@@ -1,4 +1,4 @@
-"""Chunked multipart uploads of model files (the Uploads function; DESIGN C1).
+"""Chunked multipart uploads of model files (the Uploads function).
 
 An upload is a job (action ``upload_model``) that holds one S3 multipart upload under the right
 ``models/`` folder. The client PUTs parts to presigned URLs, ``complete_upload`` checks every part

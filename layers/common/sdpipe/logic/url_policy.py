@@ -1,4 +1,4 @@
-"""Which URLs and addresses a model fetch may connect to (the SSRF rules, DESIGN §7).
+"""Which URLs and addresses a model fetch may connect to (the SSRF rules).
 
 Pure checks, no I/O: the fetcher resolves a host once, checks every address it got here, and
 connects only to an address that passed (so DNS rebinding between check and connect cannot
