@@ -22,6 +22,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from sdpipe_local.chaos import Chaos, ThrottlingMiddleware
+from sdpipe_local.dynamo_atomic import make_dynamodb_writes_atomic
 from sdpipe_local.iam import IamEnforcer, Principals, RequestChecks, secret_arn_lookup
 from sdpipe_local.lambda_runtime import LambdaRuntime
 from sdpipe_local.s3_streaming import S3StreamingGetMiddleware, S3UploadPartMiddleware
@@ -139,6 +140,7 @@ class LocalAwsServer:
         caller_service: Callable[[str], str | None] | None = None,
     ) -> None:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        make_dynamodb_writes_atomic()  # conditional writes as atomic as DynamoDB's
         self._hosts: set[str] = set()
         moto_app = DomainDispatcherApplication(create_backend_app)
         self.s3_parts = S3UploadPartMiddleware(S3StreamingGetMiddleware(moto_app, self._hosts))

@@ -16,6 +16,16 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32)
+_SHARED: dict[str, Any] = {}  # the first session's loader, once there is one
+
+
+def _session() -> boto3.session.Session:
+    """A session of its own per client (creating clients from one session is not thread-safe),
+    sharing one loader: each would otherwise read and parse the service's model files again."""
+    session = boto3.session.Session()
+    loader = _SHARED.setdefault("data_loader", session._session.get_component("data_loader"))
+    session._session.register_component("data_loader", loader)
+    return session
 
 
 class AwsClients:
@@ -24,23 +34,23 @@ class AwsClients:
         self._lock = threading.Lock()
 
     def get(self, service: str) -> Any:
-        return self._cached(service, lambda: boto3.session.Session().client(service, config=_CONFIG))  # type: ignore[call-overload]
+        return self._cached(service, lambda: _session().client(service, config=_CONFIG))  # type: ignore[call-overload]
 
     def get_patient(self, service: str) -> Any:
         """A client that waits up to 15 minutes for an answer (S3 completing a multipart upload of
         many GiB answers late; AWS keeps the connection alive meanwhile, the local stack does not)."""
         config = _CONFIG.merge(Config(read_timeout=900))
-        return self._cached(f"patient:{service}", lambda: boto3.session.Session().client(service, config=config))  # type: ignore[call-overload]
+        return self._cached(f"patient:{service}", lambda: _session().client(service, config=config))  # type: ignore[call-overload]
 
     def get_presigner(self, service: str) -> Any:
         """A client for presigned URLs, signed with SigV4: botocore presigns S3 URLs in us-east-1
         with SigV2 unless told otherwise, and S3 refuses SigV2 on buckets made since June 2020."""
         config = _CONFIG.merge(Config(signature_version="s3v4"))
-        return self._cached(f"presigner:{service}", lambda: boto3.session.Session().client(service, config=config))  # type: ignore[call-overload]
+        return self._cached(f"presigner:{service}", lambda: _session().client(service, config=config))  # type: ignore[call-overload]
 
     def get_resource(self, service: str) -> Any:
         """A boto3 resource (DynamoDB's Table does the type marshalling for us)."""
-        return self._cached(f"resource:{service}", lambda: boto3.session.Session().resource(service, config=_CONFIG))  # type: ignore[call-overload]
+        return self._cached(f"resource:{service}", lambda: _session().resource(service, config=_CONFIG))  # type: ignore[call-overload]
 
     def _cached(self, key: str, create: Callable[[], Any]) -> Any:
         found = self._clients.get(key)

@@ -1,0 +1,35 @@
+"""DynamoDB's conditional writes are atomic; moto's are not when two threads write at once.
+
+moto evaluates a ConditionExpression and then applies the update with no lock between, so two
+concurrent conditional writes on one item can both succeed: the local stack (a threaded server)
+and in-process tests would then accept races AWS refuses (two sweepers both taking an event's
+lease and publishing it twice). Every write of moto's DynamoDB backend runs under one lock here,
+which is stricter than AWS needs (it serialises all items, not each) and as strict as it promises.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item")
+_LOCK = threading.RLock()
+
+
+def make_dynamodb_writes_atomic() -> None:
+    """Patch moto's DynamoDB backend (once; safe to call again)."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    for name in _WRITES:
+        original = getattr(DynamoDBBackend, name)
+        if getattr(original, "_sdpipe_atomic", False):
+            continue
+
+        @functools.wraps(original)
+        def atomic(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
+            with _LOCK:
+                return __original(self, *args, **kwargs)
+
+        atomic._sdpipe_atomic = True  # type: ignore[attr-defined]
+        setattr(DynamoDBBackend, name, atomic)

@@ -1,0 +1,40 @@
+"""Two threads racing one conditional write: exactly one wins, as on DynamoDB."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from tests.helpers import create_table_from_template
+
+
+def race(table: Any, job_id: str, workers: int = 4) -> list[int]:
+    """``workers`` threads each try to take a free lease at once; the ones that got it."""
+    table.put_item(Item={"job_id": job_id, "lease": 0})
+    wins: list[int] = []
+    barrier = threading.Barrier(workers)
+
+    def take(worker: int) -> None:
+        barrier.wait()
+        try:
+            table.update_item(Key={"job_id": job_id}, UpdateExpression="SET lease = :mine",
+                              ConditionExpression="lease = :free",
+                              ExpressionAttributeValues={":mine": worker, ":free": 0})  # fmt: skip
+            wins.append(worker)
+        except ClientError:
+            pass
+
+    threads = [threading.Thread(target=take, args=(worker,)) for worker in range(1, workers + 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return wins
+
+
+def test_concurrent_conditional_writes_on_one_item_let_exactly_one_through(moto_clients):
+    create_table_from_template(moto_clients.get("dynamodb"), "JobsTable", "jobs")
+    table = moto_clients.get_resource("dynamodb").Table("jobs")
+    assert [len(race(table, f"j-{n}")) for n in range(20)] == [1] * 20

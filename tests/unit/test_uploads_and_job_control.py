@@ -1,0 +1,155 @@
+"""Chunked uploads (plan, resume, complete, abort) and the jobs' own controls (read, cancel,
+cancel_job requests, the sweeper), on in-process moto."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdpipe.adapters.multipart import MultipartUploads
+from sdpipe.adapters.sagemaker import SageMakerTraining
+from sdpipe.contracts.jobs import JobStatus, job_id_for
+from sdpipe.contracts.uploads import AbortUpload, CompleteUpload, CreateUpload, ResumeUpload
+from sdpipe.errors import (
+    JobAlreadyFinished,
+    JobNotCancellable,
+    JobNotFound,
+    ModelExists,
+    UploadFinished,
+    UploadPartsInvalid,
+    ValidationFailed,
+)
+from sdpipe.logic.job_control import JobControl, public_view
+from sdpipe.logic.uploads import ModelUploads
+from sdpipe.settings import UploadSettings
+from tests.unit.world import FakeTraining, World, envelope
+
+MIB = 1024 * 1024
+SIZE = 9 * MIB  # two parts: 8 MiB and 1 MiB
+
+
+@pytest.fixture
+def uploads(world: World) -> ModelUploads:
+    settings = UploadSettings.model_validate(world.settings_values())
+    return ModelUploads(world.ledger(), world.store, MultipartUploads("assets", world.aws), settings)
+
+
+def create(uploads: ModelUploads, request_id: str = "up-1", **fields: object) -> dict:
+    values = {"operation": "create_upload", "type": "lora", "filename": "style.safetensors", "size": SIZE,
+              "request_id": request_id} | fields  # fmt: skip
+    return uploads.create(CreateUpload.model_validate(values))
+
+
+def send(world: World, plan: dict, parts: list[dict]) -> list[dict]:
+    sent = []
+    for part in parts:
+        length = part["end"] - part["start"] + 1
+        answer = world.aws.get("s3").upload_part(Bucket="assets", Key=plan["key"], UploadId=_upload_id(world, plan),
+                                                 PartNumber=part["part_number"], Body=b"\1" * length)  # fmt: skip
+        sent.append({"part_number": part["part_number"], "etag": answer["ETag"].strip('"')})
+    return sent
+
+
+def _upload_id(world: World, plan: dict) -> str:
+    return str(world.ledger().require(plan["job_id"]).upload.upload_id)  # type: ignore[union-attr]
+
+
+def test_an_upload_is_planned_resumed_and_completed_once(uploads, world):
+    plan = create(uploads)
+    assert [p["part_number"] for p in plan["parts"]] == [1, 2] and plan["parts_done"] == []
+    first = send(world, plan, plan["parts"][:1])
+    assert create(uploads)["parts_done"] == first  # the same request id resumes it
+    resumed = uploads.resume(ResumeUpload(operation="resume_upload", job_id=plan["job_id"]))
+    assert [p["part_number"] for p in resumed["parts"]] == [2]
+    with pytest.raises(UploadPartsInvalid, match="parts 2 were not listed"):
+        uploads.complete(CompleteUpload(operation="complete_upload", job_id=plan["job_id"], parts=first))
+    done = first + send(world, plan, resumed["parts"])
+    answer = uploads.complete(CompleteUpload(operation="complete_upload", job_id=plan["job_id"], parts=done))
+    assert answer["phase"] == "registering" and answer["key"] == "models/Lora/style.safetensors"
+    assert uploads.complete(CompleteUpload(operation="complete_upload", job_id=plan["job_id"], parts=done)) == answer
+    assert world.aws.get("s3").head_object(Bucket="assets", Key=answer["key"])["ContentLength"] == SIZE
+    with pytest.raises(UploadFinished):
+        uploads.abort(AbortUpload(operation="abort_upload", job_id=plan["job_id"]))
+
+
+def test_an_aborted_upload_is_cancelled_and_cannot_be_resumed(uploads, world):
+    plan = create(uploads, "up-abort")
+    assert uploads.abort(AbortUpload(operation="abort_upload", job_id=plan["job_id"]))["status"] == "CANCELLED"
+    with pytest.raises(UploadFinished, match="CANCELLED"):
+        uploads.resume(ResumeUpload(operation="resume_upload", job_id=plan["job_id"]))
+    assert create(uploads, "up-abort")["status"] == "CANCELLED"  # the finished job answers its request id
+    with pytest.raises(JobNotFound):
+        uploads.resume(ResumeUpload(operation="resume_upload", job_id="j-nothing"))
+
+
+def test_uploads_refuse_what_they_must_not_do(uploads, world):
+    with pytest.raises(ValidationFailed, match="filename"):
+        create(uploads, "bad-name", filename="../escape.safetensors")
+    world.put("models/Lora/taken.safetensors", b"x")
+    with pytest.raises(ModelExists):
+        create(uploads, "taken", filename="taken.safetensors")
+    create(uploads, "same-id")
+    with pytest.raises(ValidationFailed, match="belongs to another upload"):
+        create(uploads, "same-id", size=SIZE + 1)
+
+
+@pytest.fixture
+def control(world: World) -> JobControl:
+    return JobControl(world.ledger(), MultipartUploads("assets", world.aws), FakeTraining())
+
+
+def test_cancel_ends_an_open_job_once_and_aborts_what_it_held(control, uploads, world):
+    plan = create(uploads, "to-cancel")
+    cancelled = control.cancel(plan["job_id"], "changed my mind")
+    assert cancelled.status is JobStatus.CANCELLED and cancelled.error == {"code": "CANCELLED",
+                                                                           "message": "changed my mind"}  # fmt: skip
+    assert world.aws.get("s3").list_multipart_uploads(Bucket="assets").get("Uploads", []) == []
+    with pytest.raises(JobAlreadyFinished):
+        control.cancel(plan["job_id"], "again")
+    view = public_view(control.get(plan["job_id"]))
+    assert "claim_token" not in view and "pending_events" not in view and view["status"] == "CANCELLED"
+    with pytest.raises(JobNotFound):
+        control.get("j-missing")
+    assert [job.job_id for job in control.recent("upload_model")] == [plan["job_id"]]
+
+
+def test_a_training_job_is_stopped_and_an_endpoint_workflow_cannot_be_cancelled(control, world):
+    ledger = control.ledger
+    ledger.create(job_id="j-train", request_id="t", action="train_lora", status=JobStatus.RUNNING, deadline_seconds=60,
+                  fields={"training": {"name": "sdpipe-j-train"}})  # fmt: skip
+    assert isinstance(control.training, SageMakerTraining)
+    control.training.jobs["sdpipe-j-train"] = {"TrainingJobStatus": "InProgress"}  # type: ignore[attr-defined]
+    control.cancel("j-train", "stop it")
+    assert control.training.stopped == ["sdpipe-j-train"]  # type: ignore[attr-defined]
+    ledger.create(job_id="j-deploy", request_id="d", action="deploy_endpoint", status=JobStatus.RUNNING,
+                  deadline_seconds=60, fields={})  # fmt: skip
+    with pytest.raises(JobNotCancellable):
+        control.cancel("j-deploy", "no")
+
+
+def test_a_cancel_job_request_is_a_job_of_its_own(control, world):
+    control.ledger.create(job_id="j-target", request_id="target", action="txt2img", status=JobStatus.ACCEPTED,
+                          deadline_seconds=60, fields={})  # fmt: skip
+    body = envelope("cancel_job", {"job_id": "j-target"}, "cancel-1")
+    control.handle_cancel_request(body, "cancel_job", "m-1")
+    control.handle_cancel_request(body, "cancel_job", "m-1")  # delivered twice
+    assert control.get("j-target").status is JobStatus.CANCELLED
+    cancel_job = control.ledger.require(job_id_for("cancel-1"))
+    assert cancel_job.status is JobStatus.SUCCEEDED and cancel_job.outputs == {"cancelled_job_id": "j-target"}
+    unknown = envelope("cancel_job", {"job_id": "j-unknown"}, "cancel-2")
+    control.handle_cancel_request(unknown, "cancel_job", "m-2")
+    types = world.event_types()
+    assert types.count("job.cancelled") == 1 and types.count("job.succeeded") == 1 and "job.failed" in types
+
+
+def test_the_sweeper_times_out_jobs_past_their_deadline_and_nothing_else(control, uploads, world):
+    plan = create(uploads, "late")
+    control.ledger.create(job_id="j-fresh", request_id="fresh", action="txt2img", status=JobStatus.ACCEPTED,
+                          deadline_seconds=3600, fields={})  # fmt: skip
+    world.aws.get_resource("dynamodb").Table("jobs").update_item(
+        Key={"job_id": plan["job_id"]}, UpdateExpression="SET deadline = :d", ExpressionAttributeValues={":d": "2000"}
+    )
+    assert control.sweep() == [plan["job_id"]]
+    late = control.get(plan["job_id"])
+    assert late.status is JobStatus.TIMED_OUT and "multipart upload was aborted" in (late.error or {})["message"]
+    assert control.get("j-fresh").status is JobStatus.ACCEPTED
+    assert control.sweep() == []
