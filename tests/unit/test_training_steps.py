@@ -3,14 +3,26 @@ TrainLora workflow calls it, with SageMaker training and its logs faked."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 
 import pytest
 
 from sdpipe.contracts.jobs import JobStatus
-from sdpipe.errors import DatasetNotFound, DatasetNotUsable, JobAlreadyFinished, ModelNotFound, NoLoraOutput
+from sdpipe.errors import (
+    DatasetNotFound,
+    DatasetNotUsable,
+    JobAlreadyFinished,
+    ModelExists,
+    ModelNotFound,
+    NoLoraOutput,
+)
+from sdpipe.logic.inspection import InspectionLimits
+from sdpipe.logic.registration import Registrar
 from sdpipe.logic.training import LoraTraining
 from sdpipe.settings import TrainingSettings
+from tests.helpers import kohya_lora, safetensors_bytes
 from tests.unit.world import (
     FakeImages,
     FakeLogs,
@@ -139,3 +151,59 @@ def test_how_a_training_job_ended_decides_how_the_job_ends(training):
     job = training.ledger.require(broken)
     assert job.error == {"code": NoLoraOutput.code, "message": "no LoRA in model.tar.gz"}
     assert training.sagemaker.stopped == [f"sdpipe-{broken}"]  # type: ignore[attr-defined]  # not left running
+
+
+def model_tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, body in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            archive.addfile(info, io.BytesIO(body))
+    return buffer.getvalue()
+
+
+def registrar_for(world: World) -> Registrar:
+    limits = InspectionLimits(header_cap=1 << 20, pickle_cap=1 << 20, chunk_size=64 * 1024)
+    return Registrar(world.store, world.models, world.publisher, limits, ledger=world.ledger())
+
+
+def finished_training(training: LoraTraining, world: World, files: dict[str, bytes], request_id: str) -> str:
+    job_id = request(training, PARAMS, request_id)
+    step(training, "prepare", job_id=job_id)
+    step(training, "create", job_id=job_id)
+    world.put(f"jobs/{job_id}/output/model.tar.gz", model_tar(files))
+    training.sagemaker.jobs[f"sdpipe-{job_id}"] |= {  # type: ignore[attr-defined]
+        "TrainingJobStatus": "Completed",
+        "ModelArtifacts": {"S3ModelArtifacts": f"s3://assets/jobs/{job_id}/output/model.tar.gz"},
+        "BillableTimeInSeconds": 42,
+    }
+    return job_id
+
+
+def test_every_lora_saved_is_registered_and_the_job_succeeds_with_them(training, world):
+    training.registrar = lambda: registrar_for(world)
+    lora = safetensors_bytes(kohya_lora())
+    files = {"cats-j.safetensors": lora, "logs/events.out": b"tensorboard", "cats-j-000001.safetensors": lora}
+    job_id = finished_training(training, world, files, "trained")
+    assert step(training, "register", job_id=job_id) == {
+        "models": ["models/Lora/cats-j.safetensors", "models/Lora/cats-j-000001.safetensors"]
+    }
+    job = training.ledger.require(job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.outputs["billable_seconds"] == 42
+    assert [m["status"] for m in job.outputs["models"]] == ["ACTIVE", "ACTIVE"]
+    head = world.aws.get("s3").head_object(Bucket="assets", Key="models/Lora/cats-j.safetensors")
+    assert head["Metadata"]["sdpipe-training-job"] == job_id and head["Metadata"]["sdpipe-base-model-sha256"] == SD15
+    assert step(training, "register", job_id=job_id)["models"] == job.outputs["models"]  # a retry changes nothing
+
+
+def test_an_artefact_without_a_lora_fails_the_step_and_a_foreign_file_is_left_alone(training, world):
+    training.registrar = lambda: registrar_for(world)
+    empty = finished_training(training, world, {"notes.txt": b"nothing"}, "no-lora")
+    with pytest.raises(NoLoraOutput):
+        step(training, "register", job_id=empty)
+    world.put("models/Lora/mine.safetensors", b"someone else's")
+    clash = finished_training(training, world, {"mine.safetensors": safetensors_bytes(kohya_lora())}, "clash")
+    with pytest.raises(ModelExists):
+        step(training, "register", job_id=clash)
+    assert world.get("models/Lora/mine.safetensors") == b"someone else's"

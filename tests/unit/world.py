@@ -277,3 +277,11 @@ def add_dataset(world: World, name: str, *, status: str = "REGISTERED", images: 
     if status != "REGISTERED":
         item["error"] = {"code": "DATASET_EMPTY", "message": "no images"}
     world.aws.get_resource("dynamodb").Table(NAMES["datasets_table_name"]).put_item(Item=item)
+
+
+def s3_event(key: str, event: str = "ObjectCreated:Put", bucket: str = "assets") -> dict[str, Any]:
+    """The body S3 sends to a queue for one object (keys URL-encoded, as S3 sends them)."""
+    from urllib.parse import quote_plus
+
+    record = {"eventName": event, "s3": {"bucket": {"name": bucket}, "object": {"key": quote_plus(key, safe="/")}}}
+    return {"Records": [record]}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +97,8 @@ class LoraTraining:
     sagemaker: SageMakerTraining
     logs: TrainingLogs
     images: ContainerImages = field(default_factory=ContainerImages)
+    # Registers the LoRAs the register step unpacks (default: one from the environment's settings).
+    registrar: Callable[[], Registrar] | None = None
 
     @classmethod
     def from_settings(cls) -> LoraTraining:
@@ -278,10 +281,7 @@ class LoraTraining:
         keys = self._unpack(key, metadata)
         if not keys:
             raise NoLoraOutput("the training job finished, but its model.tar.gz holds no .safetensors LoRA file")
-        # Only this step registers files: a cold start for any other step does not import it.
-        from sdpipe.logic.registration import Registrar
-
-        registrar = Registrar.from_settings()
+        registrar = self.registrar() if self.registrar is not None else _registrar_from_settings()
         records = [self._registered(registrar, model_key) for model_key in keys]
         models = [
             {
@@ -384,3 +384,10 @@ class LoraTraining:
         if job.training is None:
             raise errors.JobNotFound(f"job {job.job_id} has no training prepared (the prepare step did not run)")
         return job.training
+
+
+def _registrar_from_settings() -> Registrar:
+    # Only the register step registers files: a cold start for any other step does not import it.
+    from sdpipe.logic.registration import Registrar
+
+    return Registrar.from_settings()
