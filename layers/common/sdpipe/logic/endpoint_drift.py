@@ -9,12 +9,10 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from sdpipe.adapters.endpoints_table import EndpointsTable
 from sdpipe.adapters.sagemaker import SageMakerEndpoints
 from sdpipe.contracts.endpoints import EndpointStatus
 from sdpipe.contracts.sagemaker_events import EndpointStateChange
 from sdpipe.logic.endpoint_records import EndpointRecords
-from sdpipe.logic.jobs import JobLedger
 from sdpipe.settings import endpoint_settings
 
 logger = Logger(child=True)
@@ -41,11 +39,7 @@ class EndpointDrift:
     @classmethod
     def from_settings(cls) -> EndpointDrift:
         settings = endpoint_settings()
-        ledger = JobLedger.from_settings(settings)
-        records = EndpointRecords(
-            ledger, EndpointsTable(settings.endpoints_table_name), ledger.publisher, settings.event_lease_seconds
-        )
-        return cls(records, SageMakerEndpoints(), settings.stack_name)
+        return cls(EndpointRecords.from_settings(settings), SageMakerEndpoints(), settings.stack_name)
 
     def track(self, detail: dict[str, Any]) -> str | None:
         """An EventBridge "SageMaker Endpoint State Change" for one of this stack's endpoints: the

@@ -14,6 +14,7 @@ from sdpipe.contracts.workflows import JobRecord
 from sdpipe.errors import EndpointDeleted
 from sdpipe.logic.endpoint_announcements import EndpointAnnouncer
 from sdpipe.logic.jobs import JobLedger
+from sdpipe.settings import EndpointSettings
 
 OPEN = [JobStatus.ACCEPTED, JobStatus.QUEUED, JobStatus.RUNNING]
 
@@ -29,6 +30,14 @@ class EndpointRecords:
     endpoints: EndpointsTable
     publisher: EventPublisher
     lease_seconds: int
+
+    @classmethod
+    def from_settings(cls, settings: EndpointSettings) -> EndpointRecords:
+        """The records and the jobs ledger of one stack (the requests, the steps and drift share them)."""
+        ledger = JobLedger.from_settings(settings)
+        return cls(
+            ledger, EndpointsTable(settings.endpoints_table_name), ledger.publisher, settings.event_lease_seconds
+        )
 
     @property
     def announcer(self) -> EndpointAnnouncer:

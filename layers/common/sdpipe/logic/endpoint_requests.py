@@ -14,10 +14,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ValidationError
 
-from sdpipe.adapters.endpoints_table import EndpointsTable
-from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.images import ContainerImages
-from sdpipe.adapters.jobs_table import JobsTable
 from sdpipe.adapters.workflows import Workflows
 from sdpipe.contracts.endpoints import (
     SETTINGS_FIELDS,
@@ -66,15 +63,8 @@ class EndpointRequests:
     @classmethod
     def from_settings(cls) -> EndpointRequests:
         settings = endpoint_settings()
-        ledger = JobLedger(
-            JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
-            EventPublisher(settings.events_topic_arn),
-            lease_seconds=settings.event_lease_seconds,
-        )
-        records = EndpointRecords(
-            ledger, EndpointsTable(settings.endpoints_table_name), ledger.publisher, settings.event_lease_seconds
-        )
-        return cls(ledger=ledger, records=records, workflows=Workflows(), settings=settings, images=ContainerImages())
+        records = EndpointRecords.from_settings(settings)
+        return cls(records.ledger, records, Workflows(), settings, ContainerImages())
 
     @property
     def requests(self) -> WorkflowRequests:

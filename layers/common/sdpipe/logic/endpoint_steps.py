@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdpipe.adapters.autoscaling import EndpointScaling, ScalingPlan
-from sdpipe.adapters.endpoints_table import EndpointsTable
-from sdpipe.adapters.events import EventPublisher
-from sdpipe.adapters.jobs_table import JobsTable
 from sdpipe.adapters.sagemaker import SageMakerEndpoints
 from sdpipe.contracts.endpoints import VARIANT, DeployEndpointParams, EndpointStatus
 from sdpipe.contracts.jobs import Action, JobStatus
@@ -40,15 +37,8 @@ class EndpointSteps:
     @classmethod
     def from_settings(cls) -> EndpointSteps:
         settings = endpoint_settings()
-        ledger = JobLedger(
-            JobsTable(settings.jobs_table_name, settings.endpoints_table_name),
-            EventPublisher(settings.events_topic_arn),
-            lease_seconds=settings.event_lease_seconds,
-        )
-        records = EndpointRecords(
-            ledger, EndpointsTable(settings.endpoints_table_name), ledger.publisher, settings.event_lease_seconds
-        )
-        return cls(ledger, records, SageMakerEndpoints(), EndpointScaling(), settings)
+        records = EndpointRecords.from_settings(settings)
+        return cls(records.ledger, records, SageMakerEndpoints(), EndpointScaling(), settings)
 
     def step(self, event: dict[str, Any]) -> dict[str, Any]:
         """One step of a workflow: ``{"step": ..., "state": <execution state>}``."""
