@@ -32,8 +32,12 @@ demo: $(STAMP)
 local: $(STAMP)
 	$(BIN)/sdpipe local up
 
+# Three workers on two cores: most tests wait on the stack (queues, workflows, containers), so a
+# third overlaps those waits; each worker runs its own local stack, a test file stays on one worker.
+TEST_WORKERS ?= 3
+
 test: $(STAMP) build
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The Lambda artefacts as `sam deploy` uploads them, and the SDK the runtime would provide (the
 # tests import every built function with only these on the path). Without python3.12 the build is
@@ -66,7 +70,7 @@ fuzz: $(STAMP)
 	done
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest tests/unit --cov=sdpipe.logic --cov-report=term
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -6,7 +6,19 @@ import functools
 import json
 import math
 import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
+ROOT = Path(__file__).resolve().parents[1]
+# The pseudo parameters CloudFormation would give the template (what the local stack uses).
+PSEUDO = {
+    "AWS::Region": "us-east-1",
+    "AWS::AccountId": "123456789012",
+    "AWS::Partition": "aws",
+    "AWS::StackName": "sdpipe",
+}
 _SIZES = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "U8": 1}
 
 
@@ -58,11 +70,9 @@ def kohya_lora(family: str = "sd1", rank: int = 4) -> dict[str, tuple[str, tuple
 
 @functools.cache
 def _template() -> dict:
-    from pathlib import Path
-
     from samtranslator.yaml_helper import yaml_parse
 
-    return yaml_parse((Path(__file__).resolve().parents[1] / "template.yaml").read_text())  # type: ignore[no-any-return]
+    return yaml_parse((ROOT / "template.yaml").read_text())  # type: ignore[no-any-return]
 
 
 def create_table_from_template(dynamodb_client, logical_id: str, table_name: str) -> None:
@@ -72,3 +82,20 @@ def create_table_from_template(dynamodb_client, logical_id: str, table_name: str
         k: properties[k] for k in ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes") if k in properties
     }
     dynamodb_client.create_table(TableName=table_name, BillingMode="PAY_PER_REQUEST", **kwargs)
+
+
+_T = TypeVar("_T")
+
+
+def wait_until(check: Callable[[], _T], timeout: float = 30, every: float = 0.2, what: str = "the condition") -> _T:
+    """Poll ``check`` until it returns something truthy (returned); fail naming ``what`` and the last
+    value seen after ``timeout`` seconds. The one way the tests wait for something to happen (to
+    show something does *not* happen, wait for the stack to be idle: ``LocalStack.wait_idle``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f}s (last seen: {value!r})")
+        time.sleep(every)

@@ -10,16 +10,12 @@ from typing import Any
 
 import click
 
-from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.contracts.models import ModelType
 from sdpipe.errors import SdpipeError
 from sdpipe.layout import MODEL_FOLDERS
 from sdpipe_client.client import JobFailed, Sdpipe, image_reference
 from sdpipe_client.formatting import print_endpoints, print_jobs, print_models
 from sdpipe_client.stack import LOCAL_STATE_FILE, read_local_state, stack_outputs
-
-# Bookkeeping on a model's item that is not part of the model (claims, events not yet out).
-_INTERNAL_FIELDS = ("pending_events", "outbox_shard", "outbox_due", "claim_token", "claim_expires_at")
 
 
 class _Settings:
@@ -150,11 +146,7 @@ def models() -> None:
 def models_list(settings: _Settings, model_type: str | None, as_json: bool) -> None:
     """List registered models, as a table by default."""
     try:
-        table = ModelsTable(stack_outputs(settings.stack)["ModelsTableName"])
-        items = [
-            {k: v for k, v in item.items() if k not in _INTERNAL_FIELDS}
-            for item in table.list(ModelType(model_type) if model_type else None)
-        ]
+        items = Sdpipe.for_stack(settings.stack).list_models(model_type)
     except SdpipeError as exc:
         raise click.ClickException(exc.message) from exc
     if as_json:
@@ -565,7 +557,7 @@ def sync(settings: _Settings, /, folder: Path, dry_run: bool, concurrency: int) 
         )
     registered = {
         (str(item.get("type")), str(item.get("sha256"))): item
-        for item in ModelsTable(client.outputs["ModelsTableName"]).list(None)
+        for item in client.list_models()
         if item.get("status") == "ACTIVE"
     }
     cache = HashCache()

@@ -95,10 +95,13 @@ class Sdpipe:
         return payload
 
     def _jobs_api(self, request: dict[str, Any]) -> dict[str, Any]:
-        attempts = 4 if request["operation"] in ("get", "list") else 1  # reads: safe to ask again
+        return self._retrying_reads("JobsApiFunctionName", request, request["operation"] in ("get", "list"))
+
+    def _retrying_reads(self, function_output: str, request: dict[str, Any], is_read: bool) -> dict[str, Any]:
+        attempts = 4 if is_read else 1  # reads are safe to ask again when the runtime died under one
         for attempt in range(attempts):
             try:
-                return self.invoke_api("JobsApiFunctionName", request)
+                return self.invoke_api(function_output, request)
             except FunctionCrashed:
                 if attempt == attempts - 1:
                     raise
@@ -176,7 +179,6 @@ class Sdpipe:
         return paths
 
     # ------------------------------------------------------------------ endpoints
-    # ------------------------------------------------------------------ endpoints
     def deploy_endpoint(self, name: str, **settings: Any) -> str:
         """Publish ``deploy_endpoint`` (instance_type, min_instances, max_instances, ...); its job id."""
         return self.submit("deploy_endpoint", {"name": name, **settings})
@@ -188,37 +190,23 @@ class Sdpipe:
         return self.submit("delete_endpoint", {"name": name})
 
     def list_endpoints(self) -> list[dict[str, Any]]:
-        from sdpipe.adapters.endpoints_table import EndpointsTable
-        from sdpipe.logic.endpoint_announcements import public_endpoint
-
-        records = EndpointsTable(self.outputs["EndpointsTableName"], self.aws).all()
-        return sorted((public_endpoint(r) for r in records), key=lambda r: str(r["name"]))
+        endpoints: list[dict[str, Any]] = self.catalog({"operation": "list_endpoints"})["endpoints"]
+        return endpoints
 
     def describe_endpoint(self, name: str) -> dict[str, Any]:
         """The record, what SageMaker says of the endpoint, and its autoscaling as the APIs report it."""
-        from sdpipe.adapters.autoscaling import EndpointScaling
-        from sdpipe.adapters.endpoints_table import EndpointsTable
-        from sdpipe.adapters.sagemaker import SageMakerEndpoints
-        from sdpipe.logic.endpoint_announcements import public_endpoint
+        endpoint: dict[str, Any] = self.catalog({"operation": "describe_endpoint", "name": name})["endpoint"]
+        return endpoint
 
-        record = EndpointsTable(self.outputs["EndpointsTableName"], self.aws).get(name)
-        if record is None:
-            raise SdpipeError(f"endpoint {name!r} does not exist", code="ENDPOINT_NOT_FOUND")
-        described = public_endpoint(record)
-        sagemaker_name = str(record.get("sagemaker_name") or "")
-        found = SageMakerEndpoints(self.aws).describe(sagemaker_name) if sagemaker_name else None
-        described["sagemaker"] = (
-            {k: found.get(k) for k in ("EndpointStatus", "EndpointConfigName", "FailureReason") if found.get(k)}
-            if found
-            else None
-        )
-        scaling = EndpointScaling(self.aws).describe(sagemaker_name) if sagemaker_name else {}
-        described["autoscaling"] = {
-            "targets": [{"min": t.get("MinCapacity"), "max": t.get("MaxCapacity")} for t in scaling.get("targets", [])],
-            "policies": [f"{p.get('PolicyName')} ({p.get('PolicyType')})" for p in scaling.get("policies", [])],
-            "alarms": [a.get("AlarmName") for a in scaling.get("alarms", [])],
-        }
-        return described
+    # ------------------------------------------------------------------ models
+    def list_models(self, model_type: str | None = None) -> list[dict[str, Any]]:
+        request: dict[str, Any] = {"operation": "list_models"} | ({"type": model_type} if model_type else {})
+        models: list[dict[str, Any]] = self.catalog(request)["models"]
+        return models
+
+    def catalog(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Ask the CatalogApi function (reads are safe to ask again when its runtime dies)."""
+        return self._retrying_reads("CatalogApiFunctionName", request, request["operation"] != "delete_dataset")
 
 
 def image_reference(value: str, client: Sdpipe) -> str:

@@ -13,10 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sdpipe.adapters.datasets_table import DatasetsTable
-from sdpipe.adapters.events import EventPublisher
-from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.contracts.datasets import (
     CAPTION_EXTENSION,
     CONCEPT_FOLDER,
@@ -27,7 +25,6 @@ from sdpipe.contracts.datasets import (
     dataset_prefix,
 )
 from sdpipe.errors import SdpipeError
-from sdpipe.logic.datasets import DatasetCatalog
 from sdpipe_client.client import Sdpipe
 
 _CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
@@ -78,15 +75,22 @@ def plan_dataset(folder: Path, name: str | None) -> LocalDataset:
 
 
 class Datasets:
+    """Datasets through the stack's public surface: the bucket for the files, CatalogApi for the rest."""
+
     def __init__(self, client: Sdpipe) -> None:
-        outputs = client.outputs
-        self.bucket = outputs["AssetsBucketName"]
-        self.catalog = DatasetCatalog(
-            ObjectStore(self.bucket, client.aws),
-            DatasetsTable(outputs["DatasetsTableName"], client.aws),
-            EventPublisher(outputs["EventsTopicArn"], client.aws),
-        )
+        self.client = client
+        self.bucket = client.outputs["AssetsBucketName"]
         self._s3 = client.aws.get("s3")
+
+    def find(self, name: str) -> dict[str, Any] | None:
+        """The dataset's record as CatalogApi answers it (``settled`` once its event is out), or None."""
+        try:
+            found: dict[str, Any] = self.client.catalog({"operation": "describe_dataset", "name": name})["dataset"]
+        except SdpipeError as exc:
+            if exc.code == "DATASET_NOT_FOUND":
+                return None
+            raise
+        return found
 
     def upload(
         self,
@@ -98,14 +102,13 @@ class Datasets:
         timeout_s: float = 600,
     ) -> DatasetRecord:
         prefix = dataset_prefix(local.name)
-        existing = next(iter(self.catalog.store.list_prefix(prefix)), None)
-        if existing is not None:
+        if self._s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1).get("KeyCount"):
             if not replace:
                 raise DatasetExists(
                     f"{prefix} holds files already; pass --replace to delete them and upload this folder instead"
                 )
-            self.catalog.delete(local.name)
-        previous = self.catalog.table.get(local.name)
+            self.delete(local.name)
+        previous = self.find(local.name)
 
         def put(item: tuple[Path, str]) -> None:
             path, key = item
@@ -123,18 +126,23 @@ class Datasets:
         """The record of a marker drop newer than ``newer_than``, once its event is published."""
         deadline = time.monotonic() + timeout_s
         while True:
-            item = self.catalog.table.get(name)
-            if item and str(item.get("marker_version", "")) > newer_than and not item.get("pending_events"):
-                return DatasetRecord.model_validate(item)
+            found = self.find(name)
+            if found and str(found.get("marker_version", "")) > newer_than and found.get("settled"):
+                return DatasetRecord.model_validate(found)
             if time.monotonic() > deadline:
                 raise SdpipeError(f"dataset {name!r} was not registered within {timeout_s:.0f}s", code="TIMEOUT")
             time.sleep(0.25)
 
     def all(self) -> list[DatasetRecord]:
-        return self.catalog.all()
+        return [
+            DatasetRecord.model_validate(d) for d in self.client.catalog({"operation": "list_datasets"})["datasets"]
+        ]
 
     def describe(self, name: str) -> DatasetRecord:
-        return self.catalog.get(name)
+        return DatasetRecord.model_validate(
+            self.client.catalog({"operation": "describe_dataset", "name": name})["dataset"]
+        )
 
     def delete(self, name: str) -> int:
-        return self.catalog.delete(name)
+        deleted: int = self.client.catalog({"operation": "delete_dataset", "name": name})["deleted"]
+        return deleted

@@ -7,12 +7,12 @@ Request: ``{"operation": "get", "job_id": "..."}``, ``{"operation": "list", "act
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, Field, TypeAdapter
 
+from sdpipe.contracts.jobs import CancelJob, GetJob, JobsApiRequest, ListJobs
 from sdpipe.lambda_support import answer_direct
 from sdpipe.logic.job_control import JobControl, public_view
 from sdpipe.tracing import make_tracer
@@ -21,30 +21,10 @@ logger = Logger()
 tracer = make_tracer()
 
 
-class GetJob(BaseModel):
-    operation: Literal["get"]
-    job_id: str = Field(min_length=1, max_length=64)
-
-
-class ListJobs(BaseModel):
-    operation: Literal["list"]
-    action: str | None = None
-    limit: int = Field(default=20, ge=1, le=200)
-
-
-class CancelJob(BaseModel):
-    operation: Literal["cancel"]
-    job_id: str = Field(min_length=1, max_length=64)
-    reason: str = Field(default="cancelled on request", max_length=500)
-
-
-_Request = TypeAdapter(Annotated[GetJob | ListJobs | CancelJob, Field(discriminator="operation")])
-
-
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return answer_direct(event, _Request, _answer)
+    return answer_direct(event, JobsApiRequest, _answer)
 
 
 def _answer(request: GetJob | ListJobs | CancelJob) -> dict[str, Any]:

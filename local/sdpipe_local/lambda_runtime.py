@@ -223,6 +223,8 @@ class LambdaRuntime:
         self._sessions = sessions
         self._pools: dict[str, FunctionPool] = {}
         self._aliases: dict[str, str] = {}
+        self._counting = threading.Lock()
+        self._running = 0
 
     def add(self, spec: FunctionSpec) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +246,19 @@ class LambdaRuntime:
         pool = self.resolve(name_or_arn)
         if pool is None:
             raise KeyError(name_or_arn)
-        return pool.invoke(event)
+        with self._counting:
+            self._running += 1
+        try:
+            return pool.invoke(event)
+        finally:
+            with self._counting:
+                self._running -= 1
+
+    @property
+    def running(self) -> int:
+        """Invocations in progress, of every function."""
+        with self._counting:
+            return self._running
 
     def arm_faults(
         self,

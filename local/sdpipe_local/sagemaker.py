@@ -136,6 +136,7 @@ class LocalSageMaker:
         self._endpoints: dict[str, _Endpoint] = {}
         self._throttled: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._invocations = 0  # asynchronous invocations accepted and not yet notified
         self.chaos: Chaos | None = None  # the fault injector, when the stack runs with one
         self.training = LocalTrainingJobs(client, environment, state_dir, self._arn, sessions=sessions, images=images)
 
@@ -431,6 +432,8 @@ class LocalSageMaker:
             endpoint_name, inference_id, input_location, output_location, failure_location, content_type, _now()
         )
         assert endpoint.executor is not None
+        with self._lock:
+            self._invocations += 1
         endpoint.executor.submit(self._run_invocation, endpoint, job, output.get("NotificationConfig", {}))
         response_headers = {
             "X-Amzn-SageMaker-OutputLocation": output_location,
@@ -483,6 +486,14 @@ class LocalSageMaker:
             logger.exception(
                 "async invocation %s on %s: the notification could not be sent", job.inference_id, endpoint.name
             )
+        finally:
+            with self._lock:
+                self._invocations -= 1
+
+    @property
+    def invocations_in_progress(self) -> int:
+        with self._lock:
+            return self._invocations
 
     def _restart_crashed(self, endpoint: _Endpoint, crashed: subprocess.Popen[bytes] | None) -> None:
         """Replace a container that died, as SageMaker replaces an unhealthy instance's container

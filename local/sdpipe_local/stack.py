@@ -150,6 +150,19 @@ class LocalStack:
             },
         )
         self.provisioned = Provisioner(template, self.client, self.stack_name, REGION, ACCOUNT_ID).run()
+        # The queues work arrives on (their dead-letter queues hold what is finished with).
+        redrive_targets = {
+            str(props["RedrivePolicy"]["deadLetterTargetArn"].get("Fn::GetAtt", [""])[0])
+            for resource in template.resources.values()
+            if resource["Type"] == "AWS::SQS::Queue"
+            and isinstance((props := resource.get("Properties") or {}).get("RedrivePolicy"), dict)
+            and isinstance(props["RedrivePolicy"].get("deadLetterTargetArn"), dict)
+        }
+        self._work_queues = [
+            self.provisioned.resources[logical_id].ref
+            for logical_id, resource in template.resources.items()
+            if resource["Type"] == "AWS::SQS::Queue" and logical_id not in redrive_targets
+        ]
         self._publish_outputs()
         record_checkout_images(self.client("ecr"), self.provisioned.repository_images, self.template_path.parent)
         self._state_machine_credentials = StateMachineCredentials(self.sessions)
@@ -219,6 +232,36 @@ class LocalStack:
     def outputs(self) -> dict[str, str]:
         assert self.provisioned is not None, "start() the stack first"
         return dict(self.provisioned.outputs)
+
+    def is_idle(self) -> bool:
+        """Nothing in progress: no message waiting or in flight on the stack's work queues, no
+        function invocation, workflow execution or asynchronous endpoint invocation running."""
+        assert self.runtime is not None and self.sagemaker is not None
+        if self.runtime.running or self.sagemaker.invocations_in_progress:
+            return False
+        sqs = self.client("sqs")
+        counts = ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible")
+        for url in self._work_queues:
+            attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(counts))["Attributes"]
+            if any(int(attributes.get(name, 0)) for name in counts):
+                return False
+        sfn = self.client("stepfunctions")
+        return not any(
+            sfn.list_executions(stateMachineArn=machine["stateMachineArn"], statusFilter="RUNNING")["executions"]
+            for machine in sfn.list_state_machines()["stateMachines"]
+        )
+
+    def wait_idle(self, timeout_s: float = 60, settle_s: float = 0.3) -> None:
+        """Wait until the stack has been idle twice ``settle_s`` apart: what a test does to show that
+        something does *not* happen (every consequence of what it did has run by then)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.is_idle():
+                time.sleep(settle_s)
+                if self.is_idle():
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"the local stack was still busy after {timeout_s:.0f}s")
 
     def environment(self) -> dict[str, str]:
         return client_environment(self.endpoint_url)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import pytest
 from sdpipe.adapters.clients import clients
 from sdpipe_local.events_listener import EventsListener
 from sdpipe_local.stack import LocalStack
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,15 +50,15 @@ class Models:
 
     def wait(self, key: str, status: str | None = None, etag: str | None = None, timeout: float = 30) -> dict[str, Any]:
         """Wait until the key's item is settled (not PENDING, event published), optionally a given status/etag."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def settled() -> dict[str, Any] | None:
             item = self.item(key)
-            settled = item is not None and item.get("status", "PENDING") != "PENDING" and not item.get("pending_events")
-            if settled and (status is None or item["status"] == status) and (etag is None or item["etag"] == etag):
+            done = item is not None and item.get("status", "PENDING") != "PENDING" and not item.get("pending_events")
+            if done and (status is None or item["status"] == status) and (etag is None or item["etag"] == etag):
                 return item
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{key} did not settle (status={status}, etag={etag}): {item}")
-            time.sleep(0.1)
+            return None
+
+        return wait_until(settled, timeout, every=0.1, what=f"{key} settling (status={status}, etag={etag})")
 
     def queue_depths(self) -> tuple[int, int]:
         """Messages visible or in flight in the registration queue and in its DLQ."""

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from sdpipe_client.cli import main
-from tests.helpers import kohya_lora, safetensors_bytes
+from tests.helpers import kohya_lora, safetensors_bytes, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -68,13 +68,12 @@ def test_local_up_then_the_plain_aws_cli(local_up, tmp_path):
     lora = tmp_path / "my.safetensors"
     lora.write_bytes(safetensors_bytes(kohya_lora("sd1")))
     run([aws, "s3", "cp", str(lora), f"s3://{outputs['AssetsBucketName']}/models/Lora/"], env)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def active() -> list[dict]:
         items = json.loads(run([aws, "dynamodb", "scan", "--table-name", outputs["ModelsTableName"]], env))["Items"]
-        if items and items[0]["status"]["S"] == "ACTIVE":
-            break
-        assert time.monotonic() < deadline, items
-        time.sleep(0.3)
+        return items if items and items[0]["status"]["S"] == "ACTIVE" else []
+
+    items = wait_until(active, 30, every=0.3, what="the model registered, seen with the AWS CLI")
     assert items[0]["name"]["S"] == "my" and items[0]["family"]["S"] == "sd1"
 
     listing = run([str(BIN / "sdpipe"), "models", "list", "--json"], env)

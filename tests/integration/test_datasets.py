@@ -87,8 +87,8 @@ def test_a_half_uploaded_folder_is_not_registered_until_the_marker(stack, client
     name = f"half-{uuid.uuid4().hex[:6]}"
     s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
     s3.put_object(Bucket=bucket, Key=f"datasets/{name}/3_x/a.png", Body=image_bytes(32, 32))
-    time.sleep(1.5)
-    assert client.catalog.table.get(name) is None
+    stack.wait_idle()  # the image's event has been handled
+    assert client.find(name) is None
     s3.put_object(Bucket=bucket, Key=f"datasets/{name}/_READY", Body=b"")
     assert client.wait(name).images == 1
 
@@ -117,7 +117,7 @@ def test_a_duplicate_marker_event_changes_nothing(stack, client, listener, tmp_p
     }
     for _ in range(2):
         sqs.send_message(QueueUrl=stack.outputs["DatasetObjectsQueueUrl"], MessageBody=json.dumps(event))
-    time.sleep(2)
+    stack.wait_idle()
     assert len(dataset_events(listener, name)) == 1
     assert client.describe(name).marker_version == record.marker_version
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,8 @@ from sdpipe_client.client import JobFailed, Sdpipe
 from sdpipe_client.stack import StackOutputs
 from sdpipe_local.events_listener import EventsListener
 from sdpipe_local.file_server import FileServer
-from tests.integration.test_uploads import big_lora, open_uploads
+from tests.helpers import wait_until
+from tests.integration.helpers import big_lora, open_uploads
 
 MIB = 1024 * 1024
 
@@ -188,16 +188,13 @@ def test_a_slow_fetch_reports_progress_and_can_be_cancelled_leaving_nothing(clie
     # About 1 MiB/s per connection: each 8 MiB part takes seconds, so the cancel lands mid-copy.
     with FileServer(root, delay_s=1.0) as slow:
         job_id = fetch(client, slow.url("/files/style.safetensors"), name=name)
-        deadline = time.monotonic() + 60
-        while (client.find_job(job_id) or {}).get("progress", {}).get("bytes_done", 0) == 0:
-            assert time.monotonic() < deadline, client.find_job(job_id)
-            time.sleep(0.2)
+        wait_until(lambda: (client.find_job(job_id) or {}).get("progress", {}).get("bytes_done", 0), 60,
+                   what="the fetch's first bytes")  # fmt: skip
         assert client.cancel_job(job_id)["status"] == "CANCELLED"
         sfn = stack.client("stepfunctions")
         arn = client.get_job(job_id)["execution_arn"]
-        while sfn.describe_execution(executionArn=arn)["status"] == "RUNNING":
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_until(lambda: sfn.describe_execution(executionArn=arn)["status"] != "RUNNING", 60,
+                   what="the fetch workflow ending")  # fmt: skip
     job = client.get_job(job_id)
     assert job["status"] == "CANCELLED" and 0 < job["progress"]["bytes_done"] < job["progress"]["bytes_total"]
     assert nothing_left(stack, name)

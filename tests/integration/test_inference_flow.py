@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 import uuid
 from collections import Counter
 
@@ -21,17 +20,8 @@ from sdpipe_inference.infotext import read_parameters
 from sdpipe_local.assets import drop_checkpoint
 from sdpipe_local.events_listener import EventsListener
 from sdpipe_local.tiny_models import create_tiny_controlnet, create_tiny_lora
-
-
-def wait_active(stack, key: str, timeout: float = 60) -> dict:
-    table = stack.resource("dynamodb").Table(stack.outputs["ModelsTableName"])
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for item in table.scan(ConsistentRead=True)["Items"]:
-            if item.get("s3_key") == key and item.get("status") == "ACTIVE" and not item.get("pending_events"):
-                return item
-        time.sleep(0.2)
-    raise AssertionError(f"{key} was not registered")
+from tests.helpers import wait_until
+from tests.integration.helpers import wait_active
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +80,8 @@ def read_s3(stack, uri: str) -> bytes:
 
 def wait_in_flight(client: Sdpipe, job_id: str, statuses: tuple[str, ...], timeout: float = 60) -> None:
     """Wait until the job is handed to the endpoint (one of ``statuses``)."""
-    deadline = time.monotonic() + timeout
-    while (client.find_job(job_id) or {}).get("status") not in statuses:
-        assert time.monotonic() < deadline, f"{job_id} never reached {statuses}"
-        time.sleep(0.05)
+    wait_until(lambda: (client.find_job(job_id) or {}).get("status") in statuses, timeout, every=0.05,
+               what=f"{job_id} reaching {statuses}")  # fmt: skip
 
 
 def job_events(listener: EventsListener, job_id: str, until: str, timeout: float = 60) -> list[dict]:
@@ -269,7 +257,7 @@ def test_duplicate_deliveries_make_one_job_one_invocation_one_event_each(pipelin
         lambda got: sum(e["type"] == "job.succeeded" and e.get("job_id") in job_ids for e in got) >= len(job_ids),
         timeout_s=30,
     )
-    time.sleep(1.0)  # anything duplicated would arrive now
+    stack.wait_idle()  # anything duplicated would have arrived by now
     events = [e for e in listener.drain() if e.get("job_id") in job_ids]
     counts = Counter((e["job_id"], e["type"]) for e in events)
     for job_id in job_ids:
@@ -296,10 +284,8 @@ def test_a_request_file_dropped_in_the_bucket_becomes_a_job(pipeline):
     # Without a request id, the file's key and ETag make one: the job is found by listing.
     unnamed = {"action": "txt2img", "params": FOX | {"batch_size": 1, "seed": 7}}
     s3.put_object(Bucket=bucket, Key="requests/unnamed.json", Body=json.dumps(unnamed).encode())
-    deadline = time.monotonic() + 60
-    while not (found := [j for j in client.list_jobs("txt2img", 50) if j["request_id"].startswith("file-")]):
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
+    found = wait_until(lambda: [j for j in client.list_jobs("txt2img", 50) if j["request_id"].startswith("file-")],
+                       60, every=0.3, what="the job of the unnamed request file")  # fmt: skip
     assert client.wait(found[0]["job_id"], timeout_s=120)["outputs"]["all_seeds"] == [7]
 
 
@@ -314,11 +300,9 @@ def test_cancel_a_job_and_a_late_result_changes_nothing(pipeline):
         client.cancel_job(job_id)
     # The endpoint still finishes the work; its notification must not move the job.
     s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
-    deadline = time.monotonic() + 120
-    while "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=f"jobs/async-output/flow/{job_id}"):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    time.sleep(1.5)
+    wait_until(lambda: "Contents" in s3.list_objects_v2(Bucket=bucket, Prefix=f"jobs/async-output/flow/{job_id}"),
+               120, what="the endpoint's late output")  # fmt: skip
+    stack.wait_idle()  # the late notification has been handled
     assert client.get_job(job_id)["status"] == "CANCELLED"
     types = [e["type"] for e in listener.drain() if e.get("job_id") == job_id]
     assert types.count("job.cancelled") == 1 and "job.succeeded" not in types

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from sdpipe_client.cli import main
 from sdpipe_local.file_server import FileServer
-from tests.integration.test_uploads import big_lora, open_uploads
+from tests.integration.helpers import big_lora, open_uploads
 
 
 @pytest.fixture

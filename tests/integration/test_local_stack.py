@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sdpipe_local.stack import LocalStack
+from tests.helpers import wait_until
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "stack" / "template.yaml"
 
@@ -59,10 +60,11 @@ def test_state_machine_runs_the_asl_file_with_substitutions(fixture_stack):
     execution = sfn.start_execution(stateMachineArn=arn, name="greet-1", input=json.dumps({"who": "you"}))[
         "executionArn"
     ]
-    deadline = time.monotonic() + 30
-    while (described := sfn.describe_execution(executionArn=execution))["status"] == "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    described = wait_until(
+        lambda: (d := sfn.describe_execution(executionArn=execution))["status"] != "RUNNING" and d,
+        30,
+        what="the execution ending",
+    )
     assert described["status"] == "SUCCEEDED", described
     output = json.loads(described["output"])["result"]
     assert output["event"] == {"greeting": "bonjour", "input": {"who": "you"}}
@@ -78,10 +80,10 @@ def test_partial_batch_failures_are_retried_then_redriven(fixture_stack):
     bucket = fixture_stack.outputs["ResultsBucketName"]
     bodies = ["ok one", "please fail", "ok two"]
     sqs.send_message_batch(QueueUrl=queue, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)])
-    deadline = time.monotonic() + 30
-    moved: list[dict] = []
-    while not moved and time.monotonic() < deadline:
-        moved = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+    moved = wait_until(
+        lambda: sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []),
+        30, every=0, what="the failing message in the dead-letter queue",
+    )  # fmt: skip
     assert [m["Body"] for m in moved] == ["please fail"]
     done = sorted(
         s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read().decode()
@@ -92,12 +94,8 @@ def test_partial_batch_failures_are_retried_then_redriven(fixture_stack):
 
 def test_schedule_rules_invoke_their_function(fixture_stack):
     s3, bucket = fixture_stack.client("s3"), fixture_stack.outputs["ResultsBucketName"]
-    deadline = time.monotonic() + 15
-    ticks: list[dict] = []
-    while len(ticks) < 2 and time.monotonic() < deadline:
-        ticks = s3.list_objects_v2(Bucket=bucket, Prefix="ticks/").get("Contents", [])
-        time.sleep(0.3)
-    assert len(ticks) >= 2
+    ticks = wait_until(lambda: (t := s3.list_objects_v2(Bucket=bucket, Prefix="ticks/").get("Contents", []))[1:] and t,
+                       15, every=0.3, what="two schedule ticks")  # fmt: skip
     assert s3.get_object(Bucket=bucket, Key=ticks[0]["Key"])["Body"].read() == b"Scheduled Event"
 
 

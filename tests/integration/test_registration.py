@@ -13,7 +13,7 @@ import uuid
 import pytest
 import torch
 
-from tests.helpers import kohya_lora, raw_safetensors, safetensors_bytes
+from tests.helpers import kohya_lora, raw_safetensors, safetensors_bytes, wait_until
 
 
 def unique(folder: str, ext: str = ".safetensors") -> str:
@@ -171,10 +171,7 @@ def test_duplicate_deliveries_change_nothing(models, listener, stack):
     queue = stack.outputs["RegisterModelQueueUrl"]
     for _ in range(3):
         sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"Records": [record]}))
-    deadline = time.monotonic() + 10
-    while models.queue_depths()[0] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert models.queue_depths()[0] == 0
+    wait_until(lambda: models.queue_depths()[0] == 0, 10, every=0.1, what="the registration queue draining")
     assert models.item(key)["updated_at"] == first["updated_at"]
     time.sleep(0.5)
     announced = [e for e in listener.drain() if (e.get("model") or {}).get("s3_key") == key]
@@ -210,7 +207,7 @@ def test_overwriting_a_rejected_file_with_a_good_one_clears_the_error(models):
 def test_companion_files_and_other_prefixes_are_ignored(models):
     models.put("models/Stable-diffusion/preview.preview.png", b"png")
     models.put("models/Stable-diffusion/v2.yaml", b"model: {}")
-    time.sleep(1.5)
+    models.stack.wait_idle()
     assert models.item("models/Stable-diffusion/preview.preview.png") is None
     assert models.item("models/Stable-diffusion/v2.yaml") is None
 

@@ -10,6 +10,8 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.helpers import wait_until
+
 ECR_READ_ONLY = "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"
 
 
@@ -102,11 +104,10 @@ def sm(sdpipe_stack, tiny_checkpoints):
 
 
 def wait_status(sagemaker, name, wanted, timeout=120):
-    deadline = time.monotonic() + timeout
-    while (status := sagemaker.describe_endpoint(EndpointName=name))["EndpointStatus"] not in (wanted, "Failed"):
-        assert time.monotonic() < deadline, status
-        time.sleep(0.3)
-    return status
+    return wait_until(
+        lambda: (s := sagemaker.describe_endpoint(EndpointName=name))["EndpointStatus"] in (wanted, "Failed") and s,
+        timeout, every=0.3, what=f"{name} {wanted}",
+    )  # fmt: skip
 
 
 def notifications(stack, queue, count, timeout=120):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
 import uuid
 
 import pytest
@@ -30,7 +29,8 @@ from sdpipe_client.datasets import Datasets, plan_dataset
 from sdpipe_client.stack import StackOutputs
 from sdpipe_local.assets import create_tiny_dataset, drop_checkpoint
 from sdpipe_local.events_listener import EventsListener
-from tests.integration.test_inference_flow import wait_active
+from tests.helpers import wait_until
+from tests.integration.helpers import wait_active
 
 QUICK = {"resolution": 64, "network_dim": 4, "network_alpha": 4, "learning_rate": 1e-3, "train_batch_size": 2}
 
@@ -196,19 +196,15 @@ def test_max_runtime_stops_the_training_and_fails_the_job(training):
 def test_cancel_stops_a_running_training(training):
     stack, client = training
     job_id = train(client, config={"max_train_steps": 100_000})
-    deadline = time.monotonic() + 120
-    while (client.find_job(job_id) or {}).get("status") != "RUNNING":
-        assert time.monotonic() < deadline, "the training never started"
-        time.sleep(0.5)
+    wait_until(lambda: (client.find_job(job_id) or {}).get("status") == "RUNNING", 120, every=0.5,
+               what="the training starting")  # fmt: skip
     result = CliRunner().invoke(main, ["--stack", stack.stack_name, "jobs", "cancel", job_id], catch_exceptions=False)
     assert result.exit_code == 0 and "CANCELLED" in result.stdout
     name = client.get_job(job_id)["training"]["name"]
     sagemaker = stack.client("sagemaker")
-    deadline = time.monotonic() + 60
-    while sagemaker.describe_training_job(TrainingJobName=name)["TrainingJobStatus"] != "Stopped":
-        assert time.monotonic() < deadline, "the training job was not stopped"
-        time.sleep(0.5)
-    time.sleep(3)  # the workflow sees Stopped and ends without touching the job
+    wait_until(lambda: sagemaker.describe_training_job(TrainingJobName=name)["TrainingJobStatus"] == "Stopped", 60,
+               every=0.5, what="the training job stopping")  # fmt: skip
+    stack.wait_idle(timeout_s=120)  # the workflow sees Stopped and ends without touching the job
     job = client.get_job(job_id)
     assert job["status"] == "CANCELLED" and not (job.get("outputs") or {}).get("models")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -17,15 +16,10 @@ from sdpipe.errors import SdpipeError
 from sdpipe_client.client import JobFailed, Sdpipe
 from sdpipe_client.stack import StackOutputs
 from sdpipe_client.transfer import UPLOADS_API, Uploader
-from tests.helpers import kohya_lora, safetensors_bytes
+from tests.helpers import wait_until
+from tests.integration.helpers import big_lora, open_uploads
 
 MIB = 1024 * 1024
-
-
-def big_lora(mib: int, seed: int = 0) -> bytes:
-    """A valid SD1 Kohya LoRA of about ``mib`` MiB (one wide padding module)."""
-    tensors = kohya_lora("sd1") | {"lora_unet_padding.lora_down.weight": ("F32", (4, mib * MIB // 16))}
-    return safetensors_bytes(tensors, fill=bytes([seed + 1, 2, 3, 4]))
 
 
 @pytest.fixture
@@ -38,11 +32,6 @@ def lora_file(tmp_path: Path) -> Path:
     path = tmp_path / f"up-{uuid.uuid4().hex[:6]}.safetensors"
     path.write_bytes(big_lora(20))  # 3 parts of the 8 MiB minimum
     return path
-
-
-def open_uploads(stack) -> list[str]:
-    s3 = stack.client("s3")
-    return [u["Key"] for u in s3.list_multipart_uploads(Bucket=stack.outputs["AssetsBucketName"]).get("Uploads", [])]
 
 
 def create(client: Sdpipe, path: Path, **extra) -> dict:
@@ -128,10 +117,9 @@ def test_a_sha256_mismatch_fails_the_job_and_leaves_nothing(client, lora_file, s
     assert "not the expected abab" in client.get_job(result.job_id)["error"]["message"]
     s3 = stack.client("s3")
     # Registration fails the job, then deletes the file, in the same invocation.
-    deadline = time.monotonic() + 10
-    while s3.list_objects_v2(Bucket=stack.outputs["AssetsBucketName"], Prefix=result.key).get("KeyCount"):
-        assert time.monotonic() < deadline, f"{result.key} was not deleted"
-        time.sleep(0.2)
+    bucket = stack.outputs["AssetsBucketName"]
+    wait_until(lambda: not s3.list_objects_v2(Bucket=bucket, Prefix=result.key).get("KeyCount"), 10,
+               what=f"{result.key} deleted")  # fmt: skip
     assert result.key not in open_uploads(stack)
 
 
@@ -204,10 +192,8 @@ def test_a_file_naming_a_job_it_does_not_belong_to_finishes_nothing(client, lora
         Body=big_lora(1),
         Metadata={"sdpipe-job-id": plan["job_id"], "sdpipe-source": "upload"},
     )
-    deadline = time.monotonic() + 30
     table = stack.resource("dynamodb").Table(stack.outputs["ModelsTableName"])
-    while not [i for i in table.scan()["Items"] if i.get("s3_key") == spoof and i.get("status") == "ACTIVE"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_until(lambda: [i for i in table.scan()["Items"] if i.get("s3_key") == spoof and i.get("status") == "ACTIVE"],
+               30, what="the spoofed file registered")  # fmt: skip
     assert client.get_job(plan["job_id"])["status"] == "RUNNING"  # still waiting for its own parts
     client.invoke_api(UPLOADS_API, {"operation": "abort_upload", "job_id": plan["job_id"]})

@@ -6,7 +6,7 @@ import pytest
 
 from sdpipe_local.iam_lint import check_statement, lint, managed_policy_arns, patterns_overlap, policy_documents
 from sdpipe_local.template import translate
-from tests.unit.test_template import PSEUDO, ROOT
+from tests.helpers import PSEUDO, ROOT
 
 # AWS's baseline policies SAM and SageMaker roles use: logs and X-Ray for every function (their
 # actions take no resource, or a log group named only at deploy time), image pulls for SageMaker.

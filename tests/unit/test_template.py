@@ -14,14 +14,8 @@ import pytest
 from cfnlint.api import ManualArgs, lint
 
 from sdpipe_local.template import translate
+from tests.helpers import PSEUDO, ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
-PSEUDO = {
-    "AWS::Region": "us-east-1",
-    "AWS::AccountId": "123456789012",
-    "AWS::Partition": "aws",
-    "AWS::StackName": "sdpipe",
-}
 REQUIRED_OUTPUTS = {
     "AssetsBucketName", "RequestsTopicArn", "EventsTopicArn", "ModelsTableName", "DatasetsTableName",
     "JobsTableName", "EndpointsTableName", "GenerationsTableName", "UploadsFunctionName", "FetchModelStateMachineArn",

@@ -271,7 +271,7 @@ def add_dataset(world: World, name: str, *, status: str = "REGISTERED", images: 
     concept = {"folder": "10_cat", "concept": "cat", "repeats": 10, "images": images, "captions": images}
     item = {
         "name": name, "prefix": f"datasets/{name}/", "status": status, "concepts": [concept], "images": images,
-        "captions": images, "steps_per_epoch_at_batch_1": images * 10, "marker_version": "v1",
+        "captions": images, "steps_per_epoch_at_batch_1": images * 10, "marker_version": "v1", "pending_events": {},
         "registered_at": "2026-01-01T00:00:00+00:00", "updated_at": "2026-01-01T00:00:00+00:00",
     }  # fmt: skip
     if status != "REGISTERED":

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from functools import lru_cache
-from typing import Self, TypeVar
+from functools import cache
+from typing import Annotated, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,6 +20,9 @@ from sdpipe.contracts.images import ECR_IMAGE_PATTERN
 from sdpipe.errors import ConfigurationError
 
 MIB = 1024 * 1024
+# The stack's name as functions use it in the names they make: SageMaker endpoints and training
+# jobs are ``<stack>-<name>`` (63 characters at most), secrets ``<stack>/...``.
+StackName = Annotated[str, Field(min_length=1, max_length=22)]
 
 
 class BaseSettings(BaseModel):
@@ -71,7 +74,7 @@ class JobSettings(BaseSettings):
 class EndpointSettings(JobSettings):
     """The endpoint workflows: what requests start and what the workflow steps record."""
 
-    stack_name: str = Field(min_length=1, max_length=22)  # SageMaker names are <stack>-<name>
+    stack_name: StackName
     # Only EndpointRequests starts workflows; the workflow steps have no need of these.
     deploy_endpoint_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
     update_endpoint_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
@@ -97,7 +100,7 @@ class UploadSettings(JobSettings):
 class FetchSettings(JobSettings):
     """``fetch_model``: the URL rules (logic/url_policy.py) and the FetchModel workflow's limits."""
 
-    stack_name: str = Field(min_length=1)
+    stack_name: StackName
     fetch_model_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
     fetch_allowed_schemes: str = "https,http"
     # CIDRs exempt from the private-address rule (the local stack's 127.0.0.1/32); empty in AWS.
@@ -115,7 +118,7 @@ class FetchSettings(JobSettings):
 class TrainingSettings(JobSettings):
     """``train_lora``: the TrainLora workflow and the SageMaker training jobs it runs."""
 
-    stack_name: str = Field(min_length=1, max_length=22)  # training jobs are <stack>-<job id>
+    stack_name: StackName
     datasets_table_name: str = Field(min_length=3)
     train_lora_state_machine_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:states:")
     training_image_uri: str = Field(pattern=ECR_IMAGE_PATTERN)
@@ -135,6 +138,13 @@ class DatasetSettings(BaseSettings):
     datasets_table_name: str = Field(min_length=3)
     events_topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:")
     dataset_max_images: int = Field(default=20_000, ge=1)
+
+
+class CatalogSettings(DatasetSettings):
+    """CatalogApi: what clients read of the registry, the endpoints and the datasets."""
+
+    models_table_name: str = Field(min_length=3)
+    endpoints_table_name: str = Field(min_length=3)
 
 
 class SweepSettings(JobSettings):
@@ -157,46 +167,7 @@ def _load(cls: type[_Settings]) -> _Settings:
         raise ConfigurationError(f"invalid or missing environment variables: {missing}") from exc
 
 
-@lru_cache(maxsize=1)
-def registration_settings() -> RegistrationSettings:
-    return _load(RegistrationSettings)
-
-
-@lru_cache(maxsize=1)
-def job_settings() -> JobSettings:
-    return _load(JobSettings)
-
-
-@lru_cache(maxsize=1)
-def endpoint_settings() -> EndpointSettings:
-    return _load(EndpointSettings)
-
-
-@lru_cache(maxsize=1)
-def training_settings() -> TrainingSettings:
-    return _load(TrainingSettings)
-
-
-@lru_cache(maxsize=1)
-def dataset_settings() -> DatasetSettings:
-    return _load(DatasetSettings)
-
-
-@lru_cache(maxsize=1)
-def sweep_settings() -> SweepSettings:
-    return _load(SweepSettings)
-
-
-@lru_cache(maxsize=1)
-def request_files_settings() -> RequestFilesSettings:
-    return _load(RequestFilesSettings)
-
-
-@lru_cache(maxsize=1)
-def upload_settings() -> UploadSettings:
-    return _load(UploadSettings)
-
-
-@lru_cache(maxsize=1)
-def fetch_settings() -> FetchSettings:
-    return _load(FetchSettings)
+@cache
+def settings_of(cls: type[_Settings]) -> _Settings:
+    """A function's settings, read from the environment once per class (per cold start)."""
+    return _load(cls)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 
 class JobStatus(StrEnum):
@@ -83,3 +83,24 @@ class CancelJobParams(BaseModel):
 
     job_id: str = Field(min_length=1, max_length=64)
     reason: str = Field(default="cancelled on request", max_length=500)
+
+
+# ---------------------------------------------------------------------- the JobsApi function
+class GetJob(BaseModel):
+    operation: Literal["get"]
+    job_id: str = Field(min_length=1, max_length=64)
+
+
+class ListJobs(BaseModel):
+    operation: Literal["list"]
+    action: str | None = None
+    limit: int = Field(default=20, ge=1, le=200)
+
+
+class CancelJob(BaseModel):
+    operation: Literal["cancel"]
+    job_id: str = Field(min_length=1, max_length=64)
+    reason: str = Field(default="cancelled on request", max_length=500)
+
+
+JobsApiRequest = TypeAdapter(Annotated[GetJob | ListJobs | CancelJob, Field(discriminator="operation")])

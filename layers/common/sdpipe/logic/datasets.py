@@ -41,7 +41,7 @@ from sdpipe.errors import DatasetNotFound, ObjectChanged
 from sdpipe.inspect.images import ImageUnreadable, image_size
 from sdpipe.logic.outbox import DEFAULT_LEASE_SECONDS, Outbox
 from sdpipe.logic.parallel import io_pool
-from sdpipe.settings import dataset_settings
+from sdpipe.settings import DatasetSettings, settings_of
 
 logger = Logger(child=True)
 
@@ -74,7 +74,7 @@ class DatasetCatalog:
 
     @classmethod
     def from_settings(cls) -> DatasetCatalog:
-        settings = dataset_settings()
+        settings = settings_of(DatasetSettings)
         return cls(
             ObjectStore(settings.assets_bucket_name),
             DatasetsTable(settings.datasets_table_name),

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from pydantic import BaseModel, ConfigDict, Field
 
 from sdpipe.adapters.endpoints_table import ANNOUNCEMENT, EndpointsTable
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.outbox import OutboxTable
+from sdpipe.contracts.endpoints import EndpointRecord
 from sdpipe.contracts.events import Event, EventType, utc_now
 from sdpipe.contracts.workflows import JobRecord
 from sdpipe.logic.outbox import DEFAULT_LEASE_SECONDS
@@ -38,6 +40,27 @@ def public_endpoint(record: dict[str, Any]) -> dict[str, Any]:
     return {key: record[key] for key in _PUBLIC_FIELDS if record.get(key) is not None}
 
 
+class MadeBy(BaseModel):
+    """The job whose change an announcement is about (the event's job fields)."""
+
+    model_config = ConfigDict(defer_build=True, extra="ignore")
+
+    job_id: str | None = None
+    action: str | None = None
+    request_id: str | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class Mark(BaseModel):
+    """What a write stores on the record to be announced: the event id, the writer's lease, the job."""
+
+    model_config = ConfigDict(defer_build=True, extra="ignore")
+
+    event_id: str | None = None
+    lease_until: int = 0
+    job: MadeBy | None = None
+
+
 @dataclass
 class EndpointAnnouncer:
     endpoints: EndpointsTable
@@ -46,18 +69,16 @@ class EndpointAnnouncer:
 
     def mark(self, job: JobRecord | None = None) -> dict[str, Any]:
         """What a write stores to be announced (``job``: the job making the change, if any)."""
-        made_by = None
-        if job is not None:
-            made_by = {"job_id": job.job_id, "action": job.action, "request_id": job.request_id, "context": job.context}
-        return {"event_id": uuid.uuid4().hex, "lease_until": int(time.time()) + self.lease_seconds, "job": made_by}
+        made_by = _made_by(job)
+        mark = Mark(event_id=uuid.uuid4().hex, lease_until=int(time.time()) + self.lease_seconds, job=made_by)
+        return mark.model_dump(mode="json")
 
     def announce(self, name: str, job: JobRecord | None = None) -> None:
         """Publish the record as it is now (with the job that changed it) and clear its mark."""
         record = self.endpoints.get(name)
         if record is None:
             return
-        mark = record.get(ANNOUNCEMENT) or {}
-        self._publish(record, mark, self.mark(job)["job"] if job is not None else None)
+        self._publish(record, Mark.model_validate(record.get(ANNOUNCEMENT) or {}), _made_by(job))
 
     def sweep(self, limit: int = 100) -> int:
         """Announce the records whose writer died before announcing them; how many."""
@@ -65,33 +86,41 @@ class EndpointAnnouncer:
         announced = 0
         outbox = OutboxTable(self.endpoints.table_name, "name", self.endpoints.aws)
         for item in outbox.due(now, limit):
-            mark = item.get(ANNOUNCEMENT)
-            if not mark:
-                outbox.drop_marker(str(item["name"]))
+            name = str(item[outbox.key_name])
+            if not item.get(ANNOUNCEMENT):
+                outbox.drop_marker(name)
                 continue
-            if int(mark.get("lease_until", 0)) >= now:
+            mark = Mark.model_validate(item[ANNOUNCEMENT])
+            if mark.lease_until >= now or mark.event_id is None:
                 continue
-            if self.endpoints.lease_announcement(item["name"], mark["event_id"], now + self.lease_seconds, now):
-                record = self.endpoints.get(item["name"])
+            if self.endpoints.lease_announcement(name, mark.event_id, now + self.lease_seconds, now):
+                record = self.endpoints.get(name)
                 if record is not None:
                     self._publish(record, mark, None)
                     announced += 1
         return announced
 
-    def _publish(self, record: dict[str, Any], mark: dict[str, Any], job: dict[str, Any] | None) -> None:
-        made_by = job or mark.get("job") or {}
+    def _publish(self, item: dict[str, Any], mark: Mark, job: MadeBy | None) -> None:
+        record = EndpointRecord.model_validate(item)
+        made_by = job or mark.job or MadeBy()
         event = Event(
             type=EventType.ENDPOINT_STATUS,
-            status=str(record.get("status")),
+            status=record.status.value,
             occurred_at=utc_now(),
-            job_id=made_by.get("job_id"),
-            action=made_by.get("action"),
-            request_id=made_by.get("request_id"),
-            context=made_by.get("context") or {},
-            endpoint=public_endpoint(record),
-            **({"event_id": mark["event_id"]} if mark.get("event_id") else {}),
+            job_id=made_by.job_id,
+            action=made_by.action,
+            request_id=made_by.request_id,
+            context=made_by.context,
+            endpoint=public_endpoint(item),
+            **({"event_id": mark.event_id} if mark.event_id else {}),
         )
         self.publisher.publish(event)
-        if mark.get("event_id"):
-            self.endpoints.clear_announcement(record["name"], mark["event_id"])
-        logger.info("endpoint announced", extra={"endpoint": record["name"], "status": event.status})
+        if mark.event_id:
+            self.endpoints.clear_announcement(record.name, mark.event_id)
+        logger.info("endpoint announced", extra={"endpoint": record.name, "status": event.status})
+
+
+def _made_by(job: JobRecord | None) -> MadeBy | None:
+    if job is None:
+        return None
+    return MadeBy(job_id=job.job_id, action=job.action, request_id=job.request_id, context=job.context)

@@ -13,7 +13,7 @@ from sdpipe.adapters.sagemaker import SageMakerEndpoints
 from sdpipe.contracts.endpoints import EndpointStatus
 from sdpipe.contracts.sagemaker_events import EndpointStateChange
 from sdpipe.logic.endpoint_records import EndpointRecords
-from sdpipe.settings import endpoint_settings
+from sdpipe.settings import EndpointSettings, settings_of
 
 logger = Logger(child=True)
 
@@ -38,7 +38,7 @@ class EndpointDrift:
 
     @classmethod
     def from_settings(cls) -> EndpointDrift:
-        settings = endpoint_settings()
+        settings = settings_of(EndpointSettings)
         return cls(EndpointRecords.from_settings(settings), SageMakerEndpoints(), settings.stack_name)
 
     def track(self, detail: dict[str, Any]) -> str | None:

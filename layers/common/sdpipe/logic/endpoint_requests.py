@@ -30,7 +30,7 @@ from sdpipe.logic.endpoint_records import EndpointRecords, sagemaker_name
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.requests import validation_message
 from sdpipe.logic.workflows import Accepted, WorkflowRequests, validated
-from sdpipe.settings import EndpointSettings, endpoint_settings
+from sdpipe.settings import EndpointSettings, settings_of
 
 _PARAMS: dict[str, type[BaseModel]] = {
     Action.DEPLOY_ENDPOINT: DeployEndpointParams,
@@ -62,7 +62,7 @@ class EndpointRequests:
 
     @classmethod
     def from_settings(cls) -> EndpointRequests:
-        settings = endpoint_settings()
+        settings = settings_of(EndpointSettings)
         records = EndpointRecords.from_settings(settings)
         return cls(records.ledger, records, Workflows(), settings, ContainerImages())
 

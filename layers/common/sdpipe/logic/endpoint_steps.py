@@ -23,7 +23,7 @@ from sdpipe.logic.endpoint_records import OPEN, EndpointRecords
 from sdpipe.logic.endpoint_requests import settings_fields
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.workflows import error_of_failure, failure_reason, run_step
-from sdpipe.settings import EndpointSettings, endpoint_settings
+from sdpipe.settings import EndpointSettings, settings_of
 
 
 @dataclass
@@ -36,7 +36,7 @@ class EndpointSteps:
 
     @classmethod
     def from_settings(cls) -> EndpointSteps:
-        settings = endpoint_settings()
+        settings = settings_of(EndpointSettings)
         records = EndpointRecords.from_settings(settings)
         return cls(records.ledger, records, SageMakerEndpoints(), EndpointScaling(), settings)
 

@@ -50,7 +50,7 @@ from sdpipe.logic.part_plan import plan_parts
 from sdpipe.logic.uploads import part_problems, plan_of
 from sdpipe.logic.url_policy import UrlPolicy, check_url
 from sdpipe.logic.workflows import Accepted, WorkflowRequests, error_of_failure, run_step, validated
-from sdpipe.settings import FetchSettings, fetch_settings
+from sdpipe.settings import FetchSettings, settings_of
 
 logger = Logger(child=True)
 
@@ -80,7 +80,7 @@ class ModelFetcher:
 
     @classmethod
     def from_settings(cls) -> ModelFetcher:
-        settings = fetch_settings()
+        settings = settings_of(FetchSettings)
         return cls(
             settings=settings,
             ledger=JobLedger.from_settings(settings),

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdpipe.adapters.generations_table import GenerationsTable
 from sdpipe.adapters.object_store import ObjectStore
@@ -29,7 +29,7 @@ from sdpipe.contracts.workflows import JobRecord
 from sdpipe.errors import EndpointCrashed, EndpointFailed, WorkInProgress
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.parallel import io_pool
-from sdpipe.settings import job_settings
+from sdpipe.settings import JobSettings, settings_of
 
 logger = Logger(child=True)
 
@@ -47,6 +47,44 @@ class A1111Response(BaseModel):
     info: str = "{}"
 
 
+class GenerationInfo(BaseModel):
+    """What the completion reads of the answer's ``info`` (the WebUI's, plus our own fields)."""
+
+    model_config = ConfigDict(defer_build=True, extra="allow")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    all_prompts: list[str] = []
+    all_negative_prompts: list[str] = []
+    all_seeds: list[int] = []
+    steps: int | None = None
+    sampler_name: str | None = None
+    scheduler: str | None = None
+    cfg_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    sd_model_name: str | None = None
+    sd_model_hash: str | None = None
+    sd_vae_name: str | None = None
+    warnings: list[str] = []
+    invocation_ms: float | None = None
+
+
+class _ContainerError(BaseModel):
+    """The body our container writes for an error it caught: ``{"error": {"code", "message"}}``."""
+
+    model_config = ConfigDict(defer_build=True, extra="ignore")
+
+    code: str = Field(min_length=1)
+    message: str = Field(min_length=1)
+
+
+class _ContainerFailure(BaseModel):
+    model_config = ConfigDict(defer_build=True, extra="ignore")
+
+    error: _ContainerError
+
+
 @dataclass
 class InferenceCompletion:
     ledger: JobLedger
@@ -55,7 +93,7 @@ class InferenceCompletion:
 
     @classmethod
     def from_settings(cls) -> InferenceCompletion:
-        settings = job_settings()
+        settings = settings_of(JobSettings)
         return cls(
             ledger=JobLedger.from_settings(settings),
             store=ObjectStore(settings.assets_bucket_name),
@@ -111,11 +149,8 @@ class InferenceCompletion:
         key = self.store.key_of(notification.response.failure_location or "")
         if key is not None:
             try:
-                body = json.loads(self.store.get_bytes(key, 1024 * 1024))
-                error = body.get("error") if isinstance(body, dict) else None
-                if isinstance(error, dict) and error.get("code") and error.get("message"):
-                    return {"code": str(error["code"]), "message": str(error["message"])}
-            except (FileNotFoundError, ValueError, json.JSONDecodeError):
+                return _ContainerFailure.model_validate_json(self.store.get_bytes(key, 1024 * 1024)).error.model_dump()
+            except (FileNotFoundError, ValueError):  # gone, too large, or not our error body
                 pass
         reason = notification.failure_reason or "no reason given"
         return EndpointCrashed(
@@ -145,7 +180,8 @@ class InferenceCompletion:
             return
         try:
             response = A1111Response.model_validate_json(body)
-            info = json.loads(response.info)
+            raw_info = json.loads(response.info)  # kept as the endpoint wrote it, in result.json
+            info = GenerationInfo.model_validate(raw_info)
             pngs = [base64.b64decode(image, validate=True) for image in response.images]
         except (ValidationError, json.JSONDecodeError, binascii.Error, ValueError) as exc:
             self._fail(job, EndpointFailed(f"the endpoint's output is not a valid A1111 response: {exc}").to_error())
@@ -155,12 +191,12 @@ class InferenceCompletion:
             return
         # Images, result and generation rows are independent writes: make them side by side.
         image_uris = [self.store.uri(f"jobs/{job_id}/images/{index}.png") for index in range(len(pngs))]
-        seeds = [int(s) for s in info.get("all_seeds", [])]
+        seeds = info.all_seeds
         result = {
             "job_id": job_id,
             "images": image_uris,
             "all_seeds": seeds,
-            "info": info,
+            "info": raw_info,
             "parameters": response.parameters,
         }
         result_key = f"jobs/{job_id}/result.json"
@@ -183,8 +219,8 @@ class InferenceCompletion:
             "images": image_uris,
             "result": result_uri,
             "all_seeds": seeds,
-            "warnings": info.get("warnings") or job.warnings or [],
-            "invocation_ms": info.get("invocation_ms"),
+            "warnings": info.warnings or job.warnings or [],
+            "invocation_ms": info.invocation_ms,
         }
         moved = self.ledger.move(
             job,
@@ -208,28 +244,27 @@ def _parse_time(value: str | None) -> datetime:
 
 
 def _generation(
-    job: JobRecord, info: dict[str, Any], *, index: int, uri: str, seeds: list[int], created: datetime
+    job: JobRecord, info: GenerationInfo, *, index: int, uri: str, seeds: list[int], created: datetime
 ) -> dict[str, Any]:
     """One row of the generations table, with the fields of a WebUI generations database."""
     model = job.model or {}
-    prompts = info.get("all_prompts") or []
-    negatives = info.get("all_negative_prompts") or []
+    prompts, negatives = info.all_prompts, info.all_negative_prompts
     return {
         "job_id": job.job_id,
         "image_index": index,
-        "prompt": prompts[index] if index < len(prompts) else info.get("prompt", ""),
-        "negative_prompt": negatives[index] if index < len(negatives) else info.get("negative_prompt", ""),
-        "steps": info.get("steps"),
+        "prompt": prompts[index] if index < len(prompts) else info.prompt,
+        "negative_prompt": negatives[index] if index < len(negatives) else info.negative_prompt,
+        "steps": info.steps,
         "seed": seeds[index] if index < len(seeds) else None,
-        "sampler": info.get("sampler_name"),
-        "scheduler": info.get("scheduler"),
-        "cfg_scale": info.get("cfg_scale"),
-        "width": info.get("width"),
-        "height": info.get("height"),
-        "model_name": info.get("sd_model_name") or model.get("name"),
-        "model_hash": info.get("sd_model_hash") or model.get("short_hash") or "unknown",
+        "sampler": info.sampler_name,
+        "scheduler": info.scheduler,
+        "cfg_scale": info.cfg_scale,
+        "width": info.width,
+        "height": info.height,
+        "model_name": info.sd_model_name or model.get("name"),
+        "model_hash": info.sd_model_hash or model.get("short_hash") or "unknown",
         "loras": job.loras or [],
-        "vae": info.get("sd_vae_name"),
+        "vae": info.sd_vae_name,
         "image_s3_uri": uri,
         "request_id": job.request_id or None,
         "created_at": created.isoformat(),

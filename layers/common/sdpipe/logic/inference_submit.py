@@ -36,7 +36,7 @@ from sdpipe.logic.inference_plan import InferencePlanner, Plan, sanitised
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.parallel import io_pool
 from sdpipe.logic.requests import ParsedRequest, parse_request, record_failure
-from sdpipe.settings import job_settings
+from sdpipe.settings import JobSettings, settings_of
 
 logger = Logger(child=True)
 
@@ -55,7 +55,7 @@ class InferenceIntake:
 
     @classmethod
     def from_settings(cls, claim_seconds: int) -> InferenceIntake:
-        settings = job_settings()
+        settings = settings_of(JobSettings)
         return cls(
             ledger=JobLedger.from_settings(settings),
             planner=InferencePlanner(

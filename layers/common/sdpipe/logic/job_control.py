@@ -16,7 +16,7 @@ from sdpipe.contracts.workflows import JobRecord
 from sdpipe.errors import JobAlreadyFinished, JobNotCancellable, SdpipeError, ValidationFailed
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.requests import parse_request, record_failure, validation_message
-from sdpipe.settings import job_settings
+from sdpipe.settings import JobSettings, settings_of
 
 logger = Logger(child=True)
 
@@ -41,7 +41,7 @@ class JobControl:
 
     @classmethod
     def from_settings(cls) -> JobControl:
-        settings = job_settings()
+        settings = settings_of(JobSettings)
         return cls(
             JobLedger.from_settings(settings),
             MultipartUploads(settings.assets_bucket_name),

@@ -20,7 +20,7 @@ from sdpipe.adapters.dynamo import DynamoTable, UpdateBuilder
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.outbox import PENDING_EVENTS, OutboxTable, outbox_fields, stage_event
 from sdpipe.contracts.events import Event
-from sdpipe.settings import sweep_settings
+from sdpipe.settings import SweepSettings, settings_of
 
 if TYPE_CHECKING:
     from sdpipe.logic.endpoint_announcements import EndpointAnnouncer
@@ -99,7 +99,7 @@ class StoredEventSweep:
         from sdpipe.adapters.endpoints_table import EndpointsTable
         from sdpipe.logic.endpoint_announcements import EndpointAnnouncer
 
-        settings = sweep_settings()
+        settings = settings_of(SweepSettings)
         publisher = EventPublisher(settings.events_topic_arn)
         tables = [
             OutboxTable(settings.jobs_table_name, "job_id"),

@@ -35,7 +35,7 @@ from sdpipe.layout import COMPANION_EXTENSIONS, ModelKey, parse_model_key
 from sdpipe.logic.inspection import InspectionLimits, inspect_model
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.outbox import DEFAULT_LEASE_SECONDS, Outbox
-from sdpipe.settings import registration_settings
+from sdpipe.settings import RegistrationSettings, settings_of
 
 logger = Logger(child=True)
 
@@ -65,7 +65,7 @@ class Registrar:
     @classmethod
     def from_settings(cls) -> Registrar:
         """Wire the adapters from the environment."""
-        settings = registration_settings()
+        settings = settings_of(RegistrationSettings)
         return cls(
             store=ObjectStore(settings.assets_bucket_name),
             table=ModelsTable(settings.models_table_name),

@@ -16,7 +16,7 @@ from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.contracts.s3_events import S3EventNotification
 from sdpipe.errors import RequestNotJson
-from sdpipe.settings import request_files_settings
+from sdpipe.settings import RequestFilesSettings, settings_of
 
 logger = Logger(child=True)
 
@@ -29,7 +29,7 @@ class RequestFiles:
 
     @classmethod
     def from_settings(cls) -> RequestFiles:
-        settings = request_files_settings()
+        settings = settings_of(RequestFilesSettings)
         return cls(
             ObjectStore(settings.assets_bucket_name),
             EventPublisher(settings.requests_topic_arn),

@@ -68,7 +68,7 @@ from sdpipe.logic.model_refs import resolve_model
 from sdpipe.logic.training_progress import latest_progress
 from sdpipe.logic.training_request import CONFIG_SUFFIX, training_job_request
 from sdpipe.logic.workflows import Accepted, WorkflowRequests, error_of_failure, run_step, validated
-from sdpipe.settings import TrainingSettings, training_settings
+from sdpipe.settings import TrainingSettings, settings_of
 
 if TYPE_CHECKING:
     from sdpipe.logic.registration import Registrar
@@ -102,7 +102,7 @@ class LoraTraining:
 
     @classmethod
     def from_settings(cls) -> LoraTraining:
-        settings = training_settings()
+        settings = settings_of(TrainingSettings)
         return cls(
             settings=settings,
             ledger=JobLedger.from_settings(settings),

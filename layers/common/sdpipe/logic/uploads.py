@@ -40,7 +40,7 @@ from sdpipe.errors import (
 from sdpipe.layout import model_key_for
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.part_plan import PartPlan, plan_parts
-from sdpipe.settings import UploadSettings, upload_settings
+from sdpipe.settings import UploadSettings, settings_of
 
 logger = Logger(child=True)
 
@@ -60,7 +60,7 @@ class ModelUploads:
 
     @classmethod
     def from_settings(cls) -> ModelUploads:
-        settings = upload_settings()
+        settings = settings_of(UploadSettings)
         return cls(
             ledger=JobLedger.from_settings(settings),
             store=ObjectStore(settings.assets_bucket_name),

@@ -1,0 +1,34 @@
+"""What several integration modules use: large LoRA files, the bucket's open uploads, waiting for a
+model to be registered. (Fixtures are in conftest.py; these are plain functions.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.helpers import kohya_lora, safetensors_bytes, wait_until
+
+MIB = 1024 * 1024
+
+
+def big_lora(mib: int, seed: int = 0) -> bytes:
+    """A valid SD1 Kohya LoRA of about ``mib`` MiB (one wide padding module)."""
+    tensors = kohya_lora("sd1") | {"lora_unet_padding.lora_down.weight": ("F32", (4, mib * MIB // 16))}
+    return safetensors_bytes(tensors, fill=bytes([seed + 1, 2, 3, 4]))
+
+
+def open_uploads(stack: Any) -> list[str]:
+    s3 = stack.client("s3")
+    return [u["Key"] for u in s3.list_multipart_uploads(Bucket=stack.outputs["AssetsBucketName"]).get("Uploads", [])]
+
+
+def wait_active(stack: Any, key: str, timeout: float = 60) -> dict[str, Any]:
+    """The Models item of ``key`` once it is ACTIVE and its event is out."""
+    table = stack.resource("dynamodb").Table(stack.outputs["ModelsTableName"])
+
+    def registered() -> dict[str, Any] | None:
+        for item in table.scan(ConsistentRead=True)["Items"]:
+            if item.get("s3_key") == key and item.get("status") == "ACTIVE" and not item.get("pending_events"):
+                return dict(item)
+        return None
+
+    return wait_until(registered, timeout, what=f"{key} registered")
