@@ -33,11 +33,15 @@ local: $(STAMP)
 	$(BIN)/sdpipe local up
 
 # Three workers on two cores: most tests wait on the stack (queues, workflows, containers), so a
-# third overlaps those waits; each worker runs its own local stack, a test file stays on one worker.
+# third overlaps those waits; a test file stays on one worker. Two runs, because moto's backends
+# are global to a process: the in-process moto of the unit tier resets them, which would pull
+# the ground from under a worker's local stack (each integration worker runs its own).
 TEST_WORKERS ?= 3
+PYTEST_PARALLEL := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: $(STAMP) build
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PYTEST_PARALLEL) tests --ignore=tests/integration
+	$(PYTEST_PARALLEL) tests/integration
 
 # The Lambda artefacts as `sam deploy` uploads them, and the SDK the runtime would provide (the
 # tests import every built function with only these on the path). Without python3.12 the build is
