@@ -32,16 +32,16 @@ demo: $(STAMP)
 local: $(STAMP)
 	$(BIN)/sdpipe local up
 
-# Three workers on two cores: most tests wait on the stack (queues, workflows, containers), so a
-# third overlaps those waits; a test file stays on one worker. Two runs, because moto's backends
-# are global to a process: the in-process moto of the unit tier resets them, which would pull
-# the ground from under a worker's local stack (each integration worker runs its own).
-TEST_WORKERS ?= 3
-PYTEST_PARALLEL := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+# The tiers run on pytest-xdist workers, a test file on one worker. Two runs, because moto's
+# backends are global to a process: the in-process moto of the unit tier resets them, which would
+# pull the ground from under a worker's local stack (each integration worker runs its own). The
+# integration tier is CPU-bound on two cores (endpoint and training containers): two workers.
+UNIT_WORKERS ?= 3
+STACK_WORKERS ?= 2
 
 test: $(STAMP) build
-	$(PYTEST_PARALLEL) tests --ignore=tests/integration
-	$(PYTEST_PARALLEL) tests/integration
+	$(BIN)/python -m pytest -n $(UNIT_WORKERS) --dist loadfile tests --ignore=tests/integration
+	$(BIN)/python -m pytest -n $(STACK_WORKERS) --dist loadfile tests/integration
 
 # The Lambda artefacts as `sam deploy` uploads them, and the SDK the runtime would provide (the
 # tests import every built function with only these on the path). Without python3.12 the build is

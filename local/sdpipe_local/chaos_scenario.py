@@ -160,7 +160,8 @@ def _measure(
     uploads = s3.list_multipart_uploads(Bucket=stack.outputs["AssetsBucketName"]).get("Uploads", [])
     report.open_multipart_uploads = [u["Key"] for u in uploads]
     sqs = stack.client("sqs")
-    for url in sqs.list_queues().get("QueueUrls", []):
+    # This stack's queues only: stacks in one process share moto's backends (and their queues).
+    for url in sqs.list_queues(QueueNamePrefix=f"{stack.stack_name}-").get("QueueUrls", []):
         if "DLQ" in url or "DeadLetter" in url:
             attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
             report.dead_letters[url.rsplit("/", 1)[-1]] = int(attributes["Attributes"]["ApproximateNumberOfMessages"])

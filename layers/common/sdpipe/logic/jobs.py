@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
+from pydantic import BaseModel
 
 from sdpipe.adapters.dynamo import UpdateBuilder
 from sdpipe.adapters.events import EventPublisher
@@ -115,7 +116,8 @@ class JobLedger:
         existing job starts from. ``JobNotFound``, or ``finished`` for a job that has ended."""
         job = self.get(job_id)
         if job is None or (action is not None and job.action != action):
-            raise JobNotFound(f"{action or 'job'} job {job_id!r} does not exist".replace("job job", "job"))
+            what = f"{action} job" if action else "job"
+            raise JobNotFound(f"{what} {job_id!r} does not exist")
         if job.is_finished:
             why = f" ({job.error['message']})" if job.error and job.error.get("message") else ""
             raise finished(f"job {job_id} is {job.status.value}{why}; {stops}")
@@ -167,9 +169,7 @@ class JobLedger:
         else:
             item["open_shard"] = OPEN_SHARD
             item["deadline"] = (now + timedelta(seconds=deadline_seconds)).isoformat()
-        fields = {k: v.model_dump(mode="json", exclude_none=True) if hasattr(v, "model_dump") else v
-                  for k, v in fields.items()}  # fmt: skip
-        item |= fields
+        item |= _plain(fields)
         announced = JobStatus.ACCEPTED if status is JobStatus.QUEUED else status
         event = job_event(JobRecord.model_validate(item | {"status": announced.value}), announced, now)
         item[PENDING_EVENTS] = {}  # later moves store their events in it
@@ -219,8 +219,7 @@ class JobLedger:
         open-jobs index.
         """
         now = utc_now()
-        fields = {k: v.model_dump(mode="json", exclude_none=True) if hasattr(v, "model_dump") else v
-                  for k, v in (fields or {}).items()}  # fmt: skip
+        fields = _plain(fields or {})
         update = UpdateBuilder()
         for name, value in fields.items():
             if value is None:
@@ -318,3 +317,10 @@ class JobLedger:
                     context=job.context,
                 )
             )
+
+
+def _plain(fields: dict[str, Any]) -> dict[str, Any]:
+    """Fields as the table stores them: models (an ``UploadState``, a plan) as their JSON."""
+    return {
+        k: v.model_dump(mode="json", exclude_none=True) if isinstance(v, BaseModel) else v for k, v in fields.items()
+    }
