@@ -9,45 +9,35 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from sdpipe.contracts.models import ModelType
 
-_REQUEST = ConfigDict(defer_build=True, extra="forbid")
+
+class _Request(BaseModel):
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
 
-class ListModels(BaseModel):
-    model_config = _REQUEST
-
+class ListModels(_Request):
     operation: Literal["list_models"]
     type: ModelType | None = None
 
 
-class ListEndpoints(BaseModel):
-    model_config = _REQUEST
-
+class ListEndpoints(_Request):
     operation: Literal["list_endpoints"]
 
 
-class DescribeEndpoint(BaseModel):
-    model_config = _REQUEST
-
+class DescribeEndpoint(_Request):
     operation: Literal["describe_endpoint"]
     name: str = Field(min_length=1, max_length=63)
 
 
-class ListDatasets(BaseModel):
-    model_config = _REQUEST
-
+class ListDatasets(_Request):
     operation: Literal["list_datasets"]
 
 
-class DescribeDataset(BaseModel):
-    model_config = _REQUEST
-
+class DescribeDataset(_Request):
     operation: Literal["describe_dataset"]
     name: str = Field(min_length=1, max_length=100)
 
 
-class DeleteDataset(BaseModel):
-    model_config = _REQUEST
-
+class DeleteDataset(_Request):
     operation: Literal["delete_dataset"]
     name: str = Field(min_length=1, max_length=100)
 
