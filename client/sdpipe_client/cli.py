@@ -12,7 +12,6 @@ import click
 
 from sdpipe.contracts.models import ModelType
 from sdpipe.errors import SdpipeError
-from sdpipe.layout import MODEL_FOLDERS
 from sdpipe_client.client import JobFailed, Sdpipe, image_reference
 from sdpipe_client.formatting import print_endpoints, print_jobs, print_models
 from sdpipe_client.stack import LOCAL_STATE_FILE, read_local_state, stack_outputs
@@ -547,59 +546,28 @@ def upload(settings: _Settings, /, path: Path, model_type: str, **options: Any) 
 @click.pass_obj
 def sync(settings: _Settings, /, folder: Path, dry_run: bool, concurrency: int) -> None:
     """Upload every model file of a WebUI models/ folder not registered yet (by sha256)."""
-    from sdpipe_client.transfer import HashCache, Uploader, webui_models
+    from sdpipe_client.sync import FolderSync
 
-    client = Sdpipe.for_stack(settings.stack)
-    found = list(webui_models(folder))
-    if not found:
-        raise click.ClickException(
-            f"{folder} holds no model files in WebUI folders ({', '.join(sorted(MODEL_FOLDERS))})"
-        )
-    registered = {
-        (str(item.get("type")), str(item.get("sha256"))): item
-        for item in client.list_models()
-        if item.get("status") == "ACTIVE"
-    }
-    cache = HashCache()
-    todo: list[tuple[Any, str, Any]] = []
-    skipped: list[tuple[Any, str, Any]] = []
+    syncing = FolderSync(Sdpipe.for_stack(settings.stack))
     try:
+        found = syncing.local_models(folder)
         with _transfer_progress() as progress:
             hashing = progress.add_task("sha256", total=sum(m.size for m in found))
-            for model in found:
-                sha256 = cache.sha256(model.path, lambda n: progress.advance(hashing, n))
-                same = registered.get((model.type.value, sha256))
-                (skipped if same else todo).append((model, sha256, same))
-            for model, _sha, same in skipped:
-                progress.console.print(
-                    f"skip    {model.type.value:12} {model.relative_name} (registered as {same['name']})"
-                )
+            plan = syncing.plan(found, lambda n: progress.advance(hashing, n))
+            for skipped in plan.skipped:
+                name = (skipped.registered_as or {}).get("name")
+                progress.console.print(f"skip    {skipped.model.type.value:12} {skipped.model.relative_name} "
+                                       f"(registered as {name})")  # fmt: skip
             if dry_run:
-                for model, _sha, _ in todo:
-                    progress.console.print(f"upload  {model.type.value:12} {model.relative_name}")
+                for planned in plan.todo:
+                    progress.console.print(f"upload  {planned.model.type.value:12} {planned.model.relative_name}")
                 return
-            overall = progress.add_task(f"{len(todo)} files", total=sum(m.size for m, _, _ in todo))
-            uploader = Uploader(client, concurrency=concurrency)
-            results = []
-            for model, sha256, _ in todo:
-                result = uploader.upload(
-                    model.path,
-                    model.type,
-                    name=model.relative_name,
-                    sha256=sha256,
-                    overwrite=True,
-                    progress=lambda n: progress.advance(overall, n),
-                )
-                results.append((model, result))
-        failures = []
-        for model, result in results:
-            try:
-                client.wait(result.job_id, timeout_s=1800, poll_s=0.5)
-            except JobFailed as exc:
-                failures.append(f"{model.relative_name}: {exc.message}")
+            overall = progress.add_task(f"{len(plan.todo)} files", total=plan.bytes_to_send)
+            results = syncing.upload(plan, concurrency, lambda n: progress.advance(overall, n))
+        failures = syncing.settle(results)
     except SdpipeError as exc:
         raise click.ClickException(exc.message) from exc
-    click.echo(f"{len(results)} uploaded, {len(skipped)} already registered, {len(failures)} rejected")
+    click.echo(f"{len(results)} uploaded, {len(plan.skipped)} already registered, {len(failures)} rejected")
     if failures:
         raise click.ClickException("\n".join(failures))
 

@@ -85,6 +85,7 @@ class LocalStack:
         self.scheduler: Scheduler | None = None
         self.server: LocalAwsServer | None = None
         self.provisioned: ProvisionedStack | None = None
+        self._work_queues: list[str] = []  # where work arrives (known once provisioned)
         self._pollers: list[SqsPoller] = []
         self._previous_moto_port: str | None = None
         # The fault injector (sdpipe_local.chaos), armed once the stack is up.
@@ -150,19 +151,7 @@ class LocalStack:
             },
         )
         self.provisioned = Provisioner(template, self.client, self.stack_name, REGION, ACCOUNT_ID).run()
-        # The queues work arrives on (their dead-letter queues hold what is finished with).
-        redrive_targets = {
-            str(props["RedrivePolicy"]["deadLetterTargetArn"].get("Fn::GetAtt", [""])[0])
-            for resource in template.resources.values()
-            if resource["Type"] == "AWS::SQS::Queue"
-            and isinstance((props := resource.get("Properties") or {}).get("RedrivePolicy"), dict)
-            and isinstance(props["RedrivePolicy"].get("deadLetterTargetArn"), dict)
-        }
-        self._work_queues = [
-            self.provisioned.resources[logical_id].ref
-            for logical_id, resource in template.resources.items()
-            if resource["Type"] == "AWS::SQS::Queue" and logical_id not in redrive_targets
-        ]
+        self._work_queues = _work_queue_urls(template.resources, self.provisioned)
         self._publish_outputs()
         record_checkout_images(self.client("ecr"), self.provisioned.repository_images, self.template_path.parent)
         self._state_machine_credentials = StateMachineCredentials(self.sessions)
@@ -377,3 +366,18 @@ class LocalStack:
             "python": sys.executable,
         }
         (self.state_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+def _work_queue_urls(resources: dict[str, dict[str, Any]], provisioned: ProvisionedStack) -> list[str]:
+    """The queues work arrives on: every queue but the dead-letter ones (those hold what is done with)."""
+    dead_letter_queues = set()
+    for resource in resources.values():
+        redrive = (resource.get("Properties") or {}).get("RedrivePolicy")
+        target = redrive.get("deadLetterTargetArn") if isinstance(redrive, dict) else None
+        if resource["Type"] == "AWS::SQS::Queue" and isinstance(target, dict):
+            dead_letter_queues.add(str(target.get("Fn::GetAtt", [""])[0]))
+    return [
+        provisioned.resources[logical_id].ref
+        for logical_id, resource in resources.items()
+        if resource["Type"] == "AWS::SQS::Queue" and logical_id not in dead_letter_queues
+    ]
