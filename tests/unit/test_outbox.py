@@ -19,7 +19,6 @@ from sdpipe.logic import outbox as outbox_module
 from sdpipe.logic.datasets import DatasetCatalog
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.outbox import Outbox, StoredEventSweep
-from tests.helpers import create_table_from_template
 
 JOBS, ENDPOINTS, DATASETS, BUCKET = "jobs", "endpoints", "datasets", "assets"
 
@@ -36,20 +35,9 @@ class DyingPublisher(EventPublisher):
 
 
 @pytest.fixture
-def aws(moto_clients):
-    dynamodb = moto_clients.get("dynamodb")
-    create_table_from_template(dynamodb, "JobsTable", JOBS)
-    create_table_from_template(dynamodb, "EndpointsTable", ENDPOINTS)
-    create_table_from_template(dynamodb, "DatasetsTable", DATASETS)
-    moto_clients.get("s3").create_bucket(Bucket=BUCKET)
-    topic = moto_clients.get("sns").create_topic(Name="events")["TopicArn"]
-    sqs = boto3.client("sqs")
-    queue = sqs.create_queue(QueueName="events")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    moto_clients.get("sns").subscribe(
-        TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"}
-    )
-    return moto_clients, topic, queue
+def aws(world):
+    """The stack's tables, bucket and events topic (``tests/unit/world.py``): clients, topic, queue."""
+    return world.aws, world.topic_arn, world.queue_url
 
 
 def published(queue: str) -> list[dict]:
