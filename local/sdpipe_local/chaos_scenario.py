@@ -146,7 +146,9 @@ def _measure(
         if event.get("job_id") not in report.kinds:
             continue
         written = datetime.fromisoformat(event["occurred_at"]).timestamp()
-        report.lateness_s[event["event_id"]] = arrivals[event["event_id"]] - written
+        # Keyed with the event's type and job, so a report says which kind of event was late.
+        late_key = f"{event['type']} {event['job_id']} {event['event_id']}"
+        report.lateness_s[late_key] = arrivals[event["event_id"]] - written
         if event["type"] in TERMINAL_EVENTS:
             terminal.setdefault(event["job_id"], set()).add(event["event_id"])
     report.terminal_events = Counter({job_id: len(terminal.get(job_id, set())) for job_id in report.kinds})

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,8 +69,12 @@ class Scheduler:
             thread.join(timeout=10)
 
     def _run(self, spec: ScheduleSpec, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.fire(spec)
+        # EventBridge keeps its cadence whatever the target does: a slow or killed run does not
+        # push the next one back, and runs may overlap. So each firing gets its own thread.
+        due = time.monotonic() + interval
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            threading.Thread(target=self.fire, args=(spec,), name=f"fire-{spec.rule_name}", daemon=True).start()
+            due += interval
 
     def fire(self, spec: ScheduleSpec) -> None:
         event = {
