@@ -1,21 +1,14 @@
-"""Local stand-in for SageMaker real-time models, endpoint configs, endpoints, asynchronous
-invocation and (in ``sagemaker_training``) training jobs, honouring SageMaker's contracts with
-real processes.
+"""Local stand-in for SageMaker's control plane: models, endpoint configs and endpoints, with
+asynchronous invocation (``sagemaker_async``) on containers run as SageMaker runs them
+(``sagemaker_containers``), and training jobs (``sagemaker_training``).
 
 - CreateModel checks what SageMaker checks: the execution role exists and trusts SageMaker, and
   the image is in (the local) ECR.
-- CreateEndpoint starts the container as SageMaker does: the image's ENTRYPOINT (read from its
-  Dockerfile, ``sdpipe_local.images``) with ``serve`` appended, on a free port
-  (``SAGEMAKER_BIND_TO_PORT``), with the Dockerfile's ENV, the model's container environment and
-  the execution role's credentials. The endpoint is ``Creating`` until ``/ping`` answers, then
-  ``InService``; a process that exits first makes it ``Failed`` with the end of its log as the
-  reason. Stopping a container is SIGTERM, then SIGKILL. Current instance types (``ml.g5``,
-  ``ml.g6``...) are accepted.
-- InvokeEndpointAsync answers at once with the inference id and output location, then, in the
-  background (``MaxConcurrentInvocationsPerInstance`` at a time): reads the input from S3, posts
-  it to ``/invocations``, writes the response to ``S3OutputPath/<id>.out`` (or the error to
-  ``S3FailurePath``) and publishes SageMaker's notification to the success or error topic, all
-  with the execution role's credentials, as SageMaker does.
+- CreateEndpoint starts the config's container; the endpoint is ``Creating`` until its ``/ping``
+  answers, then ``InService``; a container that exits first makes it ``Failed`` with the end of
+  its log as the reason. UpdateEndpoint starts the new container beside the old one. Every status
+  change is published to EventBridge as SageMaker publishes it. Current instance types
+  (``ml.g5``, ``ml.g6``...) are accepted.
 """
 
 from __future__ import annotations
@@ -23,26 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
-import subprocess
 import threading
-import time
-import urllib.error
-import urllib.request
-import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from typing import Any
 
-from sdpipe_local.credentials import SAGEMAKER, RoleNotAssumable, RoleSessions, sagemaker_role_problem
+from sdpipe_local.credentials import RoleSessions, sagemaker_role_problem
 from sdpipe_local.images import ImageError, ImageResolver
+from sdpipe_local.sagemaker_async import AsyncInvocations, InvocationRefused
+from sdpipe_local.sagemaker_containers import Container, ContainerLauncher, Endpoint, now
 from sdpipe_local.sagemaker_training import TRAINING_OPERATIONS, LocalTrainingJobs, TrainingError
-
-if TYPE_CHECKING:
-    from sdpipe_local.chaos import Chaos
 
 logger = logging.getLogger(__name__)
 
@@ -50,67 +32,12 @@ _HANDLED = {
     "CreateModel", "DescribeModel", "DeleteModel", "CreateEndpointConfig", "DescribeEndpointConfig",
     "DeleteEndpointConfig", "CreateEndpoint", "UpdateEndpoint", "DescribeEndpoint", "DeleteEndpoint", "ListEndpoints",
 }  # fmt: skip
-_STARTUP_TIMEOUT_S = 600
-_INVOCATION_TIMEOUT_S = 3600
 
 
 class SageMakerError(Exception):
     def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code, self.message, self.status = code, message, status
-
-
-def _now() -> float:
-    return time.time()
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass
-class _Endpoint:
-    name: str
-    arn: str
-    config_name: str
-    role_arn: str = ""
-    status: str = "Creating"
-    failure_reason: str | None = None
-    created: float = field(default_factory=_now)
-    modified: float = field(default_factory=_now)
-    process: subprocess.Popen[bytes] | None = None
-    port: int = 0
-    log_path: Path | None = None
-    executor: ThreadPoolExecutor | None = None
-    # Held while a crashed container is replaced; invocations read the port under it.
-    restarting: threading.Lock = field(default_factory=threading.Lock)
-    restarts: int = 0
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-@dataclass
-class _Container:
-    process: subprocess.Popen[bytes] | None
-    port: int
-    log_path: Path
-    executor: ThreadPoolExecutor
-    error: str | None = None
-
-    def failed(self, reason: str) -> _Container:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.error = reason
-        return self
 
 
 class LocalSageMaker:
@@ -126,18 +53,18 @@ class LocalSageMaker:
         images: ImageResolver,
     ) -> None:
         self._client = client  # service name -> boto3 client on the local endpoint (as SageMaker itself)
-        self._environment = environment  # without credentials: containers get their role's
         self._sessions = sessions
         self._images = images
-        self._state_dir = state_dir
         self._region, self._account = region, account
         self._models: dict[str, dict[str, Any]] = {}
         self._configs: dict[str, dict[str, Any]] = {}
-        self._endpoints: dict[str, _Endpoint] = {}
+        self._endpoints: dict[str, Endpoint] = {}
         self._throttled: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._invocations = 0  # asynchronous invocations accepted and not yet notified
-        self.chaos: Chaos | None = None  # the fault injector, when the stack runs with one
+        self._containers = ContainerLauncher(environment, state_dir, sessions, images)
+        self.invocations = AsyncInvocations(
+            sessions, region, relaunch=lambda e: self._launch(e.name, e.config_name), fail=self._failed
+        )
         self.training = LocalTrainingJobs(client, environment, state_dir, self._arn, sessions=sessions, images=images)
 
     # ------------------------------------------------------------------ control plane
@@ -182,7 +109,7 @@ class LocalSageMaker:
                 raise SageMakerError(
                     "ValidationException", f'Cannot create already existing model "{self._arn("model", name)}".'
                 )
-            self._models[name] = body | {"CreationTime": _now(), "ModelArn": self._arn("model", name)}
+            self._models[name] = body | {"CreationTime": now(), "ModelArn": self._arn("model", name)}
         return {"ModelArn": self._arn("model", name)}
 
     def _describe_model(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +138,7 @@ class LocalSageMaker:
                     "ValidationException", f'Cannot create already existing endpoint configuration "{name}".'
                 )
             arn = self._arn("endpoint-config", name)
-            self._configs[name] = body | {"CreationTime": _now(), "EndpointConfigArn": arn}
+            self._configs[name] = body | {"CreationTime": now(), "EndpointConfigArn": arn}
         return {"EndpointConfigArn": arn}
 
     def _describe_endpoint_config(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -235,7 +162,7 @@ class LocalSageMaker:
                 raise SageMakerError(
                     "ValidationException", f'Cannot create already existing endpoint "{self._arn("endpoint", name)}".'
                 )
-            endpoint = _Endpoint(name=name, arn=self._arn("endpoint", name), config_name=config_name)
+            endpoint = Endpoint(name=name, arn=self._arn("endpoint", name), config_name=config_name)
             self._endpoints[name] = endpoint
         self._publish_state_change(endpoint)
         threading.Thread(target=self._start_container, args=(endpoint,), daemon=True).start()
@@ -264,84 +191,49 @@ class LocalSageMaker:
         endpoint = self._endpoints.get(name)
         return endpoint.config_name if endpoint is not None else None
 
-    def _start_container(self, endpoint: _Endpoint) -> None:
+    def _start_container(self, endpoint: Endpoint) -> None:
         container = self._launch(endpoint.name, endpoint.config_name)
         if container.error is not None:
             self._set_status(endpoint, "Failed", container.error)
             return
-        endpoint.process, endpoint.port, endpoint.log_path = container.process, container.port, container.log_path
+        endpoint.serve_from(container)
         endpoint.executor, endpoint.role_arn = container.executor, self._role_of(endpoint.config_name)
         self._set_status(endpoint, "InService")
 
-    def _replace_container(self, endpoint: _Endpoint, config_name: str) -> None:
+    def _replace_container(self, endpoint: Endpoint, config_name: str) -> None:
         container = self._launch(endpoint.name, config_name)
         if container.error is not None:
             self._set_status(endpoint, "InService", f"the update to {config_name} failed: {container.error}")
             return
-        old = _Endpoint(endpoint.name, endpoint.arn, endpoint.config_name, process=endpoint.process,
+        old = Endpoint(endpoint.name, endpoint.arn, endpoint.config_name, process=endpoint.process,
                         executor=endpoint.executor)  # fmt: skip
-        endpoint.process, endpoint.port, endpoint.log_path = container.process, container.port, container.log_path
+        endpoint.serve_from(container)
         endpoint.executor, endpoint.config_name = container.executor, config_name
         endpoint.role_arn, endpoint.failure_reason = self._role_of(config_name), None
         self._set_status(endpoint, "InService")
         old.stop()
 
-    def _launch(self, name: str, config_name: str) -> _Container:
-        """Start the config's container as a local process and wait for its ``/ping``."""
+    def _launch(self, name: str, config_name: str) -> Container:
+        """Start the config's container and wait for its ``/ping``."""
         config = self._configs[config_name]
-        variant = config["ProductionVariants"][0]
-        model = self._models[variant["ModelName"]]
+        model = self._models[config["ProductionVariants"][0]["ModelName"]]
         async_client = config.get("AsyncInferenceConfig", {}).get("ClientConfig", {})
-        executor = ThreadPoolExecutor(
-            max_workers=int(async_client.get("MaxConcurrentInvocationsPerInstance", 1)), thread_name_prefix=f"ep-{name}"
-        )
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
-        role = str(model.get("ExecutionRoleArn", ""))
-        folder = self._state_dir / "endpoints" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        log_path = folder / "container.log"
-        try:
-            image = self._images.resolve(str(container.get("Image", "")), role)
-            command = image.command("serve")
-            credentials = self._sessions.credentials(role, SAGEMAKER, name)
-        except (ImageError, RoleNotAssumable) as exc:
-            return _Container(None, port, log_path, executor).failed(f"the container could not be started: {exc}")
-        env = dict(self._environment) | image.container_environment(folder / "root")
-        env |= {k: str(v) for k, v in container.get("Environment", {}).items()}
-        # SageMaker tells a container its port this way; locally each endpoint needs its own.
-        env |= {"SAGEMAKER_BIND_TO_PORT": str(port), "SDPIPE_BIND_HOST": "127.0.0.1"}
-        env |= credentials.environment()
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        started = _Container(process, port, log_path, executor)
-        deadline = _now() + _STARTUP_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-                return started.failed("the container exited during start-up: " + " | ".join(tail))
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        return started
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if _now() > deadline:
-                return started.failed("the container did not pass its /ping health check in time")
-            time.sleep(0.2)
+        concurrency = int(async_client.get("MaxConcurrentInvocationsPerInstance", 1))
+        return self._containers.launch(name, model, concurrency)
 
     def _role_of(self, config_name: str) -> str:
         model = self._models.get(self._configs[config_name]["ProductionVariants"][0]["ModelName"], {})
         return str(model.get("ExecutionRoleArn", ""))
 
-    def _set_status(self, endpoint: _Endpoint, status: str, reason: str | None = None) -> None:
-        endpoint.status, endpoint.failure_reason, endpoint.modified = status, reason, _now()
+    def _failed(self, endpoint: Endpoint, reason: str) -> None:
+        self._set_status(endpoint, "Failed", reason)
+
+    def _set_status(self, endpoint: Endpoint, status: str, reason: str | None = None) -> None:
+        endpoint.status, endpoint.failure_reason, endpoint.modified = status, reason, now()
         logger.info("endpoint %s is %s%s", endpoint.name, status, f": {reason}" if reason else "")
         self._publish_state_change(endpoint)
 
-    def _publish_state_change(self, endpoint: _Endpoint) -> None:
+    def _publish_state_change(self, endpoint: Endpoint) -> None:
         """EventBridge's "SageMaker Endpoint State Change", as SageMaker publishes it."""
         detail: dict[str, Any] = {
             "EndpointName": endpoint.name,
@@ -366,7 +258,7 @@ class LocalSageMaker:
         except Exception:  # state changes are informative; never break the endpoint for them
             logger.exception("could not publish the state change of %s", endpoint.name)
 
-    def _endpoint(self, name: str) -> _Endpoint:
+    def _endpoint(self, name: str) -> Endpoint:
         endpoint = self._endpoints.get(name)
         if endpoint is None:
             raise SageMakerError("ValidationException", f'Could not find endpoint "{self._arn("endpoint", name)}".')
@@ -419,141 +311,20 @@ class LocalSageMaker:
             raise SageMakerError(
                 "ValidationError", f"Endpoint {endpoint_name} is not configured for asynchronous inference."
             )
-        input_location = headers.get("x-amzn-sagemaker-inputlocation")
-        if not input_location or not input_location.startswith("s3://"):
-            raise SageMakerError("ValidationError", "InputLocation must be an s3:// URI")
-        inference_id = headers.get("x-amzn-sagemaker-inference-id") or str(uuid.uuid4())
-        output = config["OutputConfig"]
-        output_location = f"{output['S3OutputPath'].rstrip('/')}/{inference_id}.out"
-        failure_path = output.get("S3FailurePath", output["S3OutputPath"]).rstrip("/")
-        failure_location = f"{failure_path}/{inference_id}-error.out"
-        content_type = headers.get("x-amzn-sagemaker-content-type", "application/octet-stream")
-        job = _Invocation(
-            endpoint_name, inference_id, input_location, output_location, failure_location, content_type, _now()
-        )
-        assert endpoint.executor is not None
-        with self._lock:
-            self._invocations += 1
-        endpoint.executor.submit(self._run_invocation, endpoint, job, output.get("NotificationConfig", {}))
-        response_headers = {
-            "X-Amzn-SageMaker-OutputLocation": output_location,
-            "X-Amzn-SageMaker-FailureLocation": failure_location,
-        }
-        return response_headers, {"InferenceId": inference_id}
-
-    def _run_invocation(self, endpoint: _Endpoint, job: _Invocation, notification: dict[str, str]) -> None:
-        failure: str | None = None
-        with endpoint.restarting:  # a container being replaced: wait for the new one
-            process, port = endpoint.process, endpoint.port
         try:
-            # SageMaker reads the input, writes the result and notifies with the execution role.
-            s3 = self._sessions.client("s3", endpoint.role_arn, SAGEMAKER)
-            bucket, key = _split(job.input_location)
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": job.content_type}
-            )
-            if self.chaos is not None and process is not None:
-                self.chaos.crash_during(process.kill)
-            try:
-                with urllib.request.urlopen(request, timeout=_INVOCATION_TIMEOUT_S) as response:
-                    result, result_type = response.read(), response.headers.get("Content-Type", "application/json")
-            except urllib.error.HTTPError as error:
-                detail = error.read()
-                message = detail[:2000].decode(errors="replace")
-                failure = f'ClientError: Received server error ({error.code}) from model with message "{message}".'
-                bucket, key = _split(job.failure_location)
-                s3.put_object(
-                    Bucket=bucket,
-                    Key=key,
-                    Body=detail,
-                    ContentType=error.headers.get("Content-Type", "application/json"),
-                )
-            else:
-                bucket, key = _split(job.output_location)
-                s3.put_object(Bucket=bucket, Key=key, Body=result, ContentType=result_type)
-        except Exception as exc:  # the container died, the input is gone...: SageMaker reports it
-            exit_status = _exit_status(process)
-            if exit_status is not None:
-                failure = f"ModelError: the model container exited (status {exit_status}) while processing the request"
-                self._restart_crashed(endpoint, process)
-            else:
-                failure = f"{type(exc).__name__}: {exc}"
-            logger.warning("async invocation %s on %s failed: %s", job.inference_id, endpoint.name, failure)
-        try:
-            self._notify(job, notification, failure, endpoint.role_arn)
-        except Exception:  # a role that may not publish: SageMaker's notification is lost as in AWS
-            logger.exception(
-                "async invocation %s on %s: the notification could not be sent", job.inference_id, endpoint.name
-            )
-        finally:
-            with self._lock:
-                self._invocations -= 1
+            return self.invocations.invoke(endpoint, config, headers)
+        except InvocationRefused as exc:
+            raise SageMakerError("ValidationError", str(exc)) from None
 
     @property
     def invocations_in_progress(self) -> int:
-        with self._lock:
-            return self._invocations
-
-    def _restart_crashed(self, endpoint: _Endpoint, crashed: subprocess.Popen[bytes] | None) -> None:
-        """Replace a container that died, as SageMaker replaces an unhealthy instance's container
-        (once, however many invocations saw it die); the endpoint stays InService."""
-        with endpoint.restarting:
-            if endpoint.process is not crashed or endpoint.status != "InService":
-                return  # replaced already (or the endpoint is going away)
-            container = self._launch(endpoint.name, endpoint.config_name)
-            container.executor.shutdown(wait=False)  # the endpoint keeps its own invocation queue
-            if container.error is not None:
-                reason = f"the container crashed and could not be restarted: {container.error}"
-                self._set_status(endpoint, "Failed", reason)
-                return
-            endpoint.process, endpoint.port, endpoint.log_path = container.process, container.port, container.log_path
-            endpoint.restarts += 1
-            logger.info("endpoint %s: crashed container replaced (restart %d)", endpoint.name, endpoint.restarts)
-
-    def _notify(self, job: _Invocation, notification: dict[str, str], failure: str | None, role_arn: str) -> None:
-        message: dict[str, Any] = {
-            "awsRegion": self._region,
-            "eventTime": _iso(_now()),
-            "receivedTime": _iso(job.received),
-            "invocationStatus": "Failed" if failure else "Completed",
-            "requestParameters": {
-                "contentType": job.content_type,
-                "endpointName": job.endpoint_name,
-                "inputLocation": job.input_location,
-            },
-            "responseParameters": {"contentType": "application/json"},
-            "inferenceId": job.inference_id,
-            "eventVersion": "1.0",
-            "eventSource": "aws:sagemaker",
-            "eventName": "InferenceResult",
-        }
-        if failure:
-            message["failureReason"] = failure
-            message["responseParameters"]["failureLocation"] = job.failure_location
-            topic = notification.get("ErrorTopic")
-        else:
-            message["responseParameters"]["outputLocation"] = job.output_location
-            topic = notification.get("SuccessTopic")
-        if topic:
-            self._sessions.client("sns", role_arn, SAGEMAKER).publish(TopicArn=topic, Message=json.dumps(message))
+        return self.invocations.in_progress
 
     def close(self) -> None:
         self.training.close()
         for endpoint in list(self._endpoints.values()):
             endpoint.stop()
         self._endpoints.clear()
-
-
-@dataclass(frozen=True)
-class _Invocation:
-    endpoint_name: str
-    inference_id: str
-    input_location: str
-    output_location: str
-    failure_location: str
-    content_type: str
-    received: float
 
 
 def _variant_summary(variant: dict[str, Any]) -> dict[str, Any]:
@@ -565,18 +336,3 @@ def _variant_summary(variant: dict[str, Any]) -> dict[str, Any]:
         "CurrentWeight": 1.0,
         "DesiredWeight": 1.0,
     }
-
-
-def _exit_status(process: subprocess.Popen[bytes] | None) -> int | None:
-    """The container's exit status if it has died (given a moment to be reaped), else None."""
-    if process is None:
-        return None
-    try:
-        return process.wait(timeout=2)
-    except subprocess.TimeoutExpired:
-        return None
-
-
-def _split(uri: str) -> tuple[str, str]:
-    parsed = urlparse(uri)
-    return parsed.netloc, parsed.path.lstrip("/")

@@ -311,7 +311,7 @@ class LocalStack:
             sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": str(shorter)})
         chaos.worker_log = self.state_dir / "logs" / "chaos.log"
         self.runtime.arm_faults(chaos.worker_environment, chaos.during_invocation)
-        self.sagemaker.chaos = chaos
+        self.sagemaker.invocations.chaos = chaos
         logger.warning("chaos armed: %s", chaos.config)
 
     def _check_poller_permissions(self, mapping: SqsMappingSpec) -> None:
