@@ -19,6 +19,7 @@ from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.adapters.training_logs import TrainingLogs
 from sdpipe.adapters.workflows import Workflows
 from sdpipe.contracts.jobs import JobStatus
+from sdpipe.contracts.workflows import DescribedTrainingJob
 from sdpipe.errors import NoLoraOutput
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.training import LoraTraining
@@ -57,6 +58,10 @@ def training(sdpipe_stack, tiny_checkpoints, tmp_path_factory):
     yield stack, client
     patch.undo()
     clients.reset()
+
+
+# A base model as a training job records it (the checkpoint itself is not read by this test).
+UNUSED_BASE = {"name": "base", "sha256": "0" * 64, "s3_key": "models/Stable-diffusion/base.safetensors"}
 
 
 def train(client: Sdpipe, **params) -> str:
@@ -242,8 +247,8 @@ def test_a_training_job_without_a_lora_in_its_output_fails_the_job(training, job
     stack.client("s3").put_object(Bucket=bucket, Key=key, Body=artefact.getvalue())
 
     class CompletedWithoutLora:
-        def describe(self, name: str) -> dict:
-            return {"TrainingJobStatus": "Completed", "ModelArtifacts": {"S3ModelArtifacts": f"s3://{bucket}/{key}"}}
+        def describe(self, name: str) -> DescribedTrainingJob:
+            return DescribedTrainingJob(status="Completed", artefact_uri=f"s3://{bucket}/{key}")
 
         def stop(self, name: str) -> bool:
             return False
@@ -278,7 +283,7 @@ def test_a_training_job_without_a_lora_in_its_output_fails_the_job(training, job
         deadline_seconds=600,
         fields={
             "params": {"base_model": "base-sd1", "dataset": "trainset", "family": "sd1"},
-            "training": {"name": f"sdpipe-{job_id}", "base_model": {"sha256": "0" * 64}, "dataset": {"name": "d"}},
+            "training": {"name": f"sdpipe-{job_id}", "base_model": UNUSED_BASE, "dataset": {"name": "d"}},
         },
     )
     with pytest.raises(NoLoraOutput) as raised:

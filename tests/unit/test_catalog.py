@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sdpipe.adapters.autoscaling import ScalingDescription
 from sdpipe.contracts.catalog import CatalogApiRequest
 from sdpipe.errors import DatasetNotFound, EndpointNotFound
 from sdpipe.logic.catalog import Catalog
@@ -12,8 +13,8 @@ from tests.unit.world import FakeEndpoints, FakeScaling, World, add_dataset, add
 
 
 class DescribedScaling(FakeScaling):
-    def describe(self, sagemaker_name: str) -> dict:
-        return {"targets": [{"MinCapacity": 0, "MaxCapacity": 2}], "policies": [], "alarms": []}
+    def describe(self, sagemaker_name: str) -> ScalingDescription:
+        return ScalingDescription(ranges=[(0, 2)])
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from unittest.mock import ANY, MagicMock
 import pytest
 from botocore.exceptions import ClientError
 
+from sdpipe.contracts.endpoints import EndpointRecord, EndpointStatus
 from sdpipe.contracts.workflows import StepFailure
 from sdpipe.errors import AccessDenied, Throttled
 from sdpipe.logic.endpoint_drift import EndpointDrift
@@ -66,11 +67,11 @@ def test_state_changes_out_of_order_or_after_deletion_change_nothing():
     records = EndpointRecords(MagicMock(), endpoints, MagicMock(), 60)
     lifecycle = EndpointDrift(records, MagicMock(), "sdpipe")
     lifecycle.endpoints = endpoints  # type: ignore[attr-defined]
-    record = {"name": "e", "sagemaker_name": "sdpipe-e", "status": "IN_SERVICE", "changed_at": 2000}
+    record = EndpointRecord(name="e", sagemaker_name="sdpipe-e", status=EndpointStatus.IN_SERVICE, changed_at=2000)
     lifecycle.endpoints.get.return_value = record
     late = {"EndpointName": "sdpipe-e", "EndpointStatus": "FAILED", "LastModifiedTime": 1000}
     assert lifecycle.track(late) is None
-    lifecycle.endpoints.get.return_value = record | {"status": "DELETED", "changed_at": 0}
+    lifecycle.endpoints.get.return_value = record.model_copy(update={"status": EndpointStatus.DELETED, "changed_at": 0})
     assert lifecycle.track(late | {"LastModifiedTime": 3000}) is None
     assert lifecycle.track({"EndpointName": "other-stack-e", "EndpointStatus": "FAILED"}) is None
     lifecycle.endpoints.set_status.assert_not_called()

@@ -71,7 +71,8 @@ class Inference:
         self.completion.handle(AsyncInferenceNotification.model_validate(notification))
 
     def in_flight(self) -> int:
-        return int((self.world.endpoints.get("fast") or {}).get("in_flight") or 0)
+        record = self.world.endpoints.get("fast")
+        return record.in_flight if record is not None else 0
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ def item(model_id, name, sha, *, kind="checkpoint", family="sd1", status="ACTIVE
     return {
         "model_id": model_id, "name": name, "filename": name.rsplit("/", 1)[-1] + ext, "type": kind,
         "family": family, "status": status, "sha256": sha, "hash_shard": sha[:2], "short_hash": sha[:10],
-        "legacy_hash": sha[-8:],
+        "legacy_hash": sha[-8:], "s3_key": f"models/x/{name}{ext}", "size": 1, "etag": "e",
+        "created_at": "2026-01-01T00:00:00+00:00", "updated_at": "2026-01-01T00:00:00+00:00",
     }  # fmt: skip
 
 
@@ -52,12 +53,12 @@ def catalog(moto_clients):
     ],
 )
 def test_references_resolve(catalog, reference, model_id):
-    assert resolve_model(reference, ModelType.CHECKPOINT, catalog)["model_id"] == model_id
+    assert resolve_model(reference, ModelType.CHECKPOINT, catalog).model_id == model_id
 
 
 def test_the_same_name_in_two_folders_is_ambiguous_only_without_its_folder(catalog):
-    assert resolve_model("sd15/v1-5-pruned-emaonly", ModelType.CHECKPOINT, catalog)["model_id"] == "c"
-    assert resolve_model("v1-5-pruned-emaonly", ModelType.CHECKPOINT, catalog)["model_id"] == "a"  # exact name first
+    assert resolve_model("sd15/v1-5-pruned-emaonly", ModelType.CHECKPOINT, catalog).model_id == "c"
+    assert resolve_model("v1-5-pruned-emaonly", ModelType.CHECKPOINT, catalog).model_id == "a"  # exact name first
 
 
 def test_a_prefix_shared_by_two_models_is_ambiguous_and_lists_them(catalog):
@@ -87,6 +88,6 @@ def test_rejected_models_and_wrong_families_are_not_usable(catalog):
 
 
 def test_types_are_kept_apart(catalog):
-    assert resolve_model("v1-5-pruned-emaonly", ModelType.LORA, catalog)["model_id"] == "e"
+    assert resolve_model("v1-5-pruned-emaonly", ModelType.LORA, catalog).model_id == "e"
     with pytest.raises(ModelNotFound):
         resolve_model("sd_xl_base_1.0", ModelType.LORA, catalog)

@@ -12,7 +12,7 @@ from sdpipe.adapters.clients import AwsClients
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.adapters.object_store import ObjectInfo, ObjectStore
-from sdpipe.contracts.models import ModelRecord, ModelStatus
+from sdpipe.contracts.models import ModelFamily, ModelStatus
 from sdpipe.errors import ObjectChanged, WorkInProgress
 from sdpipe.layout import ModelKey, parse_model_key
 from sdpipe.logic.inspection import InspectionLimits
@@ -74,6 +74,13 @@ def published(queue: str) -> list[dict]:
     return [json.loads(m["Body"]) for m in messages]
 
 
+def claimed_fields(key: ModelKey) -> dict[str, object]:
+    """What a registrar's claim writes beside the claim itself."""
+    now = "2026-01-01T00:00:00+00:00"
+    return {"type": key.type.value, "name": key.name, "filename": key.filename, "s3_key": key.key, "size": 1,
+            "source": "drop", "created_at": now, "updated_at": now}  # fmt: skip
+
+
 def test_a_stream_that_dies_mid_read_releases_the_claim_and_the_retry_registers(aws):
     clients, topic, queue = aws
     body = safetensors_bytes(kohya_lora("sd1", rank=64))
@@ -83,10 +90,10 @@ def test_a_stream_that_dies_mid_read_releases_the_claim_and_the_retry_registers(
     with pytest.raises(ConnectionResetError):
         flaky.on_created(key)  # the SQS message is not deleted: it will be delivered again
     item = ModelsTable(TABLE, clients).get(key.model_id)
-    assert item is not None and item["status"] == "PENDING" and item["claim_expires_at"] == 0
+    assert item is not None and item.status is ModelStatus.PENDING and item.claim_expires_at == 0
     flaky.on_created(key)  # the redelivery: the released claim is taken again
     item = ModelsTable(TABLE, clients).get(key.model_id)
-    assert item is not None and item["status"] == ModelStatus.ACTIVE
+    assert item is not None and item.status is ModelStatus.ACTIVE
     assert [e["type"] for e in published(queue)] == ["model.registered"]
 
 
@@ -96,22 +103,23 @@ def test_an_older_worker_overtaken_by_a_newer_upload_drops_its_result(aws):
     key, old_etag = drop(clients, safetensors_bytes(kohya_lora("sd1")))
     table = ModelsTable(TABLE, clients)
     assert table.claim(
-        model_id=key.model_id, etag=old_etag, token="old-worker", lease_seconds=900, fields={"s3_key": KEY}
+        model_id=key.model_id, etag=old_etag, token="old-worker", lease_seconds=900, fields=claimed_fields(key)
     )
     # While the old worker reads, the key is overwritten and the new version registered.
     s3.put_object(Bucket=BUCKET, Key=KEY, Body=safetensors_bytes(kohya_lora("sdxl")))
     registrar(clients, topic).on_created(key)
     item = table.get(key.model_id)
-    assert item is not None and item["family"] == "sdxl"
+    assert item is not None and item.family is ModelFamily.SDXL
     # The old worker's reads are pinned to its ETag, so they now fail...
     with pytest.raises(ObjectChanged):
         ObjectStore(BUCKET, clients).read_range(ObjectInfo(KEY, 100, old_etag), 0, 10)
     # ...and had it finished first, its write and its release would both be refused.
-    stale = ModelRecord.model_validate(item | {"family": "sd1", "etag": old_etag})
+    stale = item.model_copy(update={"family": ModelFamily.SD1, "etag": old_etag})
     stored = {"lease_until": 0}
     assert not table.finish(model_id=key.model_id, token="old-worker", record=stale, event_id="x", stored=stored)
     table.release_claim(key.model_id, "old-worker")
-    assert table.get(key.model_id)["family"] == "sdxl"
+    current = table.get(key.model_id)
+    assert current is not None and current.family is ModelFamily.SDXL
     assert [e["model"]["family"] for e in published(queue)] == ["sdxl"]
 
 
@@ -119,11 +127,11 @@ def test_a_live_claim_by_another_worker_is_left_alone(aws):
     clients, topic, queue = aws
     key, etag = drop(clients, safetensors_bytes(kohya_lora("sd1")))
     table = ModelsTable(TABLE, clients)
-    assert table.claim(model_id=key.model_id, etag=etag, token="busy", lease_seconds=900, fields={"s3_key": KEY})
+    assert table.claim(model_id=key.model_id, etag=etag, token="busy", lease_seconds=900, fields=claimed_fields(key))
     with pytest.raises(WorkInProgress) as busy:  # a duplicate event while the first is working:
         registrar(clients, topic).on_created(key)  # not acknowledged, it comes back after the claim
     assert 890 <= busy.value.retry_after_seconds <= 901
-    assert table.get(key.model_id)["claim_token"] == "busy"
+    assert (table.item(key.model_id) or {}).get("claim_token") == "busy"
     assert published(queue) == []
 
 
@@ -140,8 +148,8 @@ def test_an_event_stored_but_not_published_is_sent_by_the_next_delivery_once_its
     crashing.event_lease_seconds = -1  # its lease has run out by the time the redelivery comes
     with pytest.raises(ConnectionError):
         crashing.on_created(key)
-    item = ModelsTable(TABLE, clients).get(key.model_id)
+    item = ModelsTable(TABLE, clients).item(key.model_id)
     assert item is not None and item["status"] == "ACTIVE" and item.get("pending_events")
     registrar(clients, topic).on_created(key)  # the redelivery publishes what was stored
     assert [e["type"] for e in published(queue)] == ["model.registered"]
-    assert not ModelsTable(TABLE, clients).get(key.model_id)["pending_events"]
+    assert not (ModelsTable(TABLE, clients).item(key.model_id) or {}).get("pending_events")

@@ -33,6 +33,10 @@ def uploads(world: World) -> ModelUploads:
     return ModelUploads(world.ledger(), world.store, MultipartUploads("assets", world.aws), settings)
 
 
+BASE = {"name": "v1-5", "sha256": "6c" * 32, "s3_key": "models/Stable-diffusion/v1-5.safetensors"}
+TRAINING = {"name": "sdpipe-j-train", "base_model": BASE, "dataset": {"name": "cats"}}
+
+
 def create(uploads: ModelUploads, request_id: str = "up-1", **fields: object) -> dict:
     values = {"operation": "create_upload", "type": "lora", "filename": "style.safetensors", "size": SIZE,
               "request_id": request_id} | fields  # fmt: skip
@@ -115,7 +119,7 @@ def test_cancel_ends_an_open_job_once_and_aborts_what_it_held(control, uploads, 
 def test_a_training_job_is_stopped_and_an_endpoint_workflow_cannot_be_cancelled(control, world):
     ledger = control.ledger
     ledger.create(job_id="j-train", request_id="t", action="train_lora", status=JobStatus.RUNNING, deadline_seconds=60,
-                  fields={"training": {"name": "sdpipe-j-train"}})  # fmt: skip
+                  fields={"training": TRAINING})  # fmt: skip
     assert isinstance(control.training, SageMakerTraining)
     control.training.jobs["sdpipe-j-train"] = {"TrainingJobStatus": "InProgress"}  # type: ignore[attr-defined]
     control.cancel("j-train", "stop it")

@@ -16,13 +16,14 @@ from sdpipe.adapters.endpoints_table import EndpointsTable
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.generations_table import GenerationsTable
 from sdpipe.adapters.images import ContainerImages
-from sdpipe.adapters.inference_runtime import AsyncInference
+from sdpipe.adapters.inference_runtime import AsyncInference, Invocation
 from sdpipe.adapters.jobs_table import JobsTable
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.adapters.sagemaker import SageMakerEndpoints, SageMakerTraining
 from sdpipe.adapters.training_logs import TrainingLogs
 from sdpipe.adapters.workflows import Workflows
+from sdpipe.contracts.workflows import DescribedEndpoint, DescribedTrainingJob
 from sdpipe.errors import ImageNotFound
 from sdpipe.logic.jobs import JobLedger
 from tests.helpers import create_table_from_template
@@ -184,8 +185,9 @@ class FakeEndpoints(SageMakerEndpoints):
         self.calls.append(("update_endpoint", name, config))
         self.endpoints[name] = {"EndpointStatus": "InService", "EndpointConfigName": config}
 
-    def describe(self, endpoint: str) -> dict[str, Any] | None:
-        return self.endpoints.get(endpoint)
+    def describe(self, endpoint: str) -> DescribedEndpoint | None:
+        found = self.endpoints.get(endpoint)
+        return None if found is None else DescribedEndpoint.model_validate(found)
 
     def is_gone(self, endpoint: str) -> bool:
         return endpoint not in self.endpoints
@@ -224,8 +226,9 @@ class FakeTraining(SageMakerTraining):
             {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Starting", "request": request},
         )
 
-    def describe(self, name: str) -> dict[str, Any] | None:
-        return self.jobs.get(name)
+    def describe(self, name: str) -> DescribedTrainingJob | None:
+        found = self.jobs.get(name)
+        return None if found is None else DescribedTrainingJob.model_validate(found)
 
     def stop(self, name: str) -> bool:
         self.stopped.append(name)
@@ -245,11 +248,11 @@ class FakeRuntime(AsyncInference):
     invoked: list[tuple[str, str, str]] = field(default_factory=list)
     error: Exception | None = None
 
-    def invoke(self, endpoint_name: str, input_location: str, inference_id: str, ttl_seconds: int) -> dict[str, str]:
+    def invoke(self, endpoint_name: str, input_location: str, inference_id: str, ttl_seconds: int) -> Invocation:
         if self.error is not None:
             raise self.error
         self.invoked.append((endpoint_name, input_location, inference_id))
-        return {"inference_id": inference_id, "output_location": f"s3://assets/jobs/async-output/{inference_id}.out"}
+        return Invocation(inference_id, output_location=f"s3://assets/jobs/async-output/{inference_id}.out")
 
 
 def add_model(world: World, name: str, sha256: str, *, kind: str = "checkpoint", family: str = "sd1",

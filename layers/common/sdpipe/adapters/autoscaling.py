@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -34,6 +34,22 @@ class ScalingPlan:
     @property
     def resource_id(self) -> str:
         return f"endpoint/{self.sagemaker_name}/variant/{VARIANT}"
+
+
+@dataclass(frozen=True)
+class ScalingDescription:
+    """An endpoint's autoscaling as Application Auto Scaling and CloudWatch report it."""
+
+    ranges: list[tuple[int | None, int | None]] = field(default_factory=list)  # (min, max) per target
+    policies: list[str] = field(default_factory=list)  # "name (type)"
+    alarms: list[str] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "targets": [{"min": low, "max": high} for low, high in self.ranges],
+            "policies": self.policies,
+            "alarms": self.alarms,
+        }
 
 
 def backlog_policy_name(sagemaker_name: str) -> str:
@@ -141,14 +157,14 @@ class EndpointScaling:
             _unless_missing(self._scaling.delete_scaling_policy, PolicyName=policy, **target)
         _unless_missing(self._scaling.deregister_scalable_target, **target)
 
-    def describe(self, sagemaker_name: str) -> dict[str, Any]:
+    def describe(self, sagemaker_name: str) -> ScalingDescription:
         """The target's range, its policies and our alarm, as the APIs report them (for status views)."""
         resource_id = f"endpoint/{sagemaker_name}/variant/{VARIANT}"
         targets = self._scaling.describe_scalable_targets(ServiceNamespace=_NAMESPACE, ResourceIds=[resource_id])
         policies = self._scaling.describe_scaling_policies(ServiceNamespace=_NAMESPACE, ResourceId=resource_id)
         alarms = self._cloudwatch.describe_alarms(AlarmNames=[scale_from_zero_alarm_name(sagemaker_name)])
-        return {
-            "targets": targets.get("ScalableTargets", []),
-            "policies": policies.get("ScalingPolicies", []),
-            "alarms": alarms.get("MetricAlarms", []),
-        }
+        return ScalingDescription(
+            ranges=[(t.get("MinCapacity"), t.get("MaxCapacity")) for t in targets.get("ScalableTargets", [])],
+            policies=[f"{p.get('PolicyName')} ({p.get('PolicyType')})" for p in policies.get("ScalingPolicies", [])],
+            alarms=[str(a.get("AlarmName")) for a in alarms.get("MetricAlarms", [])],
+        )

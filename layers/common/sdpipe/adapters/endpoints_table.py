@@ -13,6 +13,7 @@ from typing import Any
 
 from sdpipe.adapters.dynamo import DynamoTable, UpdateBuilder, from_dynamo, to_dynamo
 from sdpipe.adapters.outbox import DUE_ATTRIBUTE, DUE_SHARD, DUE_SHARD_ATTRIBUTE
+from sdpipe.contracts.endpoints import EndpointRecord
 
 ANNOUNCEMENT = "pending_announcement"
 
@@ -24,21 +25,21 @@ def utc_iso() -> str:
 
 
 class EndpointsTable(DynamoTable):
-    def get(self, name: str) -> dict[str, Any] | None:
+    def get(self, name: str) -> EndpointRecord | None:
         item = self._table.get_item(Key={"name": name}, ConsistentRead=True).get("Item")
-        return from_dynamo(item) if item else None
+        return EndpointRecord.model_validate(from_dynamo(item)) if item else None
 
-    def in_service(self) -> list[dict[str, Any]]:
+    def in_service(self) -> list[EndpointRecord]:
         response = self._table.query(
             IndexName="by_status",
             KeyConditionExpression="#status = :status",
             ExpressionAttributeNames={"#status": "status"},
             ExpressionAttributeValues={":status": IN_SERVICE},
         )
-        return [from_dynamo(i) for i in response.get("Items", [])]
+        return [EndpointRecord.model_validate(from_dynamo(i)) for i in response.get("Items", [])]
 
-    def all(self) -> list[dict[str, Any]]:
-        return [from_dynamo(i) for i in self._table.scan().get("Items", [])]
+    def all(self) -> list[EndpointRecord]:
+        return [EndpointRecord.model_validate(from_dynamo(i)) for i in self._table.scan().get("Items", [])]
 
     def put(self, item: dict[str, Any]) -> None:
         self._table.put_item(Item=to_dynamo(item))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -13,11 +14,20 @@ from sdpipe.errors import AccessDenied, EndpointFailed
 _PERMANENT = {"ValidationError", "ValidationException", "ModelError", "ModelNotReadyException"}
 
 
+@dataclass(frozen=True)
+class Invocation:
+    """A queued asynchronous inference: where SageMaker will write its output or its failure."""
+
+    inference_id: str
+    output_location: str
+    failure_location: str = ""
+
+
 class AsyncInference:
     def __init__(self, aws: AwsClients = clients) -> None:
         self._aws = aws
 
-    def invoke(self, endpoint_name: str, input_location: str, inference_id: str, ttl_seconds: int) -> dict[str, str]:
+    def invoke(self, endpoint_name: str, input_location: str, inference_id: str, ttl_seconds: int) -> Invocation:
         """Queue one inference; returns SageMaker's output and failure locations.
 
         Permanent refusals raise ``EndpointFailed`` (``AccessDenied`` when IAM refuses the call);
@@ -42,8 +52,8 @@ class AsyncInference:
                     f"endpoint {endpoint_name!r} refused the invocation: {error.get('Message') or error.get('Code')}"
                 ) from exc
             raise
-        return {
-            "inference_id": str(response.get("InferenceId") or inference_id),
-            "output_location": str(response.get("OutputLocation", "")),
-            "failure_location": str(response.get("FailureLocation", "")),
-        }
+        return Invocation(
+            inference_id=str(response.get("InferenceId") or inference_id),
+            output_location=str(response.get("OutputLocation", "")),
+            failure_location=str(response.get("FailureLocation", "")),
+        )

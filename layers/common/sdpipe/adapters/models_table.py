@@ -26,7 +26,12 @@ _OUTCOME_FIELDS = (
 
 
 class ModelsTable(DynamoTable):
-    def get(self, model_id: str) -> dict[str, Any] | None:
+    def get(self, model_id: str) -> ModelRecord | None:
+        item = self.item(model_id)
+        return ModelRecord.model_validate(item) if item is not None else None
+
+    def item(self, model_id: str) -> dict[str, Any] | None:
+        """The item as stored, bookkeeping included (what the outbox reads its events from)."""
         item = self._table.get_item(Key={"model_id": model_id}, ConsistentRead=True).get("Item")
         return from_dynamo(item) if item else None
 
@@ -106,7 +111,7 @@ class ModelsTable(DynamoTable):
         condition = f"attribute_exists(model_id) AND {status} <> {update.value(ModelStatus.DELETED.value)}"
         return self._update_if(Key={"model_id": model_id}, **update.request(condition))
 
-    def find_by_hash_prefix(self, prefix: str) -> list[dict[str, Any]]:
+    def find_by_hash_prefix(self, prefix: str) -> list[ModelRecord]:
         """Models whose sha256 starts with ``prefix`` (at least 2 hex digits: the index shard)."""
         prefix = prefix.lower()
         response = self._table.query(
@@ -114,9 +119,9 @@ class ModelsTable(DynamoTable):
             KeyConditionExpression="hash_shard = :shard AND begins_with(sha256, :prefix)",
             ExpressionAttributeValues={":shard": prefix[:2], ":prefix": prefix},
         )
-        return [from_dynamo(item) for item in response.get("Items", [])]
+        return [ModelRecord.model_validate(from_dynamo(item)) for item in response.get("Items", [])]
 
-    def list(self, model_type: ModelType | None = None) -> Iterator[dict[str, Any]]:
+    def list(self, model_type: ModelType | None = None) -> Iterator[ModelRecord]:
         """Every model (optionally of one type), via the by-type index or a scan."""
         kwargs: dict[str, Any] = {}
         if model_type is not None:
@@ -130,7 +135,7 @@ class ModelsTable(DynamoTable):
         while True:
             page = operation(**kwargs)
             for item in page.get("Items", []):
-                yield from_dynamo(item)
+                yield ModelRecord.model_validate(from_dynamo(item))
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -15,6 +16,14 @@ from sdpipe.errors import Throttled, UploadNotFound
 def content_md5(body: bytes | bytearray) -> str:
     """The Content-MD5 header S3 checks a part against (rejecting it with BadDigest)."""
     return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+
+
+@dataclass(frozen=True)
+class HeldPart:
+    """A part S3 holds of a multipart upload."""
+
+    size: int
+    etag: str
 
 
 class MultipartUploads:
@@ -43,9 +52,9 @@ class MultipartUploads:
             )
         )
 
-    def list_parts(self, key: str, upload_id: str) -> dict[int, dict[str, Any]]:
-        """Parts S3 holds, by number: ``{"size", "etag"}``; ``UploadNotFound`` once it is gone."""
-        parts: dict[int, dict[str, Any]] = {}
+    def list_parts(self, key: str, upload_id: str) -> dict[int, HeldPart]:
+        """Parts S3 holds, by number; ``UploadNotFound`` once the upload is gone."""
+        parts: dict[int, HeldPart] = {}
         marker = 0
         while True:
             try:
@@ -55,7 +64,7 @@ class MultipartUploads:
             except ClientError as exc:
                 raise self._translate(exc, key) from exc
             for part in response.get("Parts", []):
-                parts[int(part["PartNumber"])] = {"size": int(part["Size"]), "etag": str(part["ETag"]).strip('"')}
+                parts[int(part["PartNumber"])] = HeldPart(size=int(part["Size"]), etag=str(part["ETag"]).strip('"'))
             if not response.get("IsTruncated"):
                 return parts
             marker = int(response["NextPartNumberMarker"])

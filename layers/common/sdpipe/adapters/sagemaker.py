@@ -11,6 +11,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from sdpipe.adapters.clients import AwsClients, clients
+from sdpipe.contracts.workflows import DescribedEndpoint, DescribedTrainingJob
 
 
 def _exists(exc: ClientError) -> bool:
@@ -58,8 +59,8 @@ class SageMakerEndpoints:
         try:
             self._sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=config)
         except ClientError:
-            described = self.describe(name) or {}
-            if not (described.get("EndpointStatus") == "Updating" or described.get("EndpointConfigName") == config):
+            described = self.describe(name)
+            if described is None or not (described.status == "Updating" or described.config_name == config):
                 raise
 
     def _create(self, call: Any, **kwargs: Any) -> None:
@@ -69,9 +70,9 @@ class SageMakerEndpoints:
             if not _exists(exc):
                 raise
 
-    def describe(self, endpoint: str) -> dict[str, Any] | None:
+    def describe(self, endpoint: str) -> DescribedEndpoint | None:
         try:
-            return dict(self._sagemaker.describe_endpoint(EndpointName=endpoint))
+            return DescribedEndpoint.model_validate(self._sagemaker.describe_endpoint(EndpointName=endpoint))
         except ClientError as exc:
             if _missing(exc):
                 return None
@@ -120,14 +121,14 @@ class SageMakerTraining:
             if exc.response.get("Error", {}).get("Code") != "ResourceInUse":
                 raise
 
-    def describe(self, name: str) -> dict[str, Any] | None:
+    def describe(self, name: str) -> DescribedTrainingJob | None:
         try:
-            described: dict[str, Any] = self._sagemaker.describe_training_job(TrainingJobName=name)
+            described = self._sagemaker.describe_training_job(TrainingJobName=name)
         except ClientError as exc:
             if "not found" in str(exc.response.get("Error", {}).get("Message", "")).lower():
                 return None
             raise
-        return described
+        return DescribedTrainingJob.model_validate(described)
 
     def stop(self, name: str) -> bool:
         """StopTrainingJob; False when the job is not running (finished, or never created)."""

@@ -168,6 +168,10 @@ class EndpointRecord(BaseModel):
     last_job: str | None = None
     # SageMaker's LastModifiedTime of the last state change applied from its events.
     changed_at: int = 0
+    created_at: str | None = None
+    updated_at: str | None = None
+    # The announcement a writer stored and has not cleared yet (``logic.endpoint_announcements``).
+    pending_announcement: dict[str, Any] | None = Field(default=None, exclude=True)
 
     @property
     def is_gone(self) -> bool:

@@ -63,6 +63,17 @@ def job_id_for(request_id: str) -> str:
     return "j-" + hashlib.sha256(request_id.encode("utf-8")).hexdigest()[:24]
 
 
+class EnvelopeHead(BaseModel):
+    """What is read of a request before it is validated: enough to name its job and to say
+    what was wrong (each field as sent, whatever its type)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    request_id: Any = None
+    action: Any = None
+    context: Any = None
+
+
 class RequestEnvelope(BaseModel):
     """What is published on the requests topic or dropped under ``requests/``."""
 

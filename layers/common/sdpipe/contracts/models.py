@@ -79,6 +79,21 @@ class ModelRecord(BaseModel):
     training: dict[str, str] | None = None
     created_at: datetime
     updated_at: datetime
+    # Bookkeeping of a registration in progress, read from the table and never written from here.
+    claim_expires_at: int = Field(default=0, exclude=True)
+
+    @property
+    def is_active(self) -> bool:
+        return self.status is ModelStatus.ACTIVE
+
+    @property
+    def is_settled(self) -> bool:
+        """Registered one way or the other (its inspection is over)."""
+        return self.status in (ModelStatus.ACTIVE, ModelStatus.REJECTED)
+
+    def is_for(self, family: ModelFamily) -> bool:
+        """Usable with models of ``family`` (an unrecognised family is given the benefit of the doubt)."""
+        return self.family in (family, ModelFamily.UNKNOWN, None)
 
     @property
     def title(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 
 from sdpipe.contracts.jobs import Action, JobStatus
 
@@ -28,6 +28,26 @@ class StepFailure(BaseModel):
 
     error: str = Field(default="States.Runtime", alias="Error")
     cause: str = Field(default="", alias="Cause")
+
+    def lambda_error(self) -> LambdaError:
+        """The Lambda error JSON the cause is (empty when the cause is not one)."""
+        if self.cause.startswith("{"):
+            try:
+                return LambdaError.model_validate_json(self.cause)
+            except ValueError:
+                pass
+        return LambdaError()
+
+
+class LambdaError(BaseModel):
+    """A failed Lambda task's error (``errorType``/``errorMessage``); an SDK integration's
+    error carries a ``message`` or ``Message`` instead."""
+
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
+
+    error_type: str = Field(default="", validation_alias="errorType")
+    error_message: str = Field(default="", validation_alias="errorMessage")
+    message: str = Field(default="", validation_alias=AliasChoices("message", "Message"))
 
 
 class StepCall(BaseModel):
@@ -103,6 +123,33 @@ class TrainingState(BaseModel):
     failure: StepFailure | None = None
 
 
+class TrainedFrom(BaseModel):
+    """The checkpoint a training started from, as the job records it."""
+
+    model_config = ConfigDict(defer_build=True, extra="allow")
+
+    name: str
+    sha256: str
+    s3_key: str
+    short_hash: str | None = None
+    legacy_hash: str | None = None
+    family: str | None = None
+
+    @property
+    def filename(self) -> str:
+        return self.s3_key.rsplit("/", 1)[-1]
+
+
+class TrainedOn(BaseModel):
+    """The dataset version a training read."""
+
+    model_config = ConfigDict(defer_build=True, extra="allow")
+
+    name: str
+    images: int = 0
+    marker_version: str = ""
+
+
 class TrainingPlan(BaseModel):
     """What ``prepare`` decided, kept on the job for the later steps."""
 
@@ -110,10 +157,30 @@ class TrainingPlan(BaseModel):
 
     name: str
     output_name: str = ""
-    base_model: dict[str, Any] = Field(default_factory=dict)
-    dataset: dict[str, Any] = Field(default_factory=dict)
+    base_model: TrainedFrom
+    dataset: TrainedOn
     total_steps: int = 0
     image: str | None = None
+
+
+class FinalMetric(BaseModel):
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)  # by name or by SageMaker's
+
+    name: str = Field(validation_alias="MetricName")
+    value: float = Field(validation_alias="Value")
+
+
+class DescribedTrainingJob(BaseModel):
+    """DescribeTrainingJob's answer (read by SageMaker's names), what the steps decide on."""
+
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)  # by name or by SageMaker's
+
+    status: str = Field(validation_alias="TrainingJobStatus")
+    secondary_status: str = Field(default="", validation_alias="SecondaryStatus")
+    failure_reason: str = Field(default="", validation_alias="FailureReason")
+    billable_seconds: int | None = Field(default=None, validation_alias="BillableTimeInSeconds")
+    artefact_uri: str = Field(default="", validation_alias=AliasPath("ModelArtifacts", "S3ModelArtifacts"))
+    final_metrics: list[FinalMetric] = Field(default_factory=list, validation_alias="FinalMetricDataList")
 
 
 # ---------------------------------------------------------------------- endpoints
@@ -145,13 +212,14 @@ class EndpointPlan(BaseModel):
 
 
 class DescribedEndpoint(BaseModel):
-    """``describe``'s answer, reduced to what the wait loops decide on."""
+    """DescribeEndpoint's answer (read by SageMaker's names), reduced to what the wait loops
+    decide on; the steps answer it by these names."""
 
-    model_config = _STATE
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)  # by name or by SageMaker's
 
-    status: str
-    config_name: str = ""
-    failure_reason: str = ""
+    status: str = Field(validation_alias="EndpointStatus")
+    config_name: str = Field(default="", validation_alias="EndpointConfigName")
+    failure_reason: str = Field(default="", validation_alias="FailureReason")
 
 
 class EndpointState(EndpointPlan):
@@ -189,6 +257,16 @@ class FetchSource(BaseModel):
     ranges: bool = False
 
 
+class CheckpointUsed(BaseModel):
+    """The checkpoint an inference job runs on, as its job records it."""
+
+    model_config = ConfigDict(defer_build=True, extra="allow")
+
+    name: str = ""
+    short_hash: str = ""
+    sha256: str = ""
+
+
 class JobRecord(BaseModel):
     """A Jobs table item as the ledger returns it: the fields every job has, typed, and each
     action's working state under its own name. Anything else on the item (the outbox's and the
@@ -217,7 +295,7 @@ class JobRecord(BaseModel):
     endpoint: str | None = None
     sagemaker_endpoint: str | None = None
     input_uri: str | None = None
-    model: dict[str, Any] | None = None
+    model: CheckpointUsed | None = None
     loras: list[dict[str, Any]] | None = None
     warnings: list[str] | None = None
     # Uploads and fetches: the multipart upload; ``phase`` is ``registering`` once S3 holds it.
@@ -232,6 +310,10 @@ class JobRecord(BaseModel):
     @property
     def is_finished(self) -> bool:
         return self.status.is_terminal
+
+    @property
+    def error_message(self) -> str:
+        return str((self.error or {}).get("message") or "")
 
     def item(self) -> dict[str, Any]:
         """The record as the table holds it (fields that are not set left out)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sdpipe.adapters.autoscaling import EndpointScaling
+from sdpipe.adapters.autoscaling import EndpointScaling, ScalingDescription
 from sdpipe.adapters.datasets_table import DatasetsTable
 from sdpipe.adapters.endpoints_table import EndpointsTable
 from sdpipe.adapters.events import EventPublisher
@@ -29,9 +29,6 @@ from sdpipe.errors import EndpointNotFound
 from sdpipe.logic.datasets import DatasetCatalog
 from sdpipe.logic.endpoint_announcements import public_endpoint
 from sdpipe.settings import CatalogSettings, settings_of
-
-# Bookkeeping on a model's item that is not part of the model (claims, events not yet out).
-_INTERNAL_MODEL_FIELDS = frozenset({"pending_events", "outbox_shard", "outbox_due", "claim_token", "claim_expires_at"})
 
 
 @dataclass
@@ -72,33 +69,26 @@ class Catalog:
         return {"deleted": self.datasets.delete(request.name)}
 
     def list_models(self, model_type: ModelType | None) -> list[dict[str, Any]]:
-        return [
-            {k: v for k, v in item.items() if k not in _INTERNAL_MODEL_FIELDS} for item in self.models.list(model_type)
-        ]
+        return [record.model_dump(mode="json", exclude_none=True) for record in self.models.list(model_type)]
 
     def list_endpoints(self) -> list[dict[str, Any]]:
-        return sorted((public_endpoint(r) for r in self.endpoints.all()), key=lambda r: str(r["name"]))
+        return [public_endpoint(r) for r in sorted(self.endpoints.all(), key=lambda r: r.name)]
 
     def describe_endpoint(self, name: str) -> dict[str, Any]:
         """The record, what SageMaker says of the endpoint, and its autoscaling as the APIs report it."""
         record = self.endpoints.get(name)
         if record is None:
             raise EndpointNotFound(f"endpoint {name!r} does not exist")
-        described = public_endpoint(record)
-        sagemaker_name = str(record.get("sagemaker_name") or "")
-        found = self.sagemaker.describe(sagemaker_name) if sagemaker_name else None
-        described["sagemaker"] = (
-            {k: found.get(k) for k in ("EndpointStatus", "EndpointConfigName", "FailureReason") if found.get(k)}
-            if found
-            else None
-        )
-        scaling = self.scaling.describe(sagemaker_name) if sagemaker_name else {}
-        described["autoscaling"] = {
-            "targets": [{"min": t.get("MinCapacity"), "max": t.get("MaxCapacity")} for t in scaling.get("targets", [])],
-            "policies": [f"{p.get('PolicyName')} ({p.get('PolicyType')})" for p in scaling.get("policies", [])],
-            "alarms": [a.get("AlarmName") for a in scaling.get("alarms", [])],
+        found = self.sagemaker.describe(record.sagemaker_name) if record.sagemaker_name else None
+        sagemaker = None
+        if found is not None:  # in SageMaker's words, as `aws sagemaker describe-endpoint` shows them
+            said = {"EndpointStatus": found.status, "EndpointConfigName": found.config_name}
+            sagemaker = {k: v for k, v in (said | {"FailureReason": found.failure_reason}).items() if v}
+        scaling = self.scaling.describe(record.sagemaker_name) if record.sagemaker_name else None
+        return public_endpoint(record) | {
+            "sagemaker": sagemaker,
+            "autoscaling": (scaling or ScalingDescription()).public(),
         }
-        return described
 
     def describe_dataset(self, name: str) -> dict[str, Any]:
         """The dataset's record, and whether its event is out (``settled``: a client waits on it)."""

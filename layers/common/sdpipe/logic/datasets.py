@@ -190,12 +190,12 @@ class DatasetCatalog:
                     f"{folder}); Kohya skips it, so its images are not trained on",
                 )
                 continue
-            repeats = int(match["repeats"])
+            concept_name, repeats = match.group("concept"), int(match.group("repeats"))
             if repeats < 1:
                 scan.problem("NO_REPEAT_COUNT", Severity.ERROR, folder + "/", "a repeat count of 0 trains nothing")
                 continue
             concept, images_left = self._concept(
-                folder, match["concept"], repeats, files=files, scan=scan, images_left=images_left
+                folder, concept_name, repeats, files=files, scan=scan, images_left=images_left
             )
             scan.concepts.append(concept)
         return scan
@@ -302,8 +302,7 @@ class DatasetCatalog:
 
 
 def _event_for(record: DatasetRecord) -> Event:
-    summary = record.model_dump(mode="json", include=set(_SUMMARY_FIELDS))
-    summary["problems"] = len(record.problems)
+    summary = record.model_dump(mode="json", include=set(_SUMMARY_FIELDS)) | {"problems": len(record.problems)}
     if record.status is DatasetStatus.REGISTERED:
         return Event(type=EventType.DATASET_REGISTERED, status=record.status.value, dataset=summary)
     return Event(type=EventType.DATASET_REJECTED, status=record.status.value, dataset=summary, error=record.error)

@@ -35,9 +35,9 @@ _PUBLIC_FIELDS = (
 )  # fmt: skip
 
 
-def public_endpoint(record: dict[str, Any]) -> dict[str, Any]:
+def public_endpoint(record: EndpointRecord) -> dict[str, Any]:
     """The record as users see it (CLI, events)."""
-    return {key: record[key] for key in _PUBLIC_FIELDS if record.get(key) is not None}
+    return record.model_dump(mode="json", include=set(_PUBLIC_FIELDS), exclude_none=True)
 
 
 class MadeBy(BaseModel):
@@ -78,7 +78,7 @@ class EndpointAnnouncer:
         record = self.endpoints.get(name)
         if record is None:
             return
-        self._publish(record, Mark.model_validate(record.get(ANNOUNCEMENT) or {}), _made_by(job))
+        self._publish(record, Mark.model_validate(record.pending_announcement or {}), _made_by(job))
 
     def sweep(self, limit: int = 100) -> int:
         """Announce the records whose writer died before announcing them; how many."""
@@ -100,8 +100,7 @@ class EndpointAnnouncer:
                     announced += 1
         return announced
 
-    def _publish(self, item: dict[str, Any], mark: Mark, job: MadeBy | None) -> None:
-        record = EndpointRecord.model_validate(item)
+    def _publish(self, record: EndpointRecord, mark: Mark, job: MadeBy | None) -> None:
         made_by = job or mark.job or MadeBy()
         event = Event(
             type=EventType.ENDPOINT_STATUS,
@@ -111,7 +110,7 @@ class EndpointAnnouncer:
             action=made_by.action,
             request_id=made_by.request_id,
             context=made_by.context,
-            endpoint=public_endpoint(item),
+            endpoint=public_endpoint(record),
             **({"event_id": mark.event_id} if mark.event_id else {}),
         )
         self.publisher.publish(event)

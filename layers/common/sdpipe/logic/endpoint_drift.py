@@ -57,11 +57,11 @@ class EndpointDrift:
         if record.is_gone or change.last_modified < record.changed_at:
             return None
         status = _SAGEMAKER_STATUS.get(change.status)
-        fields: dict[str, Any] = {"changed_at": change.last_modified}
         if status is EndpointStatus.DELETING and self.sagemaker.is_gone(change.endpoint_name):
             status = EndpointStatus.DELETED
+        fields: dict[str, Any] = {"changed_at": change.last_modified}
         if status is EndpointStatus.FAILED:
-            fields["failure_reason"] = change.failure_reason or "SageMaker reported the endpoint failed"
+            fields |= {"failure_reason": change.failure_reason or "SageMaker reported the endpoint failed"}
         if status is None or record.status is status:
             return None
         if not self.records.endpoints.set_status(

@@ -44,8 +44,7 @@ class EndpointRecords:
         return EndpointAnnouncer(self.endpoints, self.publisher, self.lease_seconds)
 
     def get(self, name: str) -> EndpointRecord | None:
-        item = self.endpoints.get(name)
-        return None if item is None else EndpointRecord.model_validate(item)
+        return self.endpoints.get(name)
 
     def announce(self, name: str, job: JobRecord | None = None) -> None:
         """``endpoint.status`` with the record as it is now (and clear its announcement mark)."""

@@ -95,11 +95,7 @@ class EndpointSteps:
         described = self.sagemaker.describe(state.sagemaker_name)
         if described is None:
             return DescribedEndpoint(status="Missing", failure_reason="the endpoint no longer exists")
-        return DescribedEndpoint(
-            status=str(described.get("EndpointStatus")),
-            config_name=str(described.get("EndpointConfigName") or ""),
-            failure_reason=str(described.get("FailureReason") or ""),
-        )
+        return described
 
     def _scale(self, state: EndpointState) -> dict[str, Any]:
         settings = DeployEndpointParams.model_validate({"name": state.name, **state.settings})
@@ -158,7 +154,7 @@ class EndpointSteps:
         if state.action == Action.UPDATE_ENDPOINT:
             # SageMaker keeps serving the old config when an update fails: say what it is doing.
             described = self.sagemaker.describe(state.sagemaker_name)
-            if described is not None and described.get("EndpointStatus") == "InService":
+            if described is not None and described.status == "InService":
                 status = EndpointStatus.IN_SERVICE
         job = self.ledger.get(job_id)
         recorded = self.records.endpoints.finish_workflow(
@@ -166,7 +162,7 @@ class EndpointSteps:
         )
         # A cause of our own (ACCESS_DENIED, IMAGE_NOT_FOUND...) keeps its code; SageMaker's is wrapped.
         cause = error_of_failure(state.failure, fallback_code=EndpointWorkflowFailed.code)
-        error = {"code": cause["code"], "message": f"{state.action} {name!r} failed: {reason}"}
+        error = cause | {"message": f"{state.action} {name!r} failed: {reason}"}
         if job is not None:
             self.ledger.move(job, JobStatus.FAILED, allowed_from=OPEN, fields={"error": error})
         if recorded or self.records.recorded_by(name, job_id):

@@ -289,7 +289,7 @@ class ModelFetcher:
                 raise
             held = {}  # completed by an attempt whose answer was lost
         if held:
-            etags = {n: p["etag"] for n, p in held.items()}
+            etags = {number: part.etag for number, part in held.items()}
             problems = part_problems(plan, etags, held)
             if problems:
                 raise UploadPartsInvalid("; ".join(problems))
@@ -317,7 +317,7 @@ class ModelFetcher:
         moved = self.ledger.move(
             job, JobStatus.FAILED, allowed_from=[JobStatus.ACCEPTED, JobStatus.RUNNING], fields={"error": error}
         )
-        logger.info("fetch failed", extra={"job_id": job_id, "code": error["code"], "recorded": moved is not None})
+        logger.info("fetch failed", extra={"job_id": job_id, "recorded": moved is not None, "error": error})
         return {"failed": moved is not None, "error": error}
 
     # ------------------------------------------------------------------ helpers

@@ -25,7 +25,7 @@ from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.contracts.events import utc_now
 from sdpipe.contracts.jobs import JobStatus
 from sdpipe.contracts.sagemaker_events import AsyncInferenceNotification
-from sdpipe.contracts.workflows import JobRecord
+from sdpipe.contracts.workflows import CheckpointUsed, JobRecord
 from sdpipe.errors import EndpointCrashed, EndpointFailed, WorkInProgress
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.parallel import io_pool
@@ -247,7 +247,7 @@ def _generation(
     job: JobRecord, info: GenerationInfo, *, index: int, uri: str, seeds: list[int], created: datetime
 ) -> dict[str, Any]:
     """One row of the generations table, with the fields of a WebUI generations database."""
-    model = job.model or {}
+    model = job.model or CheckpointUsed()
     prompts, negatives = info.all_prompts, info.all_negative_prompts
     return {
         "job_id": job.job_id,
@@ -261,8 +261,8 @@ def _generation(
         "cfg_scale": info.cfg_scale,
         "width": info.width,
         "height": info.height,
-        "model_name": info.sd_model_name or model.get("name"),
-        "model_hash": info.sd_model_hash or model.get("short_hash") or "unknown",
+        "model_name": info.sd_model_name or model.name or None,
+        "model_hash": info.sd_model_hash or model.short_hash or "unknown",
         "loras": job.loras or [],
         "vae": info.sd_vae_name,
         "image_s3_uri": uri,

@@ -12,9 +12,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from sdpipe.adapters.endpoints_table import IN_SERVICE, EndpointsTable
+from sdpipe.adapters.endpoints_table import EndpointsTable
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.adapters.object_store import ObjectStore
+from sdpipe.contracts.endpoints import EndpointRecord, EndpointStatus
 from sdpipe.contracts.inference import (
     Img2ImgParams,
     InvocationInput,
@@ -24,7 +25,7 @@ from sdpipe.contracts.inference import (
     extra_networks,
 )
 from sdpipe.contracts.jobs import Action, RequestEnvelope
-from sdpipe.contracts.models import ModelFamily, ModelStatus, ModelType
+from sdpipe.contracts.models import ModelFamily, ModelRecord, ModelType
 from sdpipe.errors import EndpointNotFound, ModelNotFound, NoEndpointInService, ValidationFailed
 from sdpipe.inspect.images import SNIFF_BYTES, image_format
 from sdpipe.logic.model_refs import resolve_model
@@ -32,12 +33,12 @@ from sdpipe.logic.parallel import io_pool
 from sdpipe.logic.workflows import validated
 
 # Endpoint statuses that accept invocations (an endpoint being updated keeps serving).
-_SERVING = {IN_SERVICE, "UPDATING"}
+_SERVING = {EndpointStatus.IN_SERVICE, EndpointStatus.UPDATING}
 _NO_VAE = {"", "Automatic", "None", "auto"}
 _MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
 
-def _listed(models: ModelsTable, model_type: ModelType) -> list[dict[str, Any]]:
+def _listed(models: ModelsTable, model_type: ModelType) -> list[ModelRecord]:
     return list(models.list(model_type))
 
 
@@ -46,16 +47,16 @@ class _PrefetchedCatalog:
 
     def __init__(self, models: ModelsTable, types: list[ModelType]) -> None:
         self._models = models
-        self._lists: dict[ModelType, Future[list[dict[str, Any]]]] = {
+        self._lists: dict[ModelType, Future[list[ModelRecord]]] = {
             model_type: io_pool.submit(_listed, models, model_type) for model_type in types
         }
 
-    def list(self, model_type: ModelType | None = None) -> Sequence[dict[str, Any]]:
+    def list(self, model_type: ModelType | None = None) -> Sequence[ModelRecord]:
         if model_type is not None and model_type in self._lists:
             return self._lists[model_type].result()
         return list(self._models.list(model_type))
 
-    def find_by_hash_prefix(self, prefix: str) -> Sequence[dict[str, Any]]:
+    def find_by_hash_prefix(self, prefix: str) -> Sequence[ModelRecord]:
         return self._models.find_by_hash_prefix(prefix)
 
 
@@ -103,7 +104,7 @@ class InferencePlanner:
         catalog = _PrefetchedCatalog(self.models, types)
         endpoint_future = io_pool.submit(self._choose_endpoint, params.endpoint)
         checkpoint = self._checkpoint(params.checkpoint, catalog)
-        family = ModelFamily(checkpoint.get("family") or ModelFamily.UNKNOWN.value)
+        family = checkpoint.family or ModelFamily.UNKNOWN
         loras = self._loras(params, family, catalog)
         embeddings, skipped = self._embeddings(params, family, catalog)
         warnings += skipped
@@ -138,23 +139,23 @@ class InferencePlanner:
             controlnets=files[after_embeddings : after_embeddings + len(controlnets)],
             vae=files[-1] if vae else None,
         )
-        return Plan(invocation, endpoint["name"], str(endpoint.get("sagemaker_name") or endpoint["name"]), warnings)
+        return Plan(invocation, endpoint.name, endpoint.sagemaker_name or endpoint.name, warnings)
 
-    def _checkpoint(self, reference: str | None, catalog: _PrefetchedCatalog) -> dict[str, Any]:
+    def _checkpoint(self, reference: str | None, catalog: _PrefetchedCatalog) -> ModelRecord:
         if reference:
             return resolve_model(reference, ModelType.CHECKPOINT, catalog, field="params.model")
-        active = [m for m in catalog.list(ModelType.CHECKPOINT) if m.get("status") == ModelStatus.ACTIVE.value]
+        active = [m for m in catalog.list(ModelType.CHECKPOINT) if m.is_active]
         if len(active) == 1:
             return active[0]
-        names = ", ".join(sorted(f"{m['name']} [{m.get('short_hash')}]" for m in active)) or "none registered"
+        names = ", ".join(sorted(f"{m.name} [{m.short_hash}]" for m in active)) or "none registered"
         raise ModelNotFound(
             f"params.model is required when more or less than one checkpoint is registered (checkpoints: {names})"
         )
 
     def _loras(
         self, params: Txt2ImgParams | Img2ImgParams, family: ModelFamily, catalog: _PrefetchedCatalog
-    ) -> list[tuple[dict[str, Any], float]]:
-        found: list[tuple[dict[str, Any], float]] = []
+    ) -> list[tuple[ModelRecord, float]]:
+        found: list[tuple[ModelRecord, float]] = []
         for field, text in (("params.prompt", params.prompt), ("params.negative_prompt", params.negative_prompt)):
             try:
                 uses = extra_networks(text, field)
@@ -169,25 +170,25 @@ class InferencePlanner:
 
     def _embeddings(
         self, params: Txt2ImgParams | Img2ImgParams, family: ModelFamily, catalog: _PrefetchedCatalog
-    ) -> tuple[list[dict[str, Any]], list[str]]:
+    ) -> tuple[list[ModelRecord], list[str]]:
         """Embeddings named in the prompts (by file name, as the WebUI matches them)."""
         text = f"{params.prompt}\n{params.negative_prompt}"
         used, skipped = [], []
         for model in catalog.list(ModelType.EMBEDDING):
-            if model.get("status") != ModelStatus.ACTIVE.value:
+            if not model.is_active:
                 continue
-            word = str(model["name"]).rsplit("/", 1)[-1]
+            word = model.name.rsplit("/", 1)[-1]
             if not re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text):
                 continue
-            if model.get("family") not in (family.value, ModelFamily.UNKNOWN.value, None):
-                skipped.append(f"embedding {word!r} is for {model.get('family')}, not {family.value}; not applied")
+            if not model.is_for(family):
+                skipped.append(f"embedding {word!r} is for {model.family}, not {family.value}; not applied")
                 continue
             used.append(model)
         return used, skipped
 
     def _controlnets(
         self, params: Txt2ImgParams | Img2ImgParams, family: ModelFamily, catalog: _PrefetchedCatalog
-    ) -> list[dict[str, Any]]:
+    ) -> list[ModelRecord]:
         """The ControlNet model of every enabled unit, and its control image checked like an init image."""
         found = []
         for index, unit in enumerate(params.controlnet_units):
@@ -217,33 +218,33 @@ class InferencePlanner:
         if image_format(head) is None:
             raise ValidationFailed(f"{field} is not an image (PNG, JPEG, WebP, GIF or BMP)")
 
-    def _choose_endpoint(self, wanted: str | None) -> dict[str, Any]:
+    def _choose_endpoint(self, wanted: str | None) -> EndpointRecord:
         if wanted:
             endpoint = self.endpoints.get(wanted)
-            if endpoint is None or endpoint.get("status") in ("DELETING", "DELETED"):
+            if endpoint is None or endpoint.status in (EndpointStatus.DELETING, EndpointStatus.DELETED):
                 state = "was deleted" if endpoint else "does not exist"
                 raise EndpointNotFound(f"params.endpoint {wanted!r} {state}")
-            if endpoint.get("status") not in _SERVING:
-                raise NoEndpointInService(f"params.endpoint {wanted!r} is {endpoint.get('status')}, not in service")
+            if endpoint.status not in _SERVING:
+                raise NoEndpointInService(f"params.endpoint {wanted!r} is {endpoint.status}, not in service")
             return endpoint
         serving = self.endpoints.in_service()
         if not serving:
-            known = ", ".join(f"{e['name']} ({e.get('status')})" for e in self.endpoints.all()) or "none"
+            known = ", ".join(f"{e.name} ({e.status})" for e in self.endpoints.all()) or "none"
             raise NoEndpointInService(f"no endpoint is in service to run this request (endpoints: {known})")
-        return min(serving, key=lambda e: (int(e.get("in_flight") or 0), str(e["name"])))
+        return min(serving, key=lambda e: (e.in_flight, e.name))
 
-    def _file(self, model: dict[str, Any]) -> ModelFile:
-        key = str(model["s3_key"])
+    def _file(self, model: ModelRecord) -> ModelFile:
+        key = model.s3_key
         stem = key.rsplit(".", 1)[0] if "." in key.rsplit("/", 1)[-1] else key
         config = f"{stem}.config"
         # A checkpoint may carry its diffusers config folder; nothing else needs one (saves a HEAD).
-        is_checkpoint = model.get("type") == ModelType.CHECKPOINT.value
+        is_checkpoint = model.type is ModelType.CHECKPOINT
         has_config = is_checkpoint and self.store.head(f"{config}/model_index.json") is not None
         return ModelFile(
-            name=str(model["name"]),
-            sha256=str(model["sha256"]),
-            short_hash=str(model.get("short_hash") or ""),
-            family=str(model.get("family") or ModelFamily.UNKNOWN.value),
+            name=model.name,
+            sha256=str(model.sha256),
+            short_hash=model.short_hash or "",
+            family=(model.family or ModelFamily.UNKNOWN).value,
             uri=self.store.uri(key),
             config_uri=self.store.uri(config) if has_config else None,
         )

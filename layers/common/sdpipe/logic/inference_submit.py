@@ -102,9 +102,10 @@ class InferenceIntake:
             self.store.put_bytes, input_key, plan.invocation.model_dump_json().encode(), "application/json"
         )
         model = plan.invocation.model
+        params = sanitised(envelope.params)
         fields = {
             "context": envelope.context,
-            "params": sanitised(envelope.params),
+            "params": params,
             "warnings": plan.warnings,
             "endpoint": plan.endpoint,
             "sagemaker_endpoint": plan.sagemaker_endpoint,
@@ -126,7 +127,7 @@ class InferenceIntake:
                 publish_in_background=True,
             )
         except EndpointNotFound as exc:  # deleted between the choice and the write
-            record_failure(self.ledger, parsed, exc, {"params": fields["params"]})
+            record_failure(self.ledger, parsed, exc, {"params": params})
             return
         written.result()  # the input must exist before anything invokes the endpoint with it
         if job is None:  # a duplicate delivery created it first
@@ -201,5 +202,5 @@ class InferenceIntake:
             allowed_from=[JobStatus.QUEUED],
             claim_token=token,
             drop_claim=True,
-            fields={"inference_id": invoked["inference_id"], "output_location": invoked["output_location"]},
+            fields={"inference_id": invoked.inference_id, "output_location": invoked.output_location},
         )

@@ -119,7 +119,7 @@ class JobLedger:
             what = f"{action} job" if action else "job"
             raise JobNotFound(f"{what} {job_id!r} does not exist")
         if job.is_finished:
-            why = f" ({job.error['message']})" if job.error and job.error.get("message") else ""
+            why = f" ({job.error_message})" if job.error_message else ""
             raise finished(f"job {job_id} is {job.status.value}{why}; {stops}")
         return job
 
@@ -165,10 +165,9 @@ class JobLedger:
             "attempts": 1,
         }
         if status.is_terminal:
-            item["finished_at"] = now.isoformat()
+            item |= {"finished_at": now.isoformat()}
         else:
-            item["open_shard"] = OPEN_SHARD
-            item["deadline"] = (now + timedelta(seconds=deadline_seconds)).isoformat()
+            item |= {"open_shard": OPEN_SHARD, "deadline": (now + timedelta(seconds=deadline_seconds)).isoformat()}
         item |= _plain(fields)
         announced = JobStatus.ACCEPTED if status is JobStatus.QUEUED else status
         event = job_event(JobRecord.model_validate(item | {"status": announced.value}), announced, now)
@@ -237,7 +236,7 @@ class JobLedger:
         elif drop_claim:
             removed = ("claim_token", "claim_expires_at")
         if to.is_terminal:
-            changes["finished_at"] = now.isoformat()
+            changes |= {"finished_at": now.isoformat()}
         for name in removed:
             update.remove(name)
             changes[name] = None

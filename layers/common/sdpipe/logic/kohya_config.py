@@ -60,9 +60,10 @@ def build_kohya_files(config: LoraConfig, dataset: DatasetRecord, checkpoint_fil
         "dataset_config": f"{OPT_ML}/input/data/{CHANNEL_CONFIG}/{DATASET_CONFIG_FILE}",
     }
     steps_per_epoch = math.ceil(dataset.steps_per_epoch_at_batch_1 / config.train_batch_size)
+    epochs = config.max_train_epochs or 0
     if config.max_train_steps is None and config.max_train_epochs is None:
-        options["max_train_epochs"] = 10  # explicit: sd-scripts' own default is 1600 steps
-    epochs = int(options.get("max_train_epochs") or 0)
+        epochs = 10  # explicit: sd-scripts' own default is 1600 steps
+        options |= {"max_train_epochs": epochs}
     total = config.max_train_steps or epochs * math.ceil(steps_per_epoch / config.gradient_accumulation_steps)
     sections: dict[str, dict[str, Any]] = {name: {} for name in (*_SECTIONS, "training")}
     for key, value in sorted(options.items()):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
-from sdpipe.contracts.models import ModelFamily, ModelStatus, ModelType
+from sdpipe.contracts.models import ModelFamily, ModelRecord, ModelType
 from sdpipe.errors import ModelAmbiguous, ModelNotFound, ModelNotUsable
 
 _TITLE = re.compile(r"^(?P<name>.+?)\s*\[(?P<hash>[0-9a-fA-F]{8,64})\]$")
@@ -23,36 +23,35 @@ _MAX_LISTED = 8
 
 
 class ModelCatalog(Protocol):
-    def list(self, model_type: ModelType | None = None) -> Iterable[dict[str, Any]]: ...
+    def list(self, model_type: ModelType | None = None) -> Iterable[ModelRecord]: ...
 
-    def find_by_hash_prefix(self, prefix: str) -> Sequence[dict[str, Any]]: ...
+    def find_by_hash_prefix(self, prefix: str) -> Sequence[ModelRecord]: ...
 
 
-def _describe(items: Iterable[dict[str, Any]]) -> str:
-    names = sorted(f"{i['name']} [{i.get('short_hash') or '?'}]" for i in items)
+def _describe(items: Iterable[ModelRecord]) -> str:
+    names = sorted(f"{i.name} [{i.short_hash or '?'}]" for i in items)
     more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
     return ", ".join(names[:_MAX_LISTED]) + more
 
 
-def _name_forms(item: dict[str, Any]) -> tuple[str, str]:
+def _name_forms(item: ModelRecord) -> tuple[str, str]:
     """The registered name (path under the type folder) with and without its extension."""
-    name, filename = str(item.get("name", "")), str(item.get("filename", ""))
+    name, filename = item.name, item.filename
     extension = "." + filename.rsplit(".", 1)[1] if "." in filename else ""
     return name, name + extension
 
 
-def _name_matches(item: dict[str, Any], wanted: str) -> bool:
+def _name_matches(item: ModelRecord, wanted: str) -> bool:
     return wanted in _name_forms(item)
 
 
-def _basename_matches(item: dict[str, Any], wanted: str) -> bool:
+def _basename_matches(item: ModelRecord, wanted: str) -> bool:
     return wanted in tuple(form.rsplit("/", 1)[-1] for form in _name_forms(item))
 
 
-def _hash_matches(item: dict[str, Any], wanted: str) -> bool:
+def _hash_matches(item: ModelRecord, wanted: str) -> bool:
     wanted = wanted.lower()
-    sha = str(item.get("sha256") or "")
-    return sha.startswith(wanted) or wanted in (item.get("short_hash"), item.get("legacy_hash"))
+    return (item.sha256 or "").startswith(wanted) or wanted in (item.short_hash, item.legacy_hash)
 
 
 def resolve_model(
@@ -61,39 +60,40 @@ def resolve_model(
     catalog: ModelCatalog,
     family: ModelFamily | None = None,
     field: str = "model",
-) -> dict[str, Any]:
+) -> ModelRecord:
     """The one ACTIVE model ``reference`` names, or a domain error naming ``field``."""
     wanted = reference.strip()
     if not wanted:
         raise ModelNotFound(f"{field} is empty")
     title = _TITLE.match(wanted)
     if _HASH_PREFIX.match(wanted) and not title:
-        by_hash = [i for i in catalog.find_by_hash_prefix(wanted) if i.get("type") == model_type.value]
+        by_hash = [i for i in catalog.find_by_hash_prefix(wanted) if i.type is model_type]
         by_name = [i for i in catalog.list(model_type) if _name_matches(i, wanted)]
         candidates = by_name or by_hash  # a model literally named in hex wins over a hash prefix
     else:
         everything = list(catalog.list(model_type))
         if title:
-            candidates = [i for i in everything if _name_matches(i, title["name"]) and _hash_matches(i, title["hash"])]
+            name, digest = title.group("name", "hash")
+            candidates = [i for i in everything if _name_matches(i, name) and _hash_matches(i, digest)]
         else:
             candidates = [i for i in everything if _name_matches(i, wanted)]
             if not candidates:  # "model" for "sd15/model", when only one folder has it
                 candidates = [i for i in everything if _basename_matches(i, wanted)]
-    active = [i for i in candidates if i.get("status") == ModelStatus.ACTIVE.value]
+    active = [i for i in candidates if i.is_active]
     if not active:
         if candidates:
-            states = ", ".join(sorted({f"{i['name']} is {i.get('status')}" for i in candidates}))
+            states = ", ".join(sorted({f"{i.name} is {i.status.value}" for i in candidates}))
             raise ModelNotUsable(f"{field} {reference!r} names a {model_type.value} that cannot be used: {states}")
-        everything = [i for i in catalog.list(model_type) if i.get("status") == ModelStatus.ACTIVE.value]
-        close = difflib.get_close_matches(wanted, [str(i["name"]) for i in everything], n=_MAX_LISTED, cutoff=0.5)
+        everything = [i for i in catalog.list(model_type) if i.is_active]
+        close = difflib.get_close_matches(wanted, [i.name for i in everything], n=_MAX_LISTED, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; available: {_describe(everything) or 'none'}"
         raise ModelNotFound(f"{field} {reference!r} matches no ACTIVE {model_type.value}{hint}")
     if len(active) > 1:
         matches = f"{len(active)} {model_type.value}s: {_describe(active)}"
         raise ModelAmbiguous(f"{field} {reference!r} matches {matches}; use a title with its hash")
     found = active[0]
-    if family is not None and found.get("family") not in (family.value, ModelFamily.UNKNOWN.value, None):
+    if family is not None and not found.is_for(family):
         raise ModelNotUsable(
-            f"{field} {reference!r} is a {found.get('family')} {model_type.value}, but this needs {family.value}"
+            f"{field} {reference!r} is a {found.family} {model_type.value}, but this needs {family.value}"
         )
     return found

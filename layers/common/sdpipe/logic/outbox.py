@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
+from pydantic import BaseModel, ConfigDict, Field
 
 from sdpipe.adapters.dynamo import DynamoTable, UpdateBuilder
 from sdpipe.adapters.events import EventPublisher
@@ -66,10 +67,10 @@ class Outbox:
         now = int(time.time())
         published = 0
         for event_id, stored in pending_events(item):
-            if int(stored.get("lease_until", 0)) >= now:
+            if stored.lease_until >= now:
                 continue
             if self.table.lease(key, event_id, now + self.lease_seconds, now):
-                event = Event.model_validate(stored["event"] | {"event_id": event_id})
+                event = Event.model_validate(stored.event | {"event_id": event_id})
                 self.publish(key, event)
                 published += 1
         return published
@@ -117,11 +118,22 @@ class StoredEventSweep:
         return published + (self.endpoints.sweep() if self.endpoints is not None else 0)
 
 
-def pending_events(item: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+class StoredEvent(BaseModel):
+    """An event stored on an item until it is published, and its writer's lease on publishing it."""
+
+    model_config = ConfigDict(defer_build=True, extra="ignore")
+
+    event: dict[str, Any] = Field(default_factory=dict)
+    lease_until: int = 0
+
+    @property
+    def occurred_at(self) -> str:
+        return str(self.event.get("occurred_at"))
+
+
+def pending_events(item: dict[str, Any]) -> list[tuple[str, StoredEvent]]:
     """The events stored on an item and not yet published, in the order they happened."""
-    events = item.get(PENDING_EVENTS) or {}
-    return sorted(events.items(), key=lambda kv: str(kv[1].get("event", {}).get("occurred_at")))
-
-
-def has_pending_events(item: dict[str, Any]) -> bool:
-    return bool(item.get(PENDING_EVENTS))
+    stored = {
+        event_id: StoredEvent.model_validate(value) for event_id, value in (item.get(PENDING_EVENTS) or {}).items()
+    }
+    return sorted(stored.items(), key=lambda kv: kv[1].occurred_at)

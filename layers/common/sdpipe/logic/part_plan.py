@@ -6,6 +6,7 @@ the parts and a fetch workflow's parallel copiers all agree on it without storin
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from sdpipe.errors import FileTooLarge, ValidationFailed
@@ -37,13 +38,19 @@ class PartPlan:
         start, end = self.part_range(number)
         return end - start + 1
 
+    def parts(self) -> list[PlannedPart]:
+        return [PlannedPart(n, *self.part_range(n)) for n in range(1, self.part_count + 1)]
+
     def items(self) -> list[dict[str, int]]:
         """Every part as ``{"part", "start", "end"}`` (what the fetch workflow's Map iterates)."""
-        return [
-            {"part": n, "start": start, "end": end}
-            for n in range(1, self.part_count + 1)
-            for start, end in [self.part_range(n)]
-        ]
+        return [dataclasses.asdict(part) for part in self.parts()]
+
+
+@dataclass(frozen=True)
+class PlannedPart:
+    part: int
+    start: int
+    end: int  # inclusive
 
 
 def plan_parts(size: int, min_part_bytes: int = MIN_PART_BYTES) -> PartPlan:

@@ -129,15 +129,17 @@ class Registrar:
         if not claimed:
             logger.info("this version is registered or being registered", extra={"key": key.key, "etag": info.etag})
             self.flush_pending_event(key.model_id)
-            item = self.table.get(key.model_id) or {}
-            if item.get("etag") == info.etag and item.get("status") == ModelStatus.PENDING.value:
+            current = self.table.get(key.model_id)
+            if current is None or current.etag != info.etag:
+                return
+            if current.status is ModelStatus.PENDING:
                 # Another worker is registering it; should it have died, this event must come
                 # back when its claim runs out, or the model would stay PENDING.
-                remaining = int(item.get("claim_expires_at") or 0) - int(time.time())
+                remaining = current.claim_expires_at - int(time.time())
                 raise WorkInProgress(f"{key.key} is being registered by another delivery",
                                      retry_after_seconds=remaining + 1)  # fmt: skip
-            if item.get("etag") == info.etag and item.get("status") in (ModelStatus.ACTIVE, ModelStatus.REJECTED):
-                self._settle_job(info, ModelRecord.model_validate(item))  # a previous attempt may have stopped short
+            if current.is_settled:
+                self._settle_job(info, current)  # a previous attempt may have stopped short
             return
         try:
             with _Heartbeat(lambda: self.table.renew_claim(key.model_id, token, self.lease_seconds),
@@ -165,10 +167,10 @@ class Registrar:
         if self.store.head(key.key) is not None:
             logger.info("object exists again, removal event is stale", extra={"key": key.key})
             return
-        item = self.table.get(key.model_id)
-        if item is None:
+        current = self.table.get(key.model_id)
+        if current is None:
             return
-        model = {name: item.get(name) for name in _SUMMARY_FIELDS} | {"status": ModelStatus.DELETED.value}
+        model = current.model_dump(mode="json", include=set(_SUMMARY_FIELDS)) | {"status": ModelStatus.DELETED.value}
         event = Event(type=EventType.MODEL_DELETED, status=ModelStatus.DELETED.value, model=model)
         if self.table.mark_deleted(
             model_id=key.model_id,
@@ -182,7 +184,7 @@ class Registrar:
 
     def flush_pending_event(self, model_id: str) -> None:
         """Publish events a previous attempt stored and whose lease has run out."""
-        item = self.table.get(model_id)
+        item = self.table.item(model_id)
         if item is not None:
             self.outbox.flush(item)
 

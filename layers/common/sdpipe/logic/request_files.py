@@ -14,6 +14,7 @@ from aws_lambda_powertools import Logger
 
 from sdpipe.adapters.events import EventPublisher
 from sdpipe.adapters.object_store import ObjectStore
+from sdpipe.contracts.jobs import EnvelopeHead
 from sdpipe.contracts.s3_events import S3EventNotification
 from sdpipe.errors import RequestNotJson
 from sdpipe.settings import RequestFilesSettings, settings_of
@@ -55,10 +56,11 @@ class RequestFiles:
             raise RequestNotJson(f"s3://{self.store.bucket}/{key} is not a JSON request envelope: {exc}") from None
         attributes = {}
         if isinstance(data, dict):
-            if not data.get("request_id"):
+            head = EnvelopeHead.model_validate(data)
+            if not head.request_id:
                 digest = hashlib.sha256(f"{key}\n{info.etag}".encode()).hexdigest()[:32]
-                data["request_id"] = f"file-{digest}"
-            if isinstance(data.get("action"), str) and data["action"]:
-                attributes["action"] = data["action"]
+                data |= {"request_id": f"file-{digest}"}
+            if isinstance(head.action, str) and head.action:
+                attributes = {"action": head.action}
         self.requests.publish_raw(json.dumps(data), attributes)
-        logger.info("request file published", extra={"key": key, "action": attributes.get("action")})
+        logger.info("request file published", extra={"key": key, **attributes})

@@ -14,7 +14,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sdpipe.contracts.jobs import REQUEST_ID_PATTERN, SUPPORTED_ACTIONS, JobStatus, RequestEnvelope, job_id_for
+from sdpipe.contracts.jobs import (
+    REQUEST_ID_PATTERN,
+    SUPPORTED_ACTIONS,
+    EnvelopeHead,
+    JobStatus,
+    RequestEnvelope,
+    job_id_for,
+)
 from sdpipe.errors import RequestNotJson, SdpipeError, UnknownAction, ValidationFailed
 from sdpipe.logic.jobs import JobLedger
 
@@ -56,20 +63,21 @@ def parse_request(body: str, attribute_action: str | None, default_request_id: s
             attribute_action or "unknown",
             error=ValidationFailed(f"the request body must be a JSON object, got {type(data).__name__}"),
         )
-    request_id = data.get("request_id") or default_request_id
+    head = EnvelopeHead.model_validate(data)
+    request_id = head.request_id or default_request_id
     if not isinstance(request_id, str) or not re.match(REQUEST_ID_PATTERN, request_id):
         bad = request_id
         request_id = default_request_id
         return ParsedRequest(
             request_id,
-            str(data.get("action") or attribute_action or "unknown"),
+            str(head.action or attribute_action or "unknown"),
             error=ValidationFailed(
                 f"request_id {bad!r} is invalid: 1-128 characters of letters, digits and ._:@/+=- "
                 "starting with a letter or digit"
             ),
         )
-    context: dict[str, Any] = data["context"] if isinstance(data.get("context"), dict) else {}
-    action = data.get("action")
+    context: dict[str, Any] = head.context if isinstance(head.context, dict) else {}
+    action = head.action
     parsed = ParsedRequest(request_id, str(action or attribute_action or "unknown"), context)
     if action is None:
         parsed.error = UnknownAction('the request has no action; set "action" in the body and the message attribute')

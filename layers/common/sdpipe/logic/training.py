@@ -31,12 +31,14 @@ from sdpipe.adapters.training_logs import TrainingLogs
 from sdpipe.adapters.workflows import Workflows
 from sdpipe.contracts.datasets import DatasetRecord, dataset_prefix
 from sdpipe.contracts.jobs import JobStatus, RequestEnvelope
-from sdpipe.contracts.models import ModelFamily, ModelSource, ModelStatus, ModelType
+from sdpipe.contracts.models import ModelFamily, ModelRecord, ModelSource, ModelType
 from sdpipe.contracts.training import TrainLoraParams, builtin_problems
 from sdpipe.contracts.uploads import META_BASE_MODEL, META_DATASET, META_SOURCE, META_TRAINING_JOB
 from sdpipe.contracts.workflows import (
     JobRecord,
     StepFailure,
+    TrainedFrom,
+    TrainedOn,
     TrainingExecution,
     TrainingOutcome,
     TrainingPlan,
@@ -80,6 +82,9 @@ _LOG_LINES = 20
 # wait to the workflow (RegistrationPending, retried by the ASL) rather than sleeping in a Lambda.
 _REGISTRATION_WAIT_S = 10
 _OPEN = [JobStatus.ACCEPTED, JobStatus.QUEUED, JobStatus.RUNNING]
+# What the job records of its base model, and what its outputs say of each LoRA it registered.
+_BASE_MODEL_FIELDS = {"name", "sha256", "short_hash", "legacy_hash", "family", "s3_key"}
+_OUTPUT_MODEL_FIELDS = {"name", "filename", "s3_key", "status", "sha256", "short_hash", "tensor_hash", "family"}
 
 
 def training_job_name(stack_name: str, job_id: str) -> str:
@@ -169,7 +174,7 @@ class LoraTraining:
         params = TrainLoraParams.model_validate(job.params)
         family = ModelFamily(params.family)
         base = resolve_model(params.base_model, ModelType.CHECKPOINT, self.models, family, field="params.base_model")
-        if base.get("family") != family.value:
+        if base.family is not family:
             raise ModelNotUsable(
                 f"params.base_model {params.base_model!r} is a checkpoint of unknown family; "
                 f"training needs a recognised {family.value} checkpoint"
@@ -180,7 +185,7 @@ class LoraTraining:
         existing = self.store.head(final_key)
         if existing is not None and existing.metadata.get(META_TRAINING_JOB) != job_id:
             raise ModelExists(f"{final_key} exists already; choose another config.output_name")
-        files = build_kohya_files(params.config, dataset, base["filename"], output_name)
+        files = build_kohya_files(params.config, dataset, base.filename, output_name)
         prefix = f"jobs/{job_id}/"
         self.store.put_bytes(prefix + f"{CHANNEL_CONFIG}/{CONFIG_FILE}", files.config_toml.encode(), "application/toml")
         self.store.put_bytes(
@@ -190,8 +195,8 @@ class LoraTraining:
         training = TrainingPlan(
             name=training_job_name(self.settings.stack_name, job_id),
             output_name=output_name,
-            base_model={k: base.get(k) for k in ("name", "sha256", "short_hash", "legacy_hash", "family", "s3_key")},
-            dataset={"name": dataset.name, "images": dataset.images, "marker_version": dataset.marker_version},
+            base_model=TrainedFrom.model_validate(base.model_dump(mode="json", include=_BASE_MODEL_FIELDS)),
+            dataset=TrainedOn(name=dataset.name, images=dataset.images, marker_version=dataset.marker_version),
             total_steps=files.total_steps,
             image=image,
         )
@@ -212,10 +217,9 @@ class LoraTraining:
             raise DatasetNotUsable(f"params.dataset {name!r} was rejected: {reason}")
         return dataset
 
-    def _manifest(self, base: dict[str, Any]) -> list[Any]:
+    def _manifest(self, base: ModelRecord) -> list[Any]:
         """The model channel: the checkpoint and, when it has one, its diffusers config folder."""
-        key = str(base["s3_key"])
-        folder, filename = key.rsplit("/", 1)
+        folder, filename = base.s3_key.rsplit("/", 1)
         stem = filename.rsplit(".", 1)[0]
         configs = [info.key[len(folder) + 1 :] for info in self.store.list_prefix(f"{folder}/{stem}{CONFIG_SUFFIX}")]
         return [{"prefix": self.store.uri(folder + "/")}, filename, *configs]
@@ -249,7 +253,7 @@ class LoraTraining:
         described = self.sagemaker.describe(name)
         if described is None:
             raise TrainingFailed(f"training job {name} does not exist")
-        status, secondary = described["TrainingJobStatus"], described.get("SecondaryStatus", "")
+        status, secondary = described.status, described.secondary_status
         if job.is_finished:
             return TrainingOutcome(status=status, secondary=secondary, job_status=job.status.value)
         if secondary == "Training" and job.status is JobStatus.QUEUED:
@@ -267,16 +271,16 @@ class LoraTraining:
         if job.is_finished:
             return {"models": job.outputs.get("models", [])}
         training = self._plan(job)
-        described = self.sagemaker.describe(training.name) or {}
-        artefact = str((described.get("ModelArtifacts") or {}).get("S3ModelArtifacts") or "")
+        described = self.sagemaker.describe(training.name)
+        artefact = described.artefact_uri if described is not None else ""
         key = self.store.key_of(artefact)
         if key is None:
             raise NoLoraOutput(f"the training job reports no model artefact in this bucket ({artefact or 'none'})")
         metadata = {
             META_SOURCE: ModelSource.TRAINING.value,
             META_TRAINING_JOB: job_id,
-            META_BASE_MODEL: str(training.base_model["sha256"]),
-            META_DATASET: str(training.dataset["name"]),
+            META_BASE_MODEL: training.base_model.sha256,
+            META_DATASET: training.dataset.name,
         }
         keys = self._unpack(key, metadata)
         if not keys:
@@ -284,32 +288,27 @@ class LoraTraining:
         registrar = self.registrar() if self.registrar is not None else _registrar_from_settings()
         records = [self._registered(registrar, model_key) for model_key in keys]
         models = [
-            {
-                k: r.get(k)
-                for k in ("name", "filename", "s3_key", "status", "sha256", "short_hash", "tensor_hash", "family")
-            }
-            | {"title": f"{r.get('name')} [{r.get('short_hash')}]", "error": r.get("error")}
+            r.model_dump(mode="json", include=_OUTPUT_MODEL_FIELDS)
+            | {"title": r.title, "error": r.error.model_dump() if r.error else None}
             for r in records
         ]
         outputs = {
             "models": models,
             "training_job_name": training.name,
-            "billable_seconds": described.get("BillableTimeInSeconds"),
-            "metrics": {m["MetricName"]: m["Value"] for m in described.get("FinalMetricDataList") or []},
+            "billable_seconds": described.billable_seconds if described is not None else None,
+            "metrics": {m.name: m.value for m in described.final_metrics} if described is not None else {},
         }
-        rejected = [m for m in models if m["status"] != ModelStatus.ACTIVE.value]
+        rejected = [r for r in records if not r.is_active]
         if rejected:
             first = rejected[0]
-            error = {
-                "code": "MODEL_REJECTED",
-                "message": f"{first['s3_key']}: {(first.get('error') or {}).get('message')}",
-            }
+            why = first.error.message if first.error else f"it is {first.status.value}"
+            error = {"code": "MODEL_REJECTED", "message": f"{first.s3_key}: {why}"}
             self.ledger.move(job, JobStatus.FAILED, allowed_from=_OPEN, fields={"outputs": outputs, "error": error})
         else:
             self.ledger.move(job, JobStatus.SUCCEEDED, allowed_from=_OPEN, fields={"outputs": outputs})
-        return {"models": [m["s3_key"] for m in models]}
+        return {"models": [r.s3_key for r in records]}
 
-    def _registered(self, registrar: Registrar, model_key: ModelKey) -> dict[str, Any]:
+    def _registered(self, registrar: Registrar, model_key: ModelKey) -> ModelRecord:
         """Register the file here (the S3 event's registration may get there first: then wait for
         it); the settled Models item."""
         with contextlib.suppress(WorkInProgress):  # being registered by the S3 event: wait below
@@ -317,10 +316,9 @@ class LoraTraining:
         info = self.store.head(model_key.key)
         deadline = time.monotonic() + _REGISTRATION_WAIT_S
         while True:
-            item = registrar.table.get(model_key.model_id) or {}
-            settled = item.get("status") in (ModelStatus.ACTIVE.value, ModelStatus.REJECTED.value)
-            if settled and info is not None and item.get("etag") == info.etag:
-                return item
+            record = registrar.table.get(model_key.model_id)
+            if record is not None and record.is_settled and info is not None and record.etag == info.etag:
+                return record
             if time.monotonic() > deadline:
                 raise RegistrationPending(f"{model_key.key} is still being registered; the step is retried")
             time.sleep(0.5)
@@ -354,7 +352,7 @@ class LoraTraining:
             if name and outcome.status in ("InProgress", "Stopping", None):
                 self.sagemaker.stop(name)  # a step failed while SageMaker still trains: do not leave it running
         elif outcome.status == "Stopped" and outcome.secondary == "MaxRuntimeExceeded":
-            seconds = job.params.get("max_runtime_seconds")
+            seconds = TrainLoraParams.model_validate(job.params).max_runtime_seconds
             error = TrainingTimedOut(
                 f"the training ran past max_runtime_seconds ({seconds}) and was stopped"
             ).to_error()
@@ -362,12 +360,12 @@ class LoraTraining:
             status = JobStatus.CANCELLED
             error = {"code": "CANCELLED", "message": "the training job was stopped outside sdpipe"}
         else:
-            described = (self.sagemaker.describe(name) if name else None) or {}
-            reason = described.get("FailureReason") or "SageMaker gives no reason"
+            described = self.sagemaker.describe(name) if name else None
+            reason = (described.failure_reason if described is not None else "") or "SageMaker gives no reason"
             tail = self.logs.tail(name, _LOG_LINES) if name else []
             error = TrainingFailed(f"{reason}" + ("\nlast log lines:\n" + "\n".join(tail) if tail else "")).to_error()
         moved = self.ledger.move(job, status, allowed_from=_OPEN, fields={"error": error})
-        logger.info("training ended", extra={"job_id": job_id, "code": error["code"], "recorded": moved is not None})
+        logger.info("training ended", extra={"job_id": job_id, "recorded": moved is not None, "error": error})
         return {"recorded": moved is not None, "error": error}
 
     # ------------------------------------------------------------------ helpers

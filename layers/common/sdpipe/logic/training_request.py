@@ -27,7 +27,7 @@ def training_job_request(
     """What CreateTrainingJob gets: the model channel from the job's manifest, the dataset's
     prefix, the Kohya configs; the engine and the base model as hyperparameters."""
     base = plan.base_model
-    base_file = str(base["s3_key"]).rsplit("/", 1)[1]
+    base_file = base.filename
     stem = base_file.rsplit(".", 1)[0]
     return {
         "TrainingJobName": plan.name,
@@ -42,9 +42,9 @@ def training_job_request(
             "family": params.family,
             "checkpoint": base_file,
             "model_config": stem + CONFIG_SUFFIX.rstrip("/"),
-            "base_model_name": str(base["name"]),
-            "base_model_sha256": str(base["sha256"]),
-            "base_model_legacy_hash": str(base.get("legacy_hash") or ""),
+            "base_model_name": base.name,
+            "base_model_sha256": base.sha256,
+            "base_model_legacy_hash": base.legacy_hash or "",
         },
         "InputDataConfig": [
             _channel(CHANNEL_MODEL, "ManifestFile", job_prefix + "model.manifest"),

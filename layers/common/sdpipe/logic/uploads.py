@@ -15,7 +15,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from sdpipe.adapters.multipart import MultipartUploads
+from sdpipe.adapters.multipart import HeldPart, MultipartUploads
 from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.contracts.events import utc_now
 from sdpipe.contracts.jobs import REGISTERING, JobStatus, job_id_for
@@ -130,7 +130,7 @@ class ModelUploads:
                 f"upload {job.job_id} cannot complete: {'; '.join(problems)}. "
                 "Upload the missing parts again (resume_upload gives their URLs), then complete."
             )
-        self.uploads.complete(upload.key, upload.upload_id, {n: held[n]["etag"] for n in held})
+        self.uploads.complete(upload.key, upload.upload_id, {number: part.etag for number, part in held.items()})
         moved = self.ledger.move(
             job,
             JobStatus.RUNNING,
@@ -177,20 +177,19 @@ class ModelUploads:
         )
 
     def _describe(
-        self, job_id: str, upload: UploadState, held: dict[int, dict[str, Any]], expires: int | None
+        self, job_id: str, upload: UploadState, held: dict[int, HeldPart], expires: int | None
     ) -> dict[str, Any]:
         """The plan, the parts S3 holds (right size) and presigned URLs for all the others."""
         plan = plan_of(upload)
         expiry = expires or self.settings.part_url_expiry_seconds
         done, missing = [], []
-        for item in plan.items():
-            number = item["part"]
-            found = held.get(number)
-            if found is not None and found["size"] == plan.part_length(number):
-                done.append({"part_number": number, "etag": found["etag"]})
+        for part in plan.parts():
+            found = held.get(part.part)
+            if found is not None and found.size == plan.part_length(part.part):
+                done.append({"part_number": part.part, "etag": found.etag})
                 continue
-            url = self.uploads.presign_part(upload.key, upload.upload_id, number, expiry)
-            missing.append({"part_number": number, "start": item["start"], "end": item["end"], "url": url})
+            url = self.uploads.presign_part(upload.key, upload.upload_id, part.part, expiry)
+            missing.append({"part_number": part.part, "start": part.start, "end": part.end, "url": url})
         return {
             "job_id": job_id,
             "status": JobStatus.RUNNING.value,
@@ -208,7 +207,7 @@ class ModelUploads:
         return {"job_id": job.job_id, "status": JobStatus.RUNNING.value, "phase": REGISTERING, "key": upload.key}
 
 
-def part_problems(plan: PartPlan, given: dict[int, str], held: dict[int, dict[str, Any]]) -> list[str]:
+def part_problems(plan: PartPlan, given: dict[int, str], held: dict[int, HeldPart]) -> list[str]:
     problems = []
     expected = set(range(1, plan.part_count + 1))
     extra = sorted(set(given) - expected)
@@ -221,9 +220,10 @@ def part_problems(plan: PartPlan, given: dict[int, str], held: dict[int, dict[st
     if not_held:
         problems.append(f"S3 does not hold parts {_numbers(not_held)}")
     for number in sorted(expected & set(given) & set(held)):
-        if held[number]["size"] != plan.part_length(number):
-            problems.append(f"part {number} is {held[number]['size']} bytes, expected {plan.part_length(number)}")
-        elif held[number]["etag"] != given[number]:
+        part = held[number]
+        if part.size != plan.part_length(number):
+            problems.append(f"part {number} is {part.size} bytes, expected {plan.part_length(number)}")
+        elif part.etag != given[number]:
             problems.append(f"part {number}'s ETag {given[number]} is not the one S3 holds")
     return problems
 

@@ -14,7 +14,6 @@ run a step, and turn a caught failure into the job's error.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -132,17 +131,6 @@ def run_step(
     return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
 
 
-def _lambda_error(failure: StepFailure) -> dict[str, Any]:
-    """The Lambda error JSON a failed Lambda task's cause is, or nothing."""
-    if not failure.cause.startswith("{"):
-        return {}
-    try:
-        parsed = json.loads(failure.cause)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
-
-
 def error_of_failure(
     failure: StepFailure | None, *, fallback_code: str, timeout: dict[str, str] | None = None
 ) -> dict[str, str]:
@@ -150,9 +138,9 @@ def error_of_failure(
     ``States.Timeout``, else ``fallback_code`` with the state's own error and cause."""
     failure = failure or StepFailure()
     name, message = failure.error, failure.cause
-    detail = _lambda_error(failure)
-    if detail.get("errorMessage"):
-        name, message = str(detail.get("errorType") or name), str(detail["errorMessage"])
+    detail = failure.lambda_error()
+    if detail.error_message:
+        name, message = detail.error_type or name, detail.error_message
     known = getattr(errors, name, None)
     if isinstance(known, type) and issubclass(known, SdpipeError):
         return {"code": known.code, "message": message}
@@ -164,6 +152,6 @@ def error_of_failure(
 def failure_reason(failure: StepFailure | None) -> str:
     """A caught error as one readable reason (the service's own message when it gave one)."""
     failure = failure or StepFailure(Error="Error")
-    detail = _lambda_error(failure)
-    cause = detail.get("errorMessage") or detail.get("message") or detail.get("Message") or failure.cause
+    detail = failure.lambda_error()
+    cause = detail.error_message or detail.message or failure.cause
     return f"{failure.error}: {cause}" if cause else failure.error
