@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,15 @@ from sdpipe_client.stack import LOCAL_STATE_FILE, read_local_state, stack_output
 class _Settings:
     def __init__(self, stack: str) -> None:
         self.stack = stack
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """sdpipe's errors as click's: the message and exit status 1, no traceback."""
+    try:
+        yield
+    except SdpipeError as exc:
+        raise click.ClickException(exc.message) from exc
 
 
 def _local_module(name: str) -> Any:
@@ -144,10 +155,8 @@ def models() -> None:
 @click.pass_obj
 def models_list(settings: _Settings, model_type: str | None, as_json: bool) -> None:
     """List registered models, as a table by default."""
-    try:
+    with _user_errors():
         items = Sdpipe.for_stack(settings.stack).list_models(model_type)
-    except SdpipeError as exc:
-        raise click.ClickException(exc.message) from exc
     if as_json:
         click.echo(json.dumps(items, indent=2, default=str))
     else:
@@ -242,9 +251,7 @@ def _run_generation(settings: _Settings, action: str, params: dict[str, Any], op
             job = client.wait(job_id, timeout_s=options["timeout"], on_change=show)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--context") from exc
-    except JobFailed as exc:
-        raise click.ClickException(exc.message) from exc
-    except SdpipeError as exc:
+    except SdpipeError as exc:  # JobFailed among them: the job's error is the message
         raise click.ClickException(exc.message) from exc
     outputs = job.get("outputs") or {}
     if options["out"]:
@@ -276,12 +283,10 @@ def txt2img(settings: _Settings, /, prompt: str, **options: Any) -> None:
 @click.pass_obj
 def img2img(settings: _Settings, /, prompt: str, init_image: str, mask_image: str | None, **options: Any) -> None:
     """Generate images from PROMPT and an init image (publishes an img2img request)."""
-    try:
+    with _user_errors():
         client = Sdpipe.for_stack(settings.stack)
         options["mask"] = image_reference(mask_image, client) if mask_image else None
         params = _payload(prompt, options) | {"init_images": [image_reference(init_image, client)]}
-    except SdpipeError as exc:
-        raise click.ClickException(exc.message) from exc
     _run_generation(settings, "img2img", params, options)
 
 
@@ -296,10 +301,8 @@ def jobs() -> None:
 @click.pass_obj
 def jobs_get(settings: _Settings, job_id: str) -> None:
     """Print one job as JSON."""
-    try:
+    with _user_errors():
         job = Sdpipe.for_stack(settings.stack).get_job(job_id)
-    except SdpipeError as exc:
-        raise click.ClickException(exc.message) from exc
     click.echo(json.dumps(job, indent=2, default=str))
 
 
@@ -310,10 +313,8 @@ def jobs_get(settings: _Settings, job_id: str) -> None:
 @click.pass_obj
 def jobs_list(settings: _Settings, action: str | None, limit: int, as_json: bool) -> None:
     """The newest jobs first."""
-    try:
+    with _user_errors():
         items = Sdpipe.for_stack(settings.stack).list_jobs(action, limit)
-    except SdpipeError as exc:
-        raise click.ClickException(exc.message) from exc
     if as_json:
         click.echo(json.dumps(items, indent=2, default=str))
     else:
@@ -326,10 +327,8 @@ def jobs_list(settings: _Settings, action: str | None, limit: int, as_json: bool
 @click.pass_obj
 def jobs_cancel(settings: _Settings, job_id: str, reason: str) -> None:
     """Cancel a job that has not finished."""
-    try:
+    with _user_errors():
         job = Sdpipe.for_stack(settings.stack).cancel_job(job_id, reason)
-    except SdpipeError as exc:
-        raise click.ClickException(exc.message) from exc
     click.echo(f"{job['job_id']} {job['status']}")
 
 
@@ -401,32 +400,26 @@ def _follow_endpoint_job(client: Sdpipe, name: str, job_id: str, options: dict[s
             last.append(state)
             console.print(f"{time.monotonic() - started:6.1f}s  {name}  {state}")
 
-    try:
-        with console.status(f"waiting for {job_id}", spinner="dots"):
-            client.wait(job_id, timeout_s=options["timeout"], poll_s=1.0, on_change=show)
-    except SdpipeError as exc:
-        raise click.ClickException(exc.message) from exc
+    with _user_errors(), console.status(f"waiting for {job_id}", spinner="dots"):
+        client.wait(job_id, timeout_s=options["timeout"], poll_s=1.0, on_change=show)
     print_endpoints([e for e in client.list_endpoints() if e["name"] == name])
 
 
-@endpoints.command("deploy")
-@click.argument("name")
-@_endpoint_settings
-@click.pass_obj
-def endpoints_deploy(settings: _Settings, /, name: str, **options: Any) -> None:
-    """Deploy endpoint NAME (publishes a deploy_endpoint request)."""
-    client = Sdpipe.for_stack(settings.stack)
-    _follow_endpoint_job(client, name, client.deploy_endpoint(name, **_settings_from(options)), options)
+def _endpoint_change(verb: str, summary: str) -> None:
+    """``endpoints deploy`` and ``endpoints update``: the same settings, another request."""
+
+    @endpoints.command(verb, help=summary)
+    @click.argument("name")
+    @_endpoint_settings
+    @click.pass_obj
+    def change(settings: _Settings, /, name: str, **options: Any) -> None:
+        client = Sdpipe.for_stack(settings.stack)
+        publish = client.deploy_endpoint if verb == "deploy" else client.update_endpoint
+        _follow_endpoint_job(client, name, publish(name, **_settings_from(options)), options)
 
 
-@endpoints.command("update")
-@click.argument("name")
-@_endpoint_settings
-@click.pass_obj
-def endpoints_update(settings: _Settings, /, name: str, **options: Any) -> None:
-    """Change endpoint NAME; settings not given keep their values (publishes update_endpoint)."""
-    client = Sdpipe.for_stack(settings.stack)
-    _follow_endpoint_job(client, name, client.update_endpoint(name, **_settings_from(options)), options)
+_endpoint_change("deploy", "Deploy endpoint NAME (publishes a deploy_endpoint request).")
+_endpoint_change("update", "Change endpoint NAME; settings not given keep their values (publishes update_endpoint).")
 
 
 @endpoints.command("delete")
@@ -445,10 +438,8 @@ def endpoints_delete(settings: _Settings, /, name: str, **options: Any) -> None:
 @click.pass_obj
 def endpoints_list(settings: _Settings, as_json: bool) -> None:
     """Every endpoint with its status, instance type, scaling range and jobs in flight."""
-    try:
+    with _user_errors():
         items = Sdpipe.for_stack(settings.stack).list_endpoints()
-    except SdpipeError as exc:
-        raise click.ClickException(exc.message) from exc
     if as_json:
         click.echo(json.dumps(items, indent=2, default=str))
     else:
@@ -460,10 +451,8 @@ def endpoints_list(settings: _Settings, as_json: bool) -> None:
 @click.pass_obj
 def endpoints_describe(settings: _Settings, name: str) -> None:
     """One endpoint as JSON: its record, SageMaker's view and its autoscaling."""
-    try:
+    with _user_errors():
         described = Sdpipe.for_stack(settings.stack).describe_endpoint(name)
-    except SdpipeError as exc:
-        raise click.ClickException(exc.message) from exc
     click.echo(json.dumps(described, indent=2, default=str))
 
 
@@ -517,25 +506,22 @@ def upload(settings: _Settings, /, path: Path, model_type: str, **options: Any) 
 
     client = Sdpipe.for_stack(settings.stack)
     size = path.stat().st_size
-    try:
-        with _transfer_progress() as progress:
-            sha256 = options["sha256"]
-            if not sha256:
-                from sdpipe_client.transfer import sha256_of
+    with _user_errors(), _transfer_progress() as progress:
+        sha256 = options["sha256"]
+        if not sha256:
+            from sdpipe_client.transfer import sha256_of
 
-                hashing = progress.add_task("sha256", total=size)
-                sha256 = sha256_of(path, lambda n: progress.advance(hashing, n))
-            task = progress.add_task(path.name, total=size)
-            result = Uploader(client, concurrency=options["concurrency"]).upload(
-                path,
-                ModelType(model_type),
-                name=options["name"],
-                sha256=sha256,
-                overwrite=options["overwrite"],
-                progress=lambda n: progress.advance(task, n),
-            )
-    except SdpipeError as exc:
-        raise click.ClickException(exc.message) from exc
+            hashing = progress.add_task("sha256", total=size)
+            sha256 = sha256_of(path, lambda n: progress.advance(hashing, n))
+        task = progress.add_task(path.name, total=size)
+        result = Uploader(client, concurrency=options["concurrency"]).upload(
+            path,
+            ModelType(model_type),
+            name=options["name"],
+            sha256=sha256,
+            overwrite=options["overwrite"],
+            progress=lambda n: progress.advance(task, n),
+        )
     _finish_upload(client, result, options["wait"])
 
 
@@ -549,7 +535,7 @@ def sync(settings: _Settings, /, folder: Path, dry_run: bool, concurrency: int) 
     from sdpipe_client.sync import FolderSync
 
     syncing = FolderSync(Sdpipe.for_stack(settings.stack))
-    try:
+    with _user_errors():
         found = syncing.local_models(folder)
         with _transfer_progress() as progress:
             hashing = progress.add_task("sha256", total=sum(m.size for m in found))
@@ -565,8 +551,6 @@ def sync(settings: _Settings, /, folder: Path, dry_run: bool, concurrency: int) 
             overall = progress.add_task(f"{len(plan.todo)} files", total=plan.bytes_to_send)
             results = syncing.upload(plan, concurrency, lambda n: progress.advance(overall, n))
         failures = syncing.settle(results)
-    except SdpipeError as exc:
-        raise click.ClickException(exc.message) from exc
     click.echo(f"{len(results)} uploaded, {len(plan.skipped)} already registered, {len(failures)} rejected")
     if failures:
         raise click.ClickException("\n".join(failures))
@@ -590,19 +574,14 @@ def fetch(settings: _Settings, /, url: str, model_type: str, **options: Any) -> 
     if not options["wait"]:
         click.echo(job_id)
         return
-    try:
-        with _transfer_progress() as progress:
-            task = progress.add_task(job_id, total=None)
+    with _user_errors(), _transfer_progress() as progress:
+        task = progress.add_task(job_id, total=None)
 
-            def show(job: dict[str, Any] | None) -> None:
-                done = (job or {}).get("progress") or {}
-                progress.update(task, total=done.get("bytes_total") or None, completed=done.get("bytes_done", 0))
+        def show(job: dict[str, Any] | None) -> None:
+            done = (job or {}).get("progress") or {}
+            progress.update(task, total=done.get("bytes_total") or None, completed=done.get("bytes_done", 0))
 
-            job = client.wait(job_id, timeout_s=6 * 3600, poll_s=1.0, on_poll=show)
-    except JobFailed as exc:
-        raise click.ClickException(exc.message) from exc
-    except SdpipeError as exc:
-        raise click.ClickException(exc.message) from exc
+        job = client.wait(job_id, timeout_s=6 * 3600, poll_s=1.0, on_poll=show)
     model = (job.get("outputs") or {}).get("model") or {}
     click.echo(json.dumps({"job_id": job_id, "status": job["status"], "model": model}, default=str))
 

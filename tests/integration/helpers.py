@@ -3,11 +3,41 @@ model to be registered. (Fixtures are in conftest.py; these are plain functions.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
+from sdpipe.adapters.clients import clients
 from tests.helpers import kohya_lora, safetensors_bytes, wait_until
 
 MIB = 1024 * 1024
+# A txt2img payload small enough for the tiny models on a CPU (two 64x64 images in four steps).
+FOX_PARAMS = {
+    "prompt": "a red fox in snow",
+    "steps": 4,
+    "width": 64,
+    "height": 64,
+    "seed": 42,
+    "batch_size": 2,
+    "sampler_name": "Euler a",
+}
+
+
+@contextlib.contextmanager
+def pointed_at(stack: Any) -> Iterator[None]:
+    """boto3 (and the sdpipe client) in this process on ``stack`` for a module's fixture (the
+    function-scoped ``aws_env`` does it for one test)."""
+    patch = pytest.MonkeyPatch()
+    for name, value in stack.environment().items():
+        patch.setenv(name, value)
+    clients.reset()
+    try:
+        yield
+    finally:
+        patch.undo()
+        clients.reset()
 
 
 def big_lora(mib: int, seed: int = 0) -> bytes:

@@ -7,21 +7,16 @@ import json
 
 import pytest
 
-from sdpipe.adapters.clients import clients
 from sdpipe_client.client import JobFailed, Sdpipe
 from sdpipe_client.stack import StackOutputs
 from sdpipe_local.events_listener import EventsListener
+from tests.integration.helpers import pointed_at
 
 
 @pytest.fixture(scope="module")
 def lifecycle(sdpipe_stack):
-    patch = pytest.MonkeyPatch()
-    for name, value in sdpipe_stack.environment().items():
-        patch.setenv(name, value)
-    clients.reset()
-    yield sdpipe_stack, Sdpipe(StackOutputs(sdpipe_stack.outputs))
-    patch.undo()
-    clients.reset()
+    with pointed_at(sdpipe_stack):
+        yield sdpipe_stack, Sdpipe(StackOutputs(sdpipe_stack.outputs))
 
 
 def endpoint_events(listener: EventsListener, name: str, expected: list[str], timeout: float = 60) -> list[str]:

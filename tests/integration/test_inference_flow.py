@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdpipe.adapters.clients import clients
 from sdpipe_client.client import JobFailed, Sdpipe
 from sdpipe_client.stack import StackOutputs
 from sdpipe_inference.infotext import read_parameters
@@ -21,52 +20,40 @@ from sdpipe_local.assets import drop_checkpoint
 from sdpipe_local.events_listener import EventsListener
 from sdpipe_local.tiny_models import create_tiny_controlnet, create_tiny_lora
 from tests.helpers import wait_until
-from tests.integration.helpers import wait_active
+from tests.integration.helpers import FOX_PARAMS, pointed_at, wait_active
 
 
 @pytest.fixture(scope="module")
 def pipeline(sdpipe_stack, tiny_checkpoints, tmp_path_factory):
     stack = sdpipe_stack
-    patch = pytest.MonkeyPatch()
-    for name, value in stack.environment().items():
-        patch.setenv(name, value)
-    clients.reset()
-    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
-    drop_checkpoint(s3, bucket, tiny_checkpoints["sd1"], "models/Stable-diffusion/flow/fox-sd1.safetensors")
-    drop_checkpoint(s3, bucket, tiny_checkpoints["sdxl"], "models/Stable-diffusion/flow/fox-sdxl.safetensors")
-    lora_dir = tmp_path_factory.mktemp("loras")
-    for family in ("sd1", "sdxl"):
-        path = create_tiny_lora(family, lora_dir / f"flow-style-{family}.safetensors", seed=3)
-        stack.client("s3").upload_file(str(path), stack.outputs["AssetsBucketName"], f"models/Lora/{path.name}")
-    for family in ("sd1", "sdxl"):
-        path = create_tiny_controlnet(family, lora_dir / f"flow-canny-{family}.safetensors", seed=4)
-        stack.client("s3").upload_file(str(path), stack.outputs["AssetsBucketName"], f"models/ControlNet/{path.name}")
-    for key in (
-        "models/Stable-diffusion/flow/fox-sd1.safetensors",
-        "models/Stable-diffusion/flow/fox-sdxl.safetensors",
-        "models/Lora/flow-style-sd1.safetensors",
-        "models/Lora/flow-style-sdxl.safetensors",
-        "models/ControlNet/flow-canny-sd1.safetensors",
-        "models/ControlNet/flow-canny-sdxl.safetensors",
-    ):
-        wait_active(stack, key)
-    client = Sdpipe(StackOutputs(stack.outputs))
-    client.wait(client.deploy_endpoint("flow", instance_type="ml.g6.xlarge", min_instances=1), timeout_s=300)
-    yield stack, client
-    patch.undo()
-    clients.reset()
+    with pointed_at(stack):
+        s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
+        drop_checkpoint(s3, bucket, tiny_checkpoints["sd1"], "models/Stable-diffusion/flow/fox-sd1.safetensors")
+        drop_checkpoint(s3, bucket, tiny_checkpoints["sdxl"], "models/Stable-diffusion/flow/fox-sdxl.safetensors")
+        lora_dir = tmp_path_factory.mktemp("loras")
+        for family in ("sd1", "sdxl"):
+            path = create_tiny_lora(family, lora_dir / f"flow-style-{family}.safetensors", seed=3)
+            stack.client("s3").upload_file(str(path), stack.outputs["AssetsBucketName"], f"models/Lora/{path.name}")
+        for family in ("sd1", "sdxl"):
+            path = create_tiny_controlnet(family, lora_dir / f"flow-canny-{family}.safetensors", seed=4)
+            stack.client("s3").upload_file(
+                str(path), stack.outputs["AssetsBucketName"], f"models/ControlNet/{path.name}"
+            )
+        for key in (
+            "models/Stable-diffusion/flow/fox-sd1.safetensors",
+            "models/Stable-diffusion/flow/fox-sdxl.safetensors",
+            "models/Lora/flow-style-sd1.safetensors",
+            "models/Lora/flow-style-sdxl.safetensors",
+            "models/ControlNet/flow-canny-sd1.safetensors",
+            "models/ControlNet/flow-canny-sdxl.safetensors",
+        ):
+            wait_active(stack, key)
+        client = Sdpipe(StackOutputs(stack.outputs))
+        client.wait(client.deploy_endpoint("flow", instance_type="ml.g6.xlarge", min_instances=1), timeout_s=300)
+        yield stack, client
 
 
-FOX = {
-    "prompt": "a red fox in snow",
-    "model": "fox-sd1",
-    "steps": 4,
-    "width": 64,
-    "height": 64,
-    "seed": 42,
-    "batch_size": 2,
-    "sampler_name": "Euler a",
-}
+FOX = FOX_PARAMS | {"model": "fox-sd1"}
 
 
 def pixels(data: bytes) -> np.ndarray:

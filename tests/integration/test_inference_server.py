@@ -18,6 +18,7 @@ from sdpipe_inference.engine import Engine
 from sdpipe_inference.infotext import read_parameters
 from sdpipe_inference.model_store import ModelStore
 from sdpipe_inference.server import InferenceService, serve
+from tests.integration.helpers import FOX_PARAMS
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +53,7 @@ def pixels(b64: str) -> np.ndarray:
     return np.array(Image.open(io.BytesIO(base64.b64decode(b64))))
 
 
-FOX = {
-    "prompt": "a red fox in snow",
-    "steps": 4,
-    "width": 64,
-    "height": 64,
-    "seed": 42,
-    "batch_size": 2,
-    "sampler_name": "Euler a",
-}
+FOX = FOX_PARAMS
 
 
 def test_ping(server):

@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 from safetensors import safe_open
 
-from sdpipe.adapters.clients import clients
 from sdpipe.adapters.datasets_table import DatasetsTable
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.adapters.object_store import ObjectStore
@@ -31,7 +30,7 @@ from sdpipe_client.stack import StackOutputs
 from sdpipe_local.assets import create_tiny_dataset, drop_checkpoint
 from sdpipe_local.events_listener import EventsListener
 from tests.helpers import wait_until
-from tests.integration.helpers import wait_active
+from tests.integration.helpers import pointed_at, wait_active
 
 QUICK = {"resolution": 64, "network_dim": 4, "network_alpha": 4, "learning_rate": 1e-3, "train_batch_size": 2}
 
@@ -39,25 +38,20 @@ QUICK = {"resolution": 64, "network_dim": 4, "network_alpha": 4, "learning_rate"
 @pytest.fixture(scope="module")
 def training(sdpipe_stack, tiny_checkpoints, tmp_path_factory):
     stack = sdpipe_stack
-    patch = pytest.MonkeyPatch()
-    for name, value in stack.environment().items():
-        patch.setenv(name, value)
-    clients.reset()
-    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
-    for family in ("sd1", "sdxl"):
-        drop_checkpoint(
-            s3, bucket, tiny_checkpoints[family], f"models/Stable-diffusion/train/base-{family}.safetensors"
+    with pointed_at(stack):
+        s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
+        for family in ("sd1", "sdxl"):
+            drop_checkpoint(
+                s3, bucket, tiny_checkpoints[family], f"models/Stable-diffusion/train/base-{family}.safetensors"
+            )
+        client = Sdpipe(StackOutputs(stack.outputs))
+        folder = tmp_path_factory.mktemp("dataset")
+        Datasets(client).upload(
+            plan_dataset(create_tiny_dataset(folder, concept="mystyle", repeats=2, count=4), "trainset")
         )
-    client = Sdpipe(StackOutputs(stack.outputs))
-    folder = tmp_path_factory.mktemp("dataset")
-    Datasets(client).upload(
-        plan_dataset(create_tiny_dataset(folder, concept="mystyle", repeats=2, count=4), "trainset")
-    )
-    for family in ("sd1", "sdxl"):
-        wait_active(stack, f"models/Stable-diffusion/train/base-{family}.safetensors")
-    yield stack, client
-    patch.undo()
-    clients.reset()
+        for family in ("sd1", "sdxl"):
+            wait_active(stack, f"models/Stable-diffusion/train/base-{family}.safetensors")
+        yield stack, client
 
 
 # A base model as a training job records it (the checkpoint itself is not read by this test).

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 from botocore.exceptions import ClientError
 
-from sdpipe.adapters.clients import THROTTLING_CODES, AwsClients, clients, error_code
+from sdpipe.adapters.clients import THROTTLING_CODES, error_code
+from sdpipe.adapters.object_store import BucketAdapter
 from sdpipe.errors import Throttled, UploadNotFound
 
 
@@ -26,15 +26,7 @@ class HeldPart:
     etag: str
 
 
-class MultipartUploads:
-    def __init__(self, bucket: str, aws: AwsClients = clients) -> None:
-        self.bucket = bucket
-        self._aws = aws
-
-    @property
-    def _s3(self) -> Any:
-        return self._aws.get("s3")
-
+class MultipartUploads(BucketAdapter):
     def create(self, key: str, metadata: dict[str, str], content_type: str = "application/octet-stream") -> str:
         response = self._s3.create_multipart_upload(
             Bucket=self.bucket, Key=key, Metadata=metadata, ContentType=content_type

@@ -28,7 +28,9 @@ class ObjectInfo:
         return f'"{self.etag}"'
 
 
-class ObjectStore:
+class BucketAdapter:
+    """An adapter on one bucket, with the S3 client it takes (lazily) from ``aws``."""
+
     def __init__(self, bucket: str, aws: AwsClients = clients) -> None:
         self.bucket = bucket
         self._aws = aws
@@ -37,6 +39,8 @@ class ObjectStore:
     def _s3(self) -> Any:
         return self._aws.get("s3")
 
+
+class ObjectStore(BucketAdapter):
     def head(self, key: str) -> ObjectInfo | None:
         try:
             response = self._s3.head_object(Bucket=self.bucket, Key=key)
