@@ -163,8 +163,10 @@ class TrainingPlan(BaseModel):
     image: str | None = None
 
 
+# SageMaker's answers are read by SageMaker's names (validation aliases) or by ours. Each class
+# spells its config out: mypy's pydantic plugin sees ``populate_by_name`` only there.
 class FinalMetric(BaseModel):
-    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)  # by name or by SageMaker's
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     name: str = Field(validation_alias="MetricName")
     value: float = Field(validation_alias="Value")
@@ -173,7 +175,7 @@ class FinalMetric(BaseModel):
 class DescribedTrainingJob(BaseModel):
     """DescribeTrainingJob's answer (read by SageMaker's names), what the steps decide on."""
 
-    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)  # by name or by SageMaker's
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     status: str = Field(validation_alias="TrainingJobStatus")
     secondary_status: str = Field(default="", validation_alias="SecondaryStatus")
@@ -215,7 +217,7 @@ class DescribedEndpoint(BaseModel):
     """DescribeEndpoint's answer (read by SageMaker's names), reduced to what the wait loops
     decide on; the steps answer it by these names."""
 
-    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)  # by name or by SageMaker's
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     status: str = Field(validation_alias="EndpointStatus")
     config_name: str = Field(default="", validation_alias="EndpointConfigName")
