@@ -92,6 +92,14 @@ def test_every_inference_sample_event_is_handled(stack):
     for sample in sorted((SAMPLES / "jobs_api").glob("*.json")):
         result = invoke_function(stack, "JobsApiFunction", json.loads(sample.read_text()))
         assert "jobs" in result or result["error"]["code"] == "JOB_NOT_FOUND", sample
+    answers = {"list_models": "models", "list_endpoints": "endpoints", "list_datasets": "datasets"}
+    for sample in sorted((SAMPLES / "catalog_api").glob("*.json")):
+        request = json.loads(sample.read_text())
+        result = invoke_function(stack, "CatalogApiFunction", request)
+        if request["operation"] == "describe_endpoint":  # the sample names an endpoint this stack lacks
+            assert result["error"]["code"] == "ENDPOINT_NOT_FOUND", sample
+        else:
+            assert isinstance(result[answers[request["operation"]]], list), sample
 
 
 def test_request_envelope_samples_are_valid_envelopes():
