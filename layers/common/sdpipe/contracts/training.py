@@ -181,5 +181,6 @@ class TrainLoraParams(BaseModel):
     family: Family
     engine: Engine | None = Field(default=None, description="default: the stack's DefaultTrainingEngine")
     instance_type: str | None = Field(default=None, pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
-    max_runtime_seconds: int | None = Field(default=None, ge=60, le=28 * 24 * 3600)
+    # SageMaker's StoppingCondition.MaxRuntimeInSeconds bounds (1 s to 28 days).
+    max_runtime_seconds: int | None = Field(default=None, ge=1, le=28 * 24 * 3600)
     config: LoraConfig = Field(default_factory=LoraConfig)
