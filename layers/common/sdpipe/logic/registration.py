@@ -128,8 +128,11 @@ class Registrar:
         )
         if not claimed:
             logger.info("this version is registered or being registered", extra={"key": key.key, "etag": info.etag})
-            self.flush_pending_event(key.model_id)
-            current = self.table.get(key.model_id)
+            # One read serves both: publish what an earlier attempt left, then decide on the item.
+            item = self.table.item(key.model_id)
+            if item is not None:
+                self.outbox.flush(item)
+            current = ModelRecord.model_validate(item) if item is not None else None
             if current is None or current.etag != info.etag:
                 return
             if current.status is ModelStatus.PENDING:
