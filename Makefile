@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/pip install --constraint constraints.txt
+# --no-compile: byte-compiling every installed module (torch, transformers...) costs a minute;
+# Python compiles what is imported on first use and keeps it.
+PIP := $(BIN)/pip install --no-compile --constraint constraints.txt
 STAMP := $(VENV)/.installed-stamp
 PACKAGES := pyproject.toml constraints.txt layers/common/pyproject.toml local/pyproject.toml client/pyproject.toml images/inference/pyproject.toml images/training/pyproject.toml
 # `sam build` needs the Lambda runtime's Python: pyenv's python3.12, else one on PATH (a pyenv
@@ -41,7 +43,7 @@ STACK_WORKERS ?= 2
 
 test: $(STAMP) build
 	$(BIN)/python -m pytest -n $(UNIT_WORKERS) --dist loadfile tests --ignore=tests/integration
-	$(BIN)/python -m pytest -n $(STACK_WORKERS) --dist loadfile tests/integration
+	$(BIN)/python -m pytest -n $(STACK_WORKERS) --dist loadfile --no-loadscope-reorder tests/integration
 
 # The Lambda artefacts as `sam deploy` uploads them, and the SDK the runtime would provide (the
 # tests import every built function with only these on the path). Without python3.12 the build is

@@ -6,7 +6,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,16 @@ def _user_errors() -> Iterator[None]:
         yield
     except SdpipeError as exc:
         raise click.ClickException(exc.message) from exc
+
+
+def _show(settings: _Settings, read: Callable[[Sdpipe], Any], table: Callable[[Any], None] | None = None) -> None:
+    """What ``read`` gets from the stack's functions, printed as JSON, or by ``table`` when given."""
+    with _user_errors():
+        value = read(Sdpipe.for_stack(settings.stack))
+    if table is None:
+        click.echo(json.dumps(value, indent=2, default=str))
+    else:
+        table(value)
 
 
 def _local_module(name: str) -> Any:
@@ -155,12 +165,7 @@ def models() -> None:
 @click.pass_obj
 def models_list(settings: _Settings, model_type: str | None, as_json: bool) -> None:
     """List registered models, as a table by default."""
-    with _user_errors():
-        items = Sdpipe.for_stack(settings.stack).list_models(model_type)
-    if as_json:
-        click.echo(json.dumps(items, indent=2, default=str))
-    else:
-        print_models(items)
+    _show(settings, lambda client: client.list_models(model_type), None if as_json else print_models)
 
 
 @models.command("create-tiny")
@@ -301,9 +306,7 @@ def jobs() -> None:
 @click.pass_obj
 def jobs_get(settings: _Settings, job_id: str) -> None:
     """Print one job as JSON."""
-    with _user_errors():
-        job = Sdpipe.for_stack(settings.stack).get_job(job_id)
-    click.echo(json.dumps(job, indent=2, default=str))
+    _show(settings, lambda client: client.get_job(job_id))
 
 
 @jobs.command("list")
@@ -313,12 +316,7 @@ def jobs_get(settings: _Settings, job_id: str) -> None:
 @click.pass_obj
 def jobs_list(settings: _Settings, action: str | None, limit: int, as_json: bool) -> None:
     """The newest jobs first."""
-    with _user_errors():
-        items = Sdpipe.for_stack(settings.stack).list_jobs(action, limit)
-    if as_json:
-        click.echo(json.dumps(items, indent=2, default=str))
-    else:
-        print_jobs(items)
+    _show(settings, lambda client: client.list_jobs(action, limit), None if as_json else print_jobs)
 
 
 @jobs.command("cancel")
@@ -438,12 +436,7 @@ def endpoints_delete(settings: _Settings, /, name: str, **options: Any) -> None:
 @click.pass_obj
 def endpoints_list(settings: _Settings, as_json: bool) -> None:
     """Every endpoint with its status, instance type, scaling range and jobs in flight."""
-    with _user_errors():
-        items = Sdpipe.for_stack(settings.stack).list_endpoints()
-    if as_json:
-        click.echo(json.dumps(items, indent=2, default=str))
-    else:
-        print_endpoints(items)
+    _show(settings, lambda client: client.list_endpoints(), None if as_json else print_endpoints)
 
 
 @endpoints.command("describe")
@@ -451,9 +444,7 @@ def endpoints_list(settings: _Settings, as_json: bool) -> None:
 @click.pass_obj
 def endpoints_describe(settings: _Settings, name: str) -> None:
     """One endpoint as JSON: its record, SageMaker's view and its autoscaling."""
-    with _user_errors():
-        described = Sdpipe.for_stack(settings.stack).describe_endpoint(name)
-    click.echo(json.dumps(described, indent=2, default=str))
+    _show(settings, lambda client: client.describe_endpoint(name))
 
 
 # ---------------------------------------------------------------------- model intake

@@ -264,6 +264,11 @@ class LocalSageMaker:
             raise SageMakerError("ValidationException", f'Could not find endpoint "{self._arn("endpoint", name)}".')
         return endpoint
 
+    def endpoint(self, name: str) -> Endpoint:
+        """The endpoint ``name`` as it runs here (its container's process, its restarts): what a test
+        acts on to stand in for a fault of the instance."""
+        return self._endpoint(name)
+
     def _describe_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
         endpoint = self._endpoint(body["EndpointName"])
         config = self._configs.get(endpoint.config_name, {})

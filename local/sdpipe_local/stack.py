@@ -225,32 +225,43 @@ class LocalStack:
     def is_idle(self) -> bool:
         """Nothing in progress: no message waiting or in flight on the stack's work queues, no
         function invocation, workflow execution or asynchronous endpoint invocation running."""
+        return not self.busy()
+
+    def busy(self) -> list[str]:
+        """What is in progress (empty when the stack is idle), each named for a test's message."""
         assert self.runtime is not None and self.sagemaker is not None
         if self.runtime.running or self.sagemaker.invocations_in_progress:
-            return False
+            return [f"{self.runtime.running} function invocations, "
+                    f"{self.sagemaker.invocations_in_progress} endpoint invocations"]  # fmt: skip
         sqs = self.client("sqs")
         counts = ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible")
         for url in self._work_queues:
             attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(counts))["Attributes"]
             if any(int(attributes.get(name, 0)) for name in counts):
-                return False
+                return [f"messages on {url.rsplit('/', 1)[-1]}"]
         sfn = self.client("stepfunctions")
-        return not any(
-            sfn.list_executions(stateMachineArn=machine["stateMachineArn"], statusFilter="RUNNING")["executions"]
+        return [
+            execution["executionArn"].split(":", 6)[-1]
             for machine in sfn.list_state_machines()["stateMachines"]
-        )
+            for execution in sfn.list_executions(stateMachineArn=machine["stateMachineArn"], statusFilter="RUNNING")[
+                "executions"
+            ]
+        ]
 
     def wait_idle(self, timeout_s: float = 60, settle_s: float = 0.3) -> None:
         """Wait until the stack has been idle twice ``settle_s`` apart: what a test does to show that
         something does *not* happen (every consequence of what it did has run by then)."""
         deadline = time.monotonic() + timeout_s
+        busy = self.busy()
         while time.monotonic() < deadline:
-            if self.is_idle():
+            if not busy:
                 time.sleep(settle_s)
-                if self.is_idle():
+                busy = self.busy()
+                if not busy:
                     return
             time.sleep(0.1)
-        raise TimeoutError(f"the local stack was still busy after {timeout_s:.0f}s")
+            busy = self.busy()
+        raise TimeoutError(f"the local stack was still busy after {timeout_s:.0f}s: {', '.join(busy)}")
 
     def environment(self) -> dict[str, str]:
         return client_environment(self.endpoint_url)

@@ -13,6 +13,16 @@ from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# The longest modules first: xdist (`--dist loadfile --no-loadscope-reorder`, as `make test` runs
+# it) hands out a module at a time in collection order, and a long one handed out last keeps one
+# worker busy while the others idle (the chaos module alone takes about 100 s here).
+LONGEST_FIRST = ("test_chaos", "test_training", "test_endpoint_lifecycle", "test_inference_flow", "test_fetch")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest keep their order
+
 
 @pytest.fixture(scope="session")
 def stack(sdpipe_stack: LocalStack) -> LocalStack:

@@ -4,6 +4,8 @@ model to be registered. (Fixtures are in conftest.py; these are plain functions.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +40,21 @@ def pointed_at(stack: Any) -> Iterator[None]:
     finally:
         patch.undo()
         clients.reset()
+
+
+@contextlib.contextmanager
+def frozen(stack: Any, endpoint_name: str) -> Iterator[Any]:
+    """The endpoint's container stopped (SIGSTOP) while the block runs: an instance that takes the
+    work and does not answer, as a hung GPU would, for as long as the test needs and without the
+    CPU a long generation would burn. The container carries on where it was afterwards."""
+    endpoint = stack.sagemaker.endpoint(f"{stack.stack_name}-{endpoint_name}")
+    process = endpoint.process
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        yield endpoint
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
 
 
 def big_lora(mib: int, seed: int = 0) -> bytes:

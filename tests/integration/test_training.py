@@ -183,7 +183,7 @@ def test_a_crashing_training_fails_with_sagemakers_reason_and_the_log(training):
 
 def test_max_runtime_stops_the_training_and_fails_the_job(training):
     stack, client = training
-    job_id = train(client, max_runtime_seconds=20, config={"max_train_steps": 100_000})
+    job_id = train(client, max_runtime_seconds=8, config={"max_train_steps": 100_000})
     with pytest.raises(JobFailed):
         client.wait(job_id, timeout_s=240)
     job = client.get_job(job_id)

@@ -57,3 +57,37 @@ def test_extra_networks_in_a_prompt():
     assert strip_extra_networks("a fox, <lora:x:1>, snow") == "a fox, snow"
     with pytest.raises(ValueError, match="not a number"):
         extra_networks("<lora:x:heavy>")
+
+
+def test_a_claimed_delivery_looks_again_soon_then_less_often_and_never_after_the_claim():
+    from sdpipe.lambda_support import recheck_after
+
+    assert [recheck_after(receives, 905) for receives in range(1, 6)] == [5, 10, 20, 40, 80]
+    assert recheck_after(3, 12) == 12  # the claim ends first: come back then, to take it over
+    assert recheck_after(60, 905) == 905
+    assert recheck_after(0, 905) == 5  # no receive count reported: the first look
+
+
+def test_a_claimed_delivery_is_not_acknowledged_and_comes_back_by_its_receive_count(monkeypatch):
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    from sdpipe.adapters import queues
+    from sdpipe.errors import WorkInProgress
+    from sdpipe.lambda_support import come_back_when_free
+
+    later: list[tuple[str, str, int]] = []
+    monkeypatch.setattr(queues.Redelivery, "after", lambda self, *args: later.append(args))
+    message = {
+        "receiptHandle": "handle-1",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:work",
+        "attributes": {"ApproximateReceiveCount": "2"},
+        "body": "{}",
+    }
+    record = SQSRecord(message)
+
+    def busy(_: SQSRecord) -> None:
+        raise WorkInProgress("claimed by another delivery", retry_after_seconds=61)
+
+    with pytest.raises(WorkInProgress):  # reported failed: the batch leaves it on the queue
+        come_back_when_free(record, busy)
+    assert later == [("arn:aws:sqs:us-east-1:123456789012:work", "handle-1", 10)]

@@ -49,14 +49,28 @@ def answer_direct(
         return {"error": exc.to_error()}
 
 
+# A delivery that finds the work claimed looks again after this, then twice as long each time,
+# never later than the claim's end: most claims are let go within seconds (a duplicate S3 event
+# racing the first), and a dead worker's claim still runs out and is taken over.
+_FIRST_RECHECK_SECONDS = 5
+
+
+def recheck_after(receive_count: int, claim_ends_in: int) -> int:
+    """Seconds until a message whose work is claimed by another delivery comes back."""
+    return min(claim_ends_in, _FIRST_RECHECK_SECONDS * (1 << min(max(0, receive_count - 1), 16)))
+
+
 def come_back_when_free(record: SQSRecord, handle: Callable[[SQSRecord], None]) -> None:
     """Run ``handle``; when the work is claimed by another delivery (``WorkInProgress``), the
-    message is not acknowledged: it comes back when that claim runs out, so the work is taken
-    over if its worker died (the queue's visibility timeout could be much later, or sooner)."""
+    message is not acknowledged: it comes back soon, then less often, and at the latest when that
+    claim runs out, so the work is taken over if its worker died (the queue's visibility timeout
+    could be much later, or sooner)."""
     try:
         handle(record)
     except WorkInProgress as busy:
         from sdpipe.adapters.queues import Redelivery
 
-        Redelivery().after(record.event_source_arn, record.receipt_handle, busy.retry_after_seconds)
+        receives = int((record.raw_event.get("attributes") or {}).get("ApproximateReceiveCount") or 1)
+        seconds = recheck_after(receives, busy.retry_after_seconds)
+        Redelivery().after(record.event_source_arn, record.receipt_handle, seconds)
         raise
