@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# --no-compile: byte-compiling every installed module (torch, transformers...) costs a minute;
-# Python compiles what is imported on first use and keeps it.
-PIP := $(BIN)/pip install --no-compile --constraint constraints.txt
+# Installs byte-compile (a minute here): the local stack runs every process with
+# PYTHONDONTWRITEBYTECODE, as Lambda does, so what pip does not compile is compiled on every import.
+PIP := $(BIN)/pip install --constraint constraints.txt
 STAMP := $(VENV)/.installed-stamp
 PACKAGES := pyproject.toml constraints.txt layers/common/pyproject.toml local/pyproject.toml client/pyproject.toml images/inference/pyproject.toml images/training/pyproject.toml
 # `sam build` needs the Lambda runtime's Python: pyenv's python3.12, else one on PATH (a pyenv
