@@ -111,6 +111,9 @@ def test_defaults_that_matter_are_explicit():
         ({"caption_extension": ".caption"}, "'.txt'"),
         ({"max_train_epochs": 2, "max_train_steps": 10}, "not both"),
         ({"optimizer_type": "Adam9000"}, "optimizer_type"),
+        ({"color_aug": True}, "color_aug change each image every epoch, so they need cache_latents = false"),
+        ({"random_crop": True, "color_aug": True, "cache_latents": True}, "color_aug and random_crop .* cache_latents"),
+        ({"xformers": True, "sdpa": True}, "sdpa or xformers, not both"),
     ],
 )
 def test_bad_configs_are_refused_by_name(config, message):
@@ -142,9 +145,96 @@ def test_toml_round_trips():
         (["steps:   4%|▍ | 4/100 [00:03<01:20, 1.19it/s, avr_loss=0.15]\rsteps:   5%|▌ | 5/100 [00:04<01:19,"
           " 1.2it/s, avr_loss=0.142]"], {"step": 5, "total_steps": 100, "loss": 0.142}),
         (["loading the model"], None),
+        (["epoch 1/2", "steps:  50%|█████     | 4/8 [00:03<00:03, 1.2it/s, avr_loss=0.2]", "",
+          "epoch 2/2", "steps:  62%|██████▎   | 5/8 [00:04<00:02, 1.2it/s, avr_loss=0.18]"],
+         {"step": 5, "total_steps": 8, "loss": 0.18, "epoch": 2, "epochs": 2}),
     ],
 )  # fmt: skip
 def test_step_and_loss_are_read_from_either_engines_log(lines, expected):
     from sdpipe.logic.training_progress import latest_progress
 
     assert latest_progress(lines) == expected
+
+
+def test_augmentations_train_with_latents_uncached_and_sdpa_is_the_default_attention():
+    assert LoraConfig(color_aug=True, random_crop=True, cache_latents=False).color_aug
+    assert LoraConfig().sdpa and not LoraConfig(xformers=True).sdpa
+    options = flatten(tomllib.loads(build_kohya_files(LoraConfig(), dataset(("1_a", "a", 1, 2)), "m", "o").config_toml))
+    assert options["sdpa"] is True
+
+
+@pytest.mark.parametrize(
+    ("line", "step", "epoch"),
+    [
+        ("steps:  30%|███       | 3/10 [00:05<00:12, 1.7s/it, avr_loss=0.123]", "3", None),
+        ("step=3/10 epoch=1/2 loss=0.500000 lr=1.000e-04", "3", "1"),
+        ("epoch 2/5", None, "2"),
+    ],
+)
+def test_sagemakers_metric_regexes_match_both_engines_lines(line, step, epoch):
+    import re
+
+    from sdpipe.logic.training_progress import METRIC_DEFINITIONS
+
+    regexes = {d["Name"]: re.compile(d["Regex"]) for d in METRIC_DEFINITIONS}
+    found = {name: (m.group(1) if (m := regex.search(line)) else None) for name, regex in regexes.items()}
+    assert (found["train:step"], found["train:epoch"]) == (step, epoch)
+
+
+def test_a_failed_kohya_run_is_explained_by_sd_scripts_first_error_not_accelerates_traceback():
+    from sdpipe_training.kohya import KohyaLog
+
+    log = KohyaLog()
+    lines = [
+        "loading u-net: <All keys matched successfully>",
+        "Traceback (most recent call last):",
+        '  File "/opt/sd-scripts/train_network.py", line 1115, in <module>',
+        "RuntimeError: Error(s) in loading state_dict for UNet2DConditionModel:",
+        "\tsize mismatch for conv_in.weight: copying a param with shape torch.Size([320, 9, 3, 3]) from checkpoint,"
+        " the shape in current model is torch.Size([320, 4, 3, 3]).",
+        "Traceback (most recent call last):",
+        *[f'  File "/opt/sd-scripts/venv/lib/python3.10/site-packages/accelerate/{n}.py", line 1' for n in range(30)],
+        "subprocess.CalledProcessError: Command '['python', 'train_network.py']' returned non-zero exit status 1.",
+    ]
+    for line in lines:
+        log.add(line + "\n")
+    reason = log.reason(1)
+    assert reason.startswith(
+        "sd-scripts exited with status 1: RuntimeError: Error(s) in loading state_dict for UNet2DConditionModel: "
+        "size mismatch for conv_in.weight"
+    )
+    assert "CalledProcessError" in reason and len(reason) <= 900
+    assert KohyaLog().reason(2) == "sd-scripts exited with status 2: "
+
+
+def test_kohya_reads_the_relocated_dataset_file_when_opt_ml_lives_elsewhere(tmp_path):
+    """The local stand-in runs the entrypoint over a folder of its own: the channel's dataset file
+    still names /opt/ml, so sd-scripts must be pointed at the relocated copy (it found "No data")."""
+    from sdpipe_training.entrypoint import kohya_files
+    from sdpipe_training.sagemaker_env import SageMakerPaths
+
+    paths = SageMakerPaths(tmp_path)
+    files = build_kohya_files(LoraConfig(), dataset(("1_a", "a", 1, 2)), "m.safetensors", "out")
+    config_file = kohya_files(paths, paths.relocate(files.config_toml), paths.relocate(files.dataset_toml))
+    named = Path(flatten(tomllib.loads(config_file.read_text()))["dataset_config"])
+    assert named.parent == config_file.parent
+    image_dirs = [s["image_dir"] for d in tomllib.loads(named.read_text())["datasets"] for s in d["subsets"]]
+    assert image_dirs and all(d.startswith(str(tmp_path)) for d in image_dirs)
+
+
+def test_a_kohya_lora_records_the_registered_base_model_and_its_hashes_stay_true(tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from sdpipe_training.lora_files import kohya_hashes, save_lora, stamp_base_model
+
+    path = tmp_path / "style.safetensors"
+    tensors = {"lora_unet_x.lora_down.weight": torch.ones(4, 8), "lora_unet_x.alpha": torch.tensor(4.0)}
+    save_lora(path, tensors, {"ss_sd_model_name": "model.safetensors", "ss_network_dim": "4"})
+    stamp_base_model(path, name="dreamshaper_8", sha256="ab" * 32, legacy_hash="")
+    with safe_open(str(path), "pt") as opened:
+        metadata = opened.metadata()
+    assert metadata["ss_sd_model_name"] == "dreamshaper_8" and metadata["ss_new_sd_model_hash"] == "ab" * 32
+    assert metadata["ss_network_dim"] == "4" and "ss_sd_model_hash" not in metadata  # nothing given: nothing said
+    assert (metadata["sshs_model_hash"], metadata["sshs_legacy_hash"]) == kohya_hashes(load_file(str(path)), metadata)

@@ -17,11 +17,10 @@ import sys
 import threading
 import tomllib
 import traceback
-from collections import deque
 from pathlib import Path
 from typing import Any
 
-from sdpipe.logic.kohya_config import CHANNEL_CONFIG, CHANNEL_MODEL, CONFIG_FILE, DATASET_CONFIG_FILE
+from sdpipe.logic.kohya_config import CHANNEL_CONFIG, CHANNEL_MODEL, CONFIG_FILE, DATASET_CONFIG_FILE, to_toml
 from sdpipe_training.sagemaker_env import SageMakerPaths
 
 
@@ -63,6 +62,13 @@ def run(paths: SageMakerPaths, stop: threading.Event) -> list[Path]:
     written = sorted(paths.model_dir.glob("*.safetensors"))
     if not written and not stop.is_set():
         raise TrainingError("training ended without writing a LoRA file to /opt/ml/model")
+    if engine == "kohya":
+        from sdpipe_training.lora_files import stamp_base_model
+
+        for path in written:
+            stamp_base_model(path, name=hyperparameters.get("base_model_name", ""),
+                             sha256=hyperparameters.get("base_model_sha256", ""),
+                             legacy_hash=hyperparameters.get("base_model_legacy_hash", ""))  # fmt: skip
     return written
 
 
@@ -110,28 +116,40 @@ def _model_config(paths: SageMakerPaths, hyperparameters: dict[str, str], family
     raise TrainingError(f"no diffusers config for the checkpoint (none beside it, none bundled for {family})")
 
 
-def _run_kohya(paths: SageMakerPaths, family: str, config_text: str, dataset_text: str, stop: threading.Event) -> None:
-    from sdpipe_training.kohya import kohya_command, run_in_own_group
-
+def kohya_files(paths: SageMakerPaths, config_text: str, dataset_text: str) -> Path:
+    """Write the run's two files where sd-scripts reads them; the config file's path. The config
+    names the dataset file written here: the channel's copy still holds /opt/ml paths, which are
+    not where the data is when /opt/ml lives elsewhere (the local stand-in)."""
     work = paths.output_data_dir / "config"
     work.mkdir(parents=True, exist_ok=True)
     dataset_file = work / DATASET_CONFIG_FILE
     dataset_file.write_text(dataset_text)
+    config = tomllib.loads(config_text)
+    for table in (config, *(value for value in config.values() if isinstance(value, dict))):
+        if "dataset_config" in table:
+            table["dataset_config"] = str(dataset_file)
     config_file = work / CONFIG_FILE
-    config_file.write_text(config_text)
+    config_file.write_text(to_toml(config))
+    return config_file
+
+
+def _run_kohya(paths: SageMakerPaths, family: str, config_text: str, dataset_text: str, stop: threading.Event) -> None:
+    from sdpipe_training.kohya import KohyaLog, kohya_command, run_in_own_group
+
+    config_file = kohya_files(paths, config_text, dataset_text)
     precision = str(flatten(tomllib.loads(config_text)).get("mixed_precision", "no"))
     command = kohya_command(family, config_file, precision)
     _log("running " + " ".join(command))
-    tail: deque[str] = deque(maxlen=20)
+    log = KohyaLog()
 
     def echo(line: str) -> None:
         sys.stdout.write(line)
         sys.stdout.flush()
-        tail.append(line.rstrip())
+        log.add(line)
 
     code = run_in_own_group(command, stop, echo)
     if code != 0 and not stop.is_set():
-        raise TrainingError(f"sd-scripts exited with status {code}: " + " | ".join(tail)[-900:])
+        raise TrainingError(log.reason(code))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -27,6 +29,44 @@ SD_SCRIPTS_COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
 SCRIPTS = {"sd1": "train_network.py", "sdxl": "sdxl_train_network.py"}
 # SageMaker kills the container 120 s after its SIGTERM; leave time to upload /opt/ml/model.
 STOP_GRACE_SECONDS = 90.0
+
+
+# The last line of a Python traceback ("RuntimeError: Error(s) in loading state_dict...", a bare
+# "AssertionError") or a line logged at ERROR: how sd-scripts says why it stopped.
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception)(?::\s.*)?|(?:\S+\s+)?ERROR\s.*)$")
+# A failed run's reason, as SageMaker's FailureReason carries it (1024 characters at most).
+REASON_CHARS = 900
+
+
+class KohyaLog:
+    """What a failed run's reason needs from sd-scripts' output: the first error it reported (with
+    the indented lines that continue it, such as the size mismatches under a state_dict error) and
+    the last lines. The last lines alone are accelerate's traceback of its child's exit status."""
+
+    def __init__(self, tail_lines: int = 20, continuation_lines: int = 3) -> None:
+        self.tail: deque[str] = deque(maxlen=tail_lines)
+        self.first_error: list[str] = []
+        self._continuation_lines = continuation_lines
+        self._continuing = False
+
+    def add(self, line: str) -> None:
+        text = line.rstrip()
+        self.tail.append(text)
+        if not self.first_error:
+            if _ERROR_LINE.match(text):
+                self.first_error, self._continuing = [text], True
+        elif self._continuing:
+            extends = text[:1].isspace() and len(self.first_error) <= self._continuation_lines
+            if extends:
+                self.first_error.append(text.strip())
+            self._continuing = extends
+
+    def reason(self, code: int) -> str:
+        head = f"sd-scripts exited with status {code}: "
+        if self.first_error:
+            head += " ".join(self.first_error)[: REASON_CHARS // 2] + " | last log lines: "
+        room = max(0, REASON_CHARS - len(head))
+        return head + " | ".join(self.tail)[-room:]
 
 
 def sd_scripts_dir() -> Path:

@@ -75,3 +75,16 @@ def save_lora(path: Any, tensors: dict[str, Any], metadata: dict[str, str]) -> N
 
     model_hash, legacy_hash = kohya_hashes(tensors, metadata)
     save_file(tensors, str(path), metadata | {"sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash})
+
+
+def stamp_base_model(path: Any, *, name: str, sha256: str, legacy_hash: str) -> None:
+    """Record in a LoRA sd-scripts wrote the checkpoint it was trained from, as registered (sd-scripts
+    names the file in the model channel and hashes what it loaded), keeping its ``sshs_*`` hashes
+    true to the rewritten file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as opened:
+        metadata = dict(opened.metadata() or {})
+    given = {"ss_sd_model_name": name, "ss_new_sd_model_hash": sha256, "ss_sd_model_hash": legacy_hash}
+    save_lora(path, load_file(str(path)), metadata | {key: value for key, value in given.items() if value})

@@ -80,7 +80,8 @@ class LoraConfig(BaseModel):
     min_bucket_reso: int | None = Field(default=None, ge=64, le=4096)
     max_bucket_reso: int | None = Field(default=None, ge=64, le=8192)
     max_token_length: Literal[75, 150, 225] | None = None
-    sdpa: bool = False
+    # On by default (sd-scripts' own default is its slow attention); off when xformers is asked for.
+    sdpa: bool = True
     xformers: bool = False
     no_half_vae: bool = False
     cache_text_encoder_outputs: bool = False
@@ -125,6 +126,17 @@ class LoraConfig(BaseModel):
             raise ValueError("give max_train_epochs or max_train_steps, not both")
         if self.network_train_unet_only and self.text_encoder_lr:
             raise ValueError("text_encoder_lr is set but network_train_unet_only trains the U-Net only")
+        # sd-scripts asserts on these after loading the model: refuse them before a GPU is paid for.
+        augmented = [name for name in ("color_aug", "random_crop") if getattr(self, name)]
+        if augmented and self.cache_latents:
+            raise ValueError(
+                f"{' and '.join(augmented)} change each image every epoch, so they need cache_latents = false "
+                "(cache_latents is on by default)"
+            )
+        if self.xformers and "sdpa" not in self.model_fields_set:
+            self.sdpa = False  # one attention implementation: the one asked for
+        elif self.xformers and self.sdpa:
+            raise ValueError("give sdpa or xformers, not both")
         return self
 
     @property
