@@ -252,16 +252,16 @@ class LocalStack:
         """Wait until the stack has been idle twice ``settle_s`` apart: what a test does to show that
         something does *not* happen (every consequence of what it did has run by then)."""
         deadline = time.monotonic() + timeout_s
-        busy = self.busy()
-        while time.monotonic() < deadline:
+        while True:
+            busy = self.busy()
             if not busy:
-                time.sleep(settle_s)
+                time.sleep(settle_s)  # idle twice, settle_s apart
                 busy = self.busy()
                 if not busy:
                     return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"the local stack was still busy after {timeout_s:.0f}s: {', '.join(busy)}")
             time.sleep(0.1)
-            busy = self.busy()
-        raise TimeoutError(f"the local stack was still busy after {timeout_s:.0f}s: {', '.join(busy)}")
 
     def environment(self) -> dict[str, str]:
         return client_environment(self.endpoint_url)
