@@ -327,7 +327,10 @@ class LocalSageMaker:
 
     def close(self) -> None:
         self.training.close()
-        for endpoint in list(self._endpoints.values()):
+        endpoints = list(self._endpoints.values())
+        for endpoint in endpoints:  # all told first: each container may take seconds to exit
+            endpoint.signal_stop()
+        for endpoint in endpoints:
             endpoint.stop()
         self._endpoints.clear()
 

@@ -54,9 +54,14 @@ class Endpoint:
     def serve_from(self, container: Container) -> None:
         self.process, self.port, self.log_path = container.process, container.port, container.log_path
 
-    def stop(self) -> None:
+    def signal_stop(self) -> None:
+        """SIGTERM the container, as SageMaker does; ``stop`` then waits for it."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
+
+    def stop(self) -> None:
+        self.signal_stop()
+        if self.process is not None:
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -76,6 +76,10 @@ class SqsPoller:
     def start(self) -> None:
         self._thread.start()
 
+    def signal_stop(self) -> None:
+        """Stop receiving (a receive in progress ends within its 1 s wait); ``stop`` then waits."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)

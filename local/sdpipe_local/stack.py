@@ -178,6 +178,8 @@ class LocalStack:
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
+        for poller in self._pollers:  # all at once: each may be in a receive of up to a second
+            poller.signal_stop()
         for poller in self._pollers:
             poller.stop()
         self._pollers.clear()
