@@ -27,6 +27,8 @@ $(STAMP): $(PACKAGES)
 	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
 	# torch pinned: the plain name would pull the multi-GB CUDA build.
 	$(INSTALL) torch==2.13.0 -e layers/common -e "local[tiny]" -e images/inference -e images/training -e client -e .
+	# For its CLIP BPE merges file only (sdpipe_inference.family_configs): the package is never imported.
+	$(INSTALL) --no-deps open_clip_torch
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -68,3 +68,12 @@ def test_dockerfile_parsing(tmp_path):
     with pytest.raises(ImageError, match="exec form"):
         parse_dockerfile(shell_form)
     assert ImageDefinition(dockerfile, (), {}).entrypoint == ()
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_no_image_asks_a_model_hub_for_anything(image):
+    text = (ROOT / "images" / image / "Dockerfile").read_text()
+    for hub_call in ("from_pretrained", "snapshot_download", "hf_hub_download", "HF_HUB_OFFLINE=0", "huggingface.co"):
+        assert hub_call not in text, hub_call
+    # The shipped configs and the offline tokenizers are built into the image from the BPE file.
+    assert "python -m sdpipe_inference.family_configs" in text and "--no-deps open_clip_torch" in text

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from sdpipe.contracts.inference import Img2ImgParams, InvocationInput, ModelFile, Txt2ImgParams
 from sdpipe.errors import SdpipeError
 from sdpipe_inference.engine import AddOn, AddOns, Engine, ModelSpec
+from sdpipe_inference.family_configs import built_configs_dir, config_folder, config_name
 from sdpipe_inference.model_store import ModelStore
 
 logger = logging.getLogger("sdpipe.inference")
@@ -114,12 +115,11 @@ class InferenceService:
 
     def _spec(self, model: ModelFile) -> ModelSpec:
         path = self._local_file(model)
-        if model.config_uri:
+        if model.config_uri:  # the checkpoint's own <name>.config/ overrides the shipped one
             config = self.store.folder(model.config_uri, model.sha256)
-        elif self.configs_dir is not None and (self.configs_dir / model.family).is_dir():
-            config = self.configs_dir / model.family
         else:
-            raise SdpipeError(f"no diffusers config for family {model.family!r}", code="MODEL_CONFIG_MISSING")
+            name = config_name(model.family, model.variant, model.prediction)
+            config = config_folder(name, self.configs_dir or built_configs_dir())
         return ModelSpec(model.name, model.sha256, model.short_hash, model.family, path, config)
 
 
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         "--cache-dir", type=Path, default=Path(os.environ.get("SDPIPE_MODEL_CACHE", "/var/cache/sdpipe-models"))
     )
     parser.add_argument("--cache-gib", type=float, default=float(os.environ.get("SDPIPE_MODEL_CACHE_GIB", "40")))
+    # Where the shipped family configs are assembled with their tokenizers (the image builds them).
     parser.add_argument("--configs-dir", type=Path, default=os.environ.get("SDPIPE_CONFIGS_DIR"))
     parser.add_argument("--max-pipelines", type=int, default=int(os.environ.get("SDPIPE_MAX_PIPELINES", "2")))
     args = parser.parse_args(argv)

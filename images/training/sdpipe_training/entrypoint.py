@@ -11,7 +11,6 @@ Kohya config and dataset config. LoRA files go to ``/opt/ml/model``; a failure's
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -106,20 +105,27 @@ def _run_builtin(
 
 
 def _model_config(paths: SageMakerPaths, hyperparameters: dict[str, str], family: str) -> Path:
-    """The checkpoint's own diffusers config folder, else the image's for its family."""
+    """The checkpoint's own diffusers config folder, else the shipped one its registration chose."""
+    from sdpipe_inference.family_configs import ModelConfigMissing, built_configs_dir, config_folder, config_name
+
     own = hyperparameters.get("model_config")
     if own and (paths.channel(CHANNEL_MODEL) / own / "model_index.json").is_file():
         return paths.channel(CHANNEL_MODEL) / own
-    bundled = Path(os.environ.get("SDPIPE_CONFIGS_DIR", "/opt/sdpipe/configs")) / family
-    if (bundled / "model_index.json").is_file():
-        return bundled
-    raise TrainingError(f"no diffusers config for the checkpoint (none beside it, none bundled for {family})")
+    variant = hyperparameters.get("base_model_variant") or None
+    prediction = hyperparameters.get("base_model_prediction") or None
+    try:
+        return config_folder(config_name(family, variant, prediction), built_configs_dir())
+    except ModelConfigMissing as exc:
+        raise TrainingError(f"the checkpoint: {exc}") from None
 
 
 def kohya_files(paths: SageMakerPaths, config_text: str, dataset_text: str) -> Path:
     """Write the run's two files where sd-scripts reads them; the config file's path. The config
     names the dataset file written here: the channel's copy still holds /opt/ml paths, which are
-    not where the data is when /opt/ml lives elsewhere (the local stand-in)."""
+    not where the data is when /opt/ml lives elsewhere (the local stand-in). sd-scripts reads its
+    CLIP tokenizers from the folder built offline (it would otherwise ask the hub)."""
+    from sdpipe_inference.family_configs import KOHYA_CACHE, built_configs_dir, kohya_tokenizer_cache
+
     work = paths.output_data_dir / "config"
     work.mkdir(parents=True, exist_ok=True)
     dataset_file = work / DATASET_CONFIG_FILE
@@ -128,6 +134,8 @@ def kohya_files(paths: SageMakerPaths, config_text: str, dataset_text: str) -> P
     for table in (config, *(value for value in config.values() if isinstance(value, dict))):
         if "dataset_config" in table:
             table["dataset_config"] = str(dataset_file)
+    if not any("tokenizer_cache_dir" in table for table in (config, *config.values()) if isinstance(table, dict)):
+        config["tokenizer_cache_dir"] = str(kohya_tokenizer_cache(built_configs_dir() / KOHYA_CACHE))
     config_file = work / CONFIG_FILE
     config_file.write_text(to_toml(config))
     return config_file

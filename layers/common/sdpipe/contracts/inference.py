@@ -338,6 +338,10 @@ class ModelFile(BaseModel):
     family: str
     uri: str
     config_uri: str | None = None
+    # What registration found beyond the family, choosing the shipped config (a checkpoint's
+    # own config folder, ``config_uri``, overrides it).
+    variant: str | None = None
+    prediction: str | None = None
 
 
 class WeightedModelFile(ModelFile):

@@ -134,6 +134,10 @@ class TrainedFrom(BaseModel):
     short_hash: str | None = None
     legacy_hash: str | None = None
     family: str | None = None
+    # What registration found beyond the family (an inpainting UNet, v-prediction): the trainer
+    # loads the checkpoint with the shipped config these choose.
+    variant: str | None = None
+    prediction: str | None = None
 
     @property
     def filename(self) -> str:

@@ -247,4 +247,6 @@ class InferencePlanner:
             family=(model.family or ModelFamily.UNKNOWN).value,
             uri=self.store.uri(key),
             config_uri=self.store.uri(config) if has_config else None,
+            variant=model.details.get("variant") if is_checkpoint else None,
+            prediction=model.details.get("prediction") if is_checkpoint else None,
         )

@@ -195,7 +195,10 @@ class LoraTraining:
         training = TrainingPlan(
             name=training_job_name(self.settings.stack_name, job_id),
             output_name=output_name,
-            base_model=TrainedFrom.model_validate(base.model_dump(mode="json", include=_BASE_MODEL_FIELDS)),
+            base_model=TrainedFrom.model_validate(
+                base.model_dump(mode="json", include=_BASE_MODEL_FIELDS)
+                | {"variant": base.details.get("variant"), "prediction": base.details.get("prediction")}
+            ),
             dataset=TrainedOn(name=dataset.name, images=dataset.images, marker_version=dataset.marker_version),
             total_steps=files.total_steps,
             image=image,

@@ -45,6 +45,8 @@ def training_job_request(
             "base_model_name": base.name,
             "base_model_sha256": base.sha256,
             "base_model_legacy_hash": base.legacy_hash or "",
+            "base_model_variant": base.variant or "",
+            "base_model_prediction": base.prediction or "",
         },
         "InputDataConfig": [
             _channel(CHANNEL_MODEL, "ManifestFile", job_prefix + "model.manifest"),

@@ -1,0 +1,128 @@
+"""The shipped family configs and the CLIP tokenizers built offline from open_clip's BPE file."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from sdpipe_inference.family_configs import (
+    CONFIGS,
+    KOHYA_TOKENIZERS,
+    ModelConfigMissing,
+    config_folder,
+    config_name,
+    kohya_tokenizer_cache,
+)
+
+# (config, UNet in/context/blocks, text encoders and their widths): the reference checkpoints'
+# architectures, which a loaded single file must match key for key.
+ARCHITECTURES = {
+    "sd1": (4, 768, [320, 640, 1280, 1280], {"text_encoder": 768}),
+    "sd1_inpainting": (9, 768, [320, 640, 1280, 1280], {"text_encoder": 768}),
+    "sd2": (4, 1024, [320, 640, 1280, 1280], {"text_encoder": 1024}),
+    "sd2_v": (4, 1024, [320, 640, 1280, 1280], {"text_encoder": 1024}),
+    "sdxl": (4, 2048, [320, 640, 1280], {"text_encoder": 768, "text_encoder_2": 1280}),
+    "sdxl_refiner": (4, 1280, [384, 768, 1536, 1536], {"text_encoder_2": 1280}),
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("configs")
+
+
+def test_the_shipped_configs_are_what_the_tool_writes():
+    from tools.family_configs import out_of_step
+
+    assert out_of_step() == []
+    assert sorted(p.name for p in CONFIGS.iterdir() if p.is_dir()) == sorted(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_each_config_describes_its_reference_architecture(name, built):
+    in_channels, context, blocks, encoders = ARCHITECTURES[name]
+    folder = config_folder(name, built)
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    assert (unet["in_channels"], unet["cross_attention_dim"], unet["block_out_channels"]) == (in_channels, context, blocks)
+    index = json.loads((folder / "model_index.json").read_text())
+    for encoder, width in encoders.items():
+        assert json.loads((folder / encoder / "config.json").read_text())["hidden_size"] == width
+        assert index[encoder.replace("text_encoder", "tokenizer")] == ["transformers", "CLIPTokenizer"]
+        assert (folder / encoder.replace("text_encoder", "tokenizer") / "vocab.json").is_file()
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == ("v_prediction" if name == "sd2_v" else "epsilon")
+
+
+def test_the_clip_tokenizer_gives_clips_token_ids(built):
+    from transformers import CLIPTokenizer
+
+    folder = config_folder("sdxl", built)
+    first = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    second = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
+    assert len(first) == 49408
+    for tokenizer in (first, second):
+        assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    # SD1 and SDXL's first encoder pad with the end token; OpenCLIP's (SDXL's second, SD2) with "!".
+    padded = {"padding": "max_length", "max_length": 77}
+    assert first("a cat", **padded).input_ids[4:] == [49407] * 73
+    assert second("a cat", **padded).input_ids[4:] == [0] * 73
+    sd2 = CLIPTokenizer.from_pretrained(config_folder("sd2", built) / "tokenizer")
+    assert sd2.pad_token == "!" and sd2.pad_token_id == 0
+
+
+def test_kohya_finds_its_tokenizers_where_sd_scripts_looks(tmp_path):
+    from transformers import CLIPTokenizer
+
+    cache = kohya_tokenizer_cache(tmp_path)
+    for name in KOHYA_TOKENIZERS:
+        tokenizer = CLIPTokenizer.from_pretrained(cache / name)
+        assert tokenizer("a photo of a cat").input_ids[:3] == [49406, 320, 1125]
+
+
+def test_the_kohya_config_names_the_offline_tokenizers(tmp_path, monkeypatch):
+    from sdpipe.contracts.training import LoraConfig
+    from sdpipe.logic.kohya_config import build_kohya_files
+    from sdpipe_training.entrypoint import kohya_files
+    from sdpipe_training.sagemaker_env import SageMakerPaths
+    from tests.unit.test_training_config import dataset
+
+    monkeypatch.setenv("SDPIPE_CONFIGS_DIR", str(tmp_path / "configs"))
+    paths = SageMakerPaths(tmp_path / "ml")
+    files = build_kohya_files(LoraConfig(), dataset(("1_a", "a", 1, 2)), "m.safetensors", "out")
+    config = tomllib.loads(kohya_files(paths, files.config_toml, files.dataset_toml).read_text())
+    cache = Path(config["tokenizer_cache_dir"])
+    assert cache.parent == tmp_path / "configs" and (cache / "openai_clip-vit-large-patch14" / "vocab.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("family", "variant", "prediction", "expected"),
+    [
+        ("sd1", None, None, "sd1"),
+        ("sd1", "inpainting", None, "sd1_inpainting"),
+        ("sd2", None, "v_prediction", "sd2_v"),
+        ("sd2", None, "epsilon", "sd2"),
+        ("sdxl_refiner", None, None, "sdxl_refiner"),
+    ],
+)
+def test_registrations_findings_choose_the_config(family, variant, prediction, expected):
+    assert config_name(family, variant, prediction) == expected
+
+
+@pytest.mark.parametrize(
+    ("family", "variant", "named"),
+    [("unknown", None, "family 'unknown'"), ("sd1", "instruct-pix2pix", "variant 'instruct-pix2pix'")],
+)
+def test_a_checkpoint_no_config_fits_is_refused_naming_what_was_detected(family, variant, named):
+    with pytest.raises(ModelConfigMissing) as raised:
+        config_name(family, variant)
+    assert named in str(raised.value) and "sd1, sd1_inpainting" in str(raised.value)
+    assert raised.value.code == "MODEL_CONFIG_MISSING"
+
+
+def test_concurrent_builders_leave_one_complete_folder(tmp_path):
+    first = config_folder("sd1", tmp_path)
+    again = config_folder("sd1", tmp_path)
+    assert first == again and [p.name for p in tmp_path.iterdir()] == ["sd1"]
