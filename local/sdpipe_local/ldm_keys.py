@@ -101,16 +101,25 @@ def vae_to_ldm(state: dict[str, Any], levels: int) -> dict[str, Any]:
 
 
 def _clip_state(model: Any) -> dict[str, Any]:
-    state = model.state_dict()
     # transformers 5 dropped the "text_model." prefix from CLIPTextModel's state dict keys.
-    return {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v for k, v in state.items()}
+    return clip_state_with_prefix(model.state_dict())
 
 
 def open_clip_from_clip(model: Any, prefix: str) -> dict[str, Any]:
     """CLIPTextModelWithProjection weights in OpenCLIP's names (SDXL's second text encoder)."""
+    return open_clip_from_clip_state(_clip_state(model), model.config.num_hidden_layers, prefix)
+
+
+def clip_state_with_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    """A CLIP text model's state dict with the ``text_model.`` prefix the single files carry."""
+    return {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v for k, v in state.items()}
+
+
+def open_clip_from_clip_state(state: dict[str, Any], layers: int, prefix: str) -> dict[str, Any]:
+    """A CLIP text state dict (``text_model.*``, ``text_projection.weight``) in OpenCLIP's names
+    (SD2's encoder, SDXL's second)."""
     import torch
 
-    state = _clip_state(model)
     out: dict[str, Any] = {
         prefix + "token_embedding.weight": state["text_model.embeddings.token_embedding.weight"],
         prefix + "positional_embedding": state["text_model.embeddings.position_embedding.weight"],
@@ -119,7 +128,7 @@ def open_clip_from_clip(model: Any, prefix: str) -> dict[str, Any]:
         prefix + "text_projection": state["text_projection.weight"].T.contiguous(),
         prefix + "logit_scale": torch.tensor(4.6052),
     }
-    for layer in range(model.config.num_hidden_layers):
+    for layer in range(layers):
         src = f"text_model.encoder.layers.{layer}."
         dst = f"{prefix}transformer.resblocks.{layer}."
         for kind in ("weight", "bias"):

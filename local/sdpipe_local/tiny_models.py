@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
+from sdpipe_inference.family_configs import bytes_to_unicode
 from sdpipe_local.ldm_keys import controlnet_to_ldm, single_file_state_dict
 
 Family = Literal["sd1", "sdxl"]
@@ -27,25 +28,10 @@ TEXT_HIDDEN_2 = 64
 TEXT_LAYERS = 2
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte-to-printable-character table."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    characters = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            characters.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in characters), strict=True))
-
-
 def write_tiny_tokenizer(folder: Path) -> int:
     """A byte-level CLIP BPE vocabulary with no merges; returns the vocabulary size."""
     folder.mkdir(parents=True, exist_ok=True)
-    symbols = sorted(_bytes_to_unicode().values())
+    symbols = sorted(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for symbol in symbols:
         vocab[symbol] = len(vocab)

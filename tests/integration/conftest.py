@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # worker busy while the others idle. Except the chaos module, which goes last, alone on its
 # worker as far as possible: run beside the training module its stack took half as many more
 # invocations, so more kills, and a fetch ran out of retries (a load-dependent failure).
-LONGEST_FIRST = ("test_training", "test_endpoint_lifecycle", "test_inference_flow", "test_fetch")
+LONGEST_FIRST = (
+    "test_training", "test_endpoint_lifecycle", "test_inference_flow", "test_fetch", "test_real_checkpoints",
+)  # fmt: skip
 LAST = ("test_chaos",)
 
 

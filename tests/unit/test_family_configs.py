@@ -46,7 +46,8 @@ def test_each_config_describes_its_reference_architecture(name, built):
     in_channels, context, blocks, encoders = ARCHITECTURES[name]
     folder = config_folder(name, built)
     unet = json.loads((folder / "unet" / "config.json").read_text())
-    assert (unet["in_channels"], unet["cross_attention_dim"], unet["block_out_channels"]) == (in_channels, context, blocks)
+    found = (unet["in_channels"], unet["cross_attention_dim"], unet["block_out_channels"])
+    assert found == (in_channels, context, blocks)
     index = json.loads((folder / "model_index.json").read_text())
     for encoder, width in encoders.items():
         assert json.loads((folder / encoder / "config.json").read_text())["hidden_size"] == width
