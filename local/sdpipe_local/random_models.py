@@ -9,7 +9,8 @@ checkpoints). Fast to build: the modules are laid out on the meta device (no ini
 and each tensor is drawn once, in the target dtype.
 
 Weights are N(0, 0.02), norm scales 1 and biases 0, so activations stay finite and a generation
-runs end to end; the pictures are noise.
+runs end to end; the pictures are noise. An SD2 v-prediction file carries the spread of the bias
+registration reads to tell it from epsilon (``sdpipe.inspect.prediction``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from sdpipe.inspect.prediction import PREDICTION_TENSOR
 from sdpipe_local.ldm_keys import clip_state_with_prefix, open_clip_from_clip_state, unet_to_ldm, vae_to_ldm
 
 RandomFamily = Literal["sd1", "sd2", "sdxl"]
@@ -45,6 +47,9 @@ def create_random_checkpoint(
     generator = torch.Generator().manual_seed(seed)
     torch_dtype = getattr(torch, DTYPES[dtype])
     state = {name: _random(name, shape, torch_dtype, generator) for name, shape in _single_file_shapes(family, config)}
+    if prediction == "v_prediction":  # the marker registration reads, spread as v-prediction training leaves it
+        marker = state[PREDICTION_TENSOR]
+        state[PREDICTION_TENSOR] = torch.empty(marker.shape).normal_(0.0, 0.2, generator=generator).to(torch_dtype)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "modelspec.architecture": _ARCHITECTURE[family],

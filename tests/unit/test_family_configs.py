@@ -127,3 +127,19 @@ def test_concurrent_builders_leave_one_complete_folder(tmp_path):
     first = config_folder("sd1", tmp_path)
     again = config_folder("sd1", tmp_path)
     assert first == again and [p.name for p in tmp_path.iterdir()] == ["sd1"]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("model:\n  params:\n    parameterization: \"v\"\n    unet_config:\n      params:\n        in_channels: 4\n",
+         (None, "v_prediction")),
+        ("model:\n  params:\n    unet_config:\n      params:\n        in_channels: 9\n", ("inpainting", "epsilon")),
+    ],
+)  # fmt: skip
+def test_an_ldm_yaml_beside_the_checkpoint_says_what_the_weights_are(yaml_text, expected):
+    from sdpipe_inference.family_configs import choice_from_ldm_yaml
+
+    assert choice_from_ldm_yaml(yaml_text) == expected
+    with pytest.raises(ModelConfigMissing, match="not an LDM config"):
+        choice_from_ldm_yaml("just: text\n")

@@ -162,3 +162,21 @@ def test_a_notification_before_the_job_is_recorded_comes_back_later(inference, w
                   deadline_seconds=60, fields={})  # fmt: skip
     with pytest.raises(WorkInProgress):
         inference.finish("j-early")
+
+
+def test_the_invocation_carries_what_chooses_the_checkpoints_config(inference, world):
+    """Registration's findings (an SD2 v-prediction) and an A1111 <name>.yaml beside the file."""
+    sd21 = "cd" * 32
+    item = add_model(world, "v2-1_768-ema-pruned", sd21, family="sd2")
+    world.aws.get_resource("dynamodb").Table("models").update_item(
+        Key={"model_id": item["model_id"]}, UpdateExpression="SET details = :d",
+        ExpressionAttributeValues={":d": {"prediction": "v_prediction", "in_channels": "4"}},
+    )  # fmt: skip
+    plain = inference.submit({"prompt": "a cat", "model": "v2-1_768-ema-pruned"}, request_id="g-1")
+    model = json.loads(world.get(f"jobs/{plain}/input.json"))["model"]
+    assert (model["family"], model["prediction"], model["original_config_uri"]) == ("sd2", "v_prediction", None)
+
+    world.put("models/Stable-diffusion/v2-1_768-ema-pruned.yaml", b"model:\n  params:\n    parameterization: v\n")
+    with_yaml = inference.submit({"prompt": "a cat", "model": "v2-1_768-ema-pruned"}, request_id="g-2")
+    model = json.loads(world.get(f"jobs/{with_yaml}/input.json"))["model"]
+    assert model["original_config_uri"] == "s3://assets/models/Stable-diffusion/v2-1_768-ema-pruned.yaml"

@@ -5,7 +5,8 @@ The architectures ship with the project (``configs/<name>/``, written by ``tools
 the CLIP tokenizers are built here from the BPE merges file that the ``open_clip_torch`` wheel
 ships (installed without its dependencies: only the file is read, the package is never imported),
 so neither the images nor a local run download anything from a model hub. Used by the inference
-server, the builtin trainer and the kohya engine alike. Standard library only.
+server, the builtin trainer and the kohya engine alike. Standard library only (and PyYAML for
+an LDM ``.yaml`` override).
 
     python -m sdpipe_inference.family_configs [DIR]   # build every config (the images do, at build)
 """
@@ -47,6 +48,22 @@ def config_name(family: str, variant: str | None = None, prediction: str | None 
         detail += f", prediction {prediction!r}" if prediction else ""
         raise ModelConfigMissing(f"no diffusers config for {detail}: shipped are {shipped}")
     return name
+
+
+def choice_from_ldm_yaml(text: str) -> tuple[str | None, str | None]:
+    """(variant, prediction) from an original LDM config (``v2-inference-v.yaml``, an A1111
+    ``<name>.yaml``): ``parameterization: v`` and a 9-channel UNet input are what choose a config."""
+    import yaml  # PyYAML comes with transformers in both images
+
+    try:
+        document = yaml.safe_load(text)
+        params = document["model"]["params"]
+        unet = params.get("unet_config", {}).get("params", {})
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelConfigMissing(f"the checkpoint's .yaml is not an LDM config (model.params): {exc}") from None
+    prediction = "v_prediction" if str(params.get("parameterization", "eps")).lower() == "v" else "epsilon"
+    variant = "inpainting" if unet.get("in_channels") == 9 else None
+    return variant, prediction
 
 
 def built_configs_dir() -> Path:

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from sdpipe.contracts.inference import Img2ImgParams, InvocationInput, ModelFile, Txt2ImgParams
 from sdpipe.errors import SdpipeError
 from sdpipe_inference.engine import AddOn, AddOns, Engine, ModelSpec
-from sdpipe_inference.family_configs import built_configs_dir, config_folder, config_name
+from sdpipe_inference.family_configs import built_configs_dir, choice_from_ldm_yaml, config_folder, config_name
 from sdpipe_inference.model_store import ModelStore
 
 logger = logging.getLogger("sdpipe.inference")
@@ -118,7 +118,12 @@ class InferenceService:
         if model.config_uri:  # the checkpoint's own <name>.config/ overrides the shipped one
             config = self.store.folder(model.config_uri, model.sha256)
         else:
-            name = config_name(model.family, model.variant, model.prediction)
+            variant, prediction = model.variant, model.prediction
+            if model.original_config_uri:  # an A1111 <name>.yaml beside it says what the weights are
+                variant, prediction = choice_from_ldm_yaml(
+                    self.store.read(model.original_config_uri, 1 << 20).decode(errors="replace")
+                )
+            name = config_name(model.family, variant, prediction)
             config = config_folder(name, self.configs_dir or built_configs_dir())
         return ModelSpec(model.name, model.sha256, model.short_hash, model.family, path, config)
 

@@ -342,6 +342,9 @@ class ModelFile(BaseModel):
     # own config folder, ``config_uri``, overrides it).
     variant: str | None = None
     prediction: str | None = None
+    # An original (LDM) config beside the checkpoint, A1111's ``<name>.yaml``: its
+    # parameterization and UNet input channels override what registration detected.
+    original_config_uri: str | None = None
 
 
 class WeightedModelFile(ModelFile):

@@ -240,6 +240,8 @@ class InferencePlanner:
         # A checkpoint may carry its diffusers config folder; nothing else needs one (saves a HEAD).
         is_checkpoint = model.type is ModelType.CHECKPOINT
         has_config = is_checkpoint and self.store.head(f"{config}/model_index.json") is not None
+        # Else an A1111-style <name>.yaml may say what the weights are (v-prediction, inpainting).
+        has_yaml = is_checkpoint and not has_config and self.store.head(f"{stem}.yaml") is not None
         return ModelFile(
             name=model.name,
             sha256=str(model.sha256),
@@ -249,4 +251,5 @@ class InferencePlanner:
             config_uri=self.store.uri(config) if has_config else None,
             variant=model.details.get("variant") if is_checkpoint else None,
             prediction=model.details.get("prediction") if is_checkpoint else None,
+            original_config_uri=self.store.uri(f"{stem}.yaml") if has_yaml else None,
         )

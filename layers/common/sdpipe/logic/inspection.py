@@ -15,7 +15,8 @@ from sdpipe.errors import (
 from sdpipe.hashing import ModelHashes, hash_stream
 from sdpipe.inspect.detect import Detection, detect
 from sdpipe.inspect.pickle_scan import PickleLimits
-from sdpipe.inspect.safetensors_header import parse_header
+from sdpipe.inspect.prediction import PREDICTION_TENSOR, decode_floats, prediction_from_bias, prediction_from_metadata
+from sdpipe.inspect.safetensors_header import SafetensorsHeader, parse_header
 from sdpipe.inspect.torch_archive import scan_torch_file
 from sdpipe.layout import FOLDER_OF_TYPE, PICKLE_EXTENSIONS, SAFETENSORS_EXTENSIONS, ModelKey
 
@@ -73,6 +74,9 @@ def inspect_model(store: ObjectStore, info: ObjectInfo, key: ModelKey, limits: I
         header = parse_header(lambda start, length: store.read_range(info, start, length), info.size, limits.header_cap)
         detection = detect(header.tensors.keys(), header.shapes(), header.metadata)
         detection = _require_detection(detection, key, f"{len(header.tensors)} tensors")
+        details = dict(detection.details)
+        if detection.type is ModelType.CHECKPOINT and detection.family is ModelFamily.SD2:
+            details["prediction"] = _sd2_prediction(store, info, header)
         hashes = hash_stream(store.iter_chunks(info, limits.chunk_size), tensor_data_start=header.data_start)
         return Inspection(
             type=detection.type,
@@ -81,7 +85,7 @@ def inspect_model(store: ObjectStore, info: ObjectInfo, key: ModelKey, limits: I
             hashes=hashes,
             tensor_count=len(header.tensors),
             metadata=_summarise_metadata(header.metadata),
-            details=detection.details,
+            details=details,
         )
     if key.extension in PICKLE_EXTENSIONS:
         pickle_limits = PickleLimits(max_bytes=limits.pickle_cap)
@@ -100,6 +104,19 @@ def inspect_model(store: ObjectStore, info: ObjectInfo, key: ModelKey, limits: I
         f"extension {key.extension or '(none)'!r} is not a model format "
         f"(expected {', '.join(sorted(SAFETENSORS_EXTENSIONS | PICKLE_EXTENSIONS))})"
     )
+
+
+def _sd2_prediction(store: ObjectStore, info: ObjectInfo, header: SafetensorsHeader) -> str:
+    """v-prediction or epsilon: the file's metadata, else one bias tensor's spread (a ranged read)."""
+    declared = prediction_from_metadata(header.metadata)
+    tensor = header.tensors.get(PREDICTION_TENSOR)
+    if declared is not None or tensor is None:
+        return declared or "epsilon"
+    raw = store.read_range(info, header.data_start + tensor.begin, tensor.end - tensor.begin)
+    try:
+        return prediction_from_bias(decode_floats(raw, tensor.dtype))
+    except ValueError:
+        return "epsilon"
 
 
 def _require_detection(detection: Detection | None, key: ModelKey, what: str) -> Detection:
