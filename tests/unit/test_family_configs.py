@@ -143,3 +143,20 @@ def test_an_ldm_yaml_beside_the_checkpoint_says_what_the_weights_are(yaml_text, 
     assert choice_from_ldm_yaml(yaml_text) == expected
     with pytest.raises(ModelConfigMissing, match="not an LDM config"):
         choice_from_ldm_yaml("just: text\n")
+
+
+def test_weights_that_do_not_fit_the_chosen_config_are_named(tmp_path, built):
+    """A config override (or a family told wrongly) that does not match the file: the job's error
+    names the module, the tensor and both shapes instead of diffusers' traceback."""
+    from sdpipe_inference.engine import Engine, ModelConfigMismatch, ModelSpec
+    from sdpipe_local.tiny_models import create_tiny_checkpoint
+
+    path = tmp_path / "tiny.safetensors"
+    create_tiny_checkpoint("sd1", path, seed=1)  # 32-wide CLIP: not SD 1.5's 768
+    spec = ModelSpec("tiny", "ab" * 32, "abababab", "sd1", path, config_folder("sd1", built))
+    with pytest.raises(ModelConfigMismatch) as raised:
+        Engine(device="cpu").cache.get(spec)
+    message = str(raised.value)
+    assert raised.value.code == "MODEL_CONFIG_MISMATCH"
+    assert "'tiny' does not fit the config 'sd1'" in message and "the text encoder's" in message
+    assert "[77, 32] in the file, the config expects [77, 768]" in message

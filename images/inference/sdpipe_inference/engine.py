@@ -14,6 +14,7 @@ import base64
 import binascii
 import io
 import random
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -41,6 +42,26 @@ VERSION = "sdpipe 0.1.0"
 
 class InvalidInput(SdpipeError):
     code = "VALIDATION_ERROR"
+
+
+class ModelConfigMismatch(SdpipeError):
+    """The weights are not the architecture the chosen config describes (a wrong <name>.config/
+    or .yaml beside the file, or a family told wrongly)."""
+
+    code = "MODEL_CONFIG_MISMATCH"
+
+
+# diffusers' words when a tensor of the file does not fit the module the config built.
+_SHAPE_MISMATCH = re.compile(r"(\S+) expected shape torch\.Size\((\[[^\]]*\])\), but got torch\.Size\((\[[^\]]*\])\)")
+
+
+def _component(tensor: str) -> str:
+    """Which part of the pipeline a converted (diffusers-named) tensor belongs to."""
+    if tensor.startswith(("embeddings.", "encoder.layers.", "final_layer_norm", "text_model.", "text_projection")):
+        return "the text encoder's"
+    if tensor.startswith(("encoder.", "decoder.", "quant_conv", "post_quant_conv")):
+        return "the VAE's"
+    return "the UNet's"
 
 
 @dataclass(frozen=True)
@@ -185,9 +206,19 @@ class PipelineCache:
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
         cls = StableDiffusionXLPipeline if spec.family.startswith("sdxl") else StableDiffusionPipeline
-        pipeline = cls.from_single_file(
-            str(spec.path), config=str(spec.config), local_files_only=True, torch_dtype=self.dtype
-        )
+        try:
+            pipeline = cls.from_single_file(
+                str(spec.path), config=str(spec.config), local_files_only=True, torch_dtype=self.dtype
+            )
+        except ValueError as exc:
+            mismatch = _SHAPE_MISMATCH.search(str(exc))
+            if mismatch is None:
+                raise
+            tensor, expected, found = mismatch.groups()
+            raise ModelConfigMismatch(
+                f"checkpoint {spec.name!r} does not fit the config {spec.config.name!r}: {_component(tensor)} "
+                f"tensor {tensor} is {found} in the file, the config expects {expected}"
+            ) from None
         pipeline.set_progress_bar_config(disable=True)
         if self.device != "cpu":
             pipeline.to(self.device)
