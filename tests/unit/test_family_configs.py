@@ -160,3 +160,31 @@ def test_weights_that_do_not_fit_the_chosen_config_are_named(tmp_path, built):
     assert raised.value.code == "MODEL_CONFIG_MISMATCH"
     assert "'tiny' does not fit the config 'sd1'" in message and "the text encoder's" in message
     assert "[77, 32] in the file, the config expects [77, 768]" in message
+
+
+def test_a_checkpoint_the_device_cannot_hold_is_refused_after_evicting_the_cache(tmp_path, built):
+    """Not an OOM kill and a restart into the same request: a clear error, once the cached
+    pipelines have been let go and it still does not fit."""
+    import torch
+
+    from sdpipe_inference.engine import ModelSpec, PipelineCache
+    from sdpipe_inference.memory import ModelTooLarge, weight_count
+    from sdpipe_local.tiny_models import config_folder_for, create_tiny_checkpoint
+
+    path = tmp_path / "tiny.safetensors"
+    create_tiny_checkpoint("sd1", path, seed=1)
+    spec = ModelSpec("tiny", "ab" * 32, "abababab", "sd1", path, config_folder_for(path))
+    weights = weight_count(path)
+    assert 0 < weights < path.stat().st_size  # fp32 in the file: four bytes a weight
+    free = {"bytes": weights * 4 * 2}
+    cache = PipelineCache(2, "cpu", torch.float32, free_memory=lambda device: free["bytes"])
+    cache.get(spec)  # fits
+    free["bytes"] = weights * 4  # without the headroom a generation needs
+    other = ModelSpec("other", "cd" * 32, "cdcdcdcd", "sd1", path, spec.config)
+    with pytest.raises(ModelTooLarge) as raised:
+        cache.get(other)
+    assert raised.value.code == "MODEL_TOO_LARGE" and "'other' needs about" in str(raised.value)
+    assert "larger instance type" in str(raised.value)
+    free["bytes"] = weights * 4 * 2
+    cache.get(spec)
+    assert cache.loads == 2  # the first had been evicted to make room: loaded again

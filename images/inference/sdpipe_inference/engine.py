@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import io
 import random
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from sdpipe.contracts.inference import (
 from sdpipe.errors import SdpipeError
 from sdpipe_inference.controlnet import ControlNetMismatch, control_map, load_controlnet
 from sdpipe_inference.infotext import Infotext, png_with_parameters
+from sdpipe_inference.memory import HEADROOM, ModelTooLarge, free_device_memory, weight_count
 from sdpipe_inference.samplers import make_scheduler
 from sdpipe_inference.weights import read_state_dict
 
@@ -42,6 +45,10 @@ VERSION = "sdpipe 0.1.0"
 
 class InvalidInput(SdpipeError):
     code = "VALIDATION_ERROR"
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
 
 
 class ModelConfigMismatch(SdpipeError):
@@ -113,10 +120,11 @@ class GenerationResult:
 class PipelineCache:
     """At most ``capacity`` loaded pipelines, least recently used evicted first."""
 
-    def __init__(self, capacity: int, device: str, dtype: Any) -> None:
+    def __init__(self, capacity: int, device: str, dtype: Any, free_memory: Callable[[str], int] | None = None) -> None:
         self.capacity = capacity
         self.device = device
         self.dtype = dtype
+        self.free_memory = free_memory or free_device_memory
         self._pipelines: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self._applied: dict[int, set[str]] = {}  # id(pipeline) -> LoRAs and embeddings loaded into it
         self._vaes: OrderedDict[str, Any] = OrderedDict()
@@ -130,6 +138,7 @@ class PipelineCache:
         if entry is not None:
             self._pipelines.move_to_end(spec.sha256)
             return entry
+        self._make_room(spec)
         pipeline = self._load(spec)
         entry = (pipeline, pipeline.scheduler.config)
         self._pipelines[spec.sha256] = entry
@@ -201,6 +210,28 @@ class PipelineCache:
         while len(self._controlnets) > self.capacity:
             self._controlnets.popitem(last=False)
         return found
+
+    def _make_room(self, spec: ModelSpec) -> None:
+        """Refuse a checkpoint the device cannot hold (rather than be OOM-killed and restarted
+        into the same request), after evicting the cached pipelines that stand in its way."""
+        import torch
+
+        needed = int(weight_count(spec.path) * torch.empty((), dtype=self.dtype).element_size() * HEADROOM)
+        free = self.free_memory(self.device)
+        while needed > free and self._pipelines:
+            _, (evicted, _) = self._pipelines.popitem(last=False)
+            self._applied.pop(id(evicted), None)
+            del evicted
+            gc.collect()
+            if self.device != "cpu":
+                torch.cuda.empty_cache()
+            free = self.free_memory(self.device)
+        if needed > free:
+            raise ModelTooLarge(
+                f"checkpoint {spec.name!r} needs about {_size(needed)} of {self.device} memory in "
+                f"{str(self.dtype).removeprefix('torch.')}, and {_size(free)} are free: "
+                "deploy the endpoint on a larger instance type"
+            )
 
     def _load(self, spec: ModelSpec) -> Any:
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
