@@ -26,7 +26,8 @@ def test_a_real_size_checkpoint_dropped_without_a_config_folder_generates(sdpipe
         path = create_random_checkpoint("sd1", tmp_path / "real-sd1.safetensors", dtype="fp16", seed=5)
         key = "models/Stable-diffusion/real/real-sd1.safetensors"
         s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
-        # 64 MiB parts: the local S3 pays per part, and this test is about loading, not uploading.
+        # 64 MiB parts: the local S3 pays per part (a single 2 GB PUT is slower still), and this
+        # test is about loading, not uploading.
         s3.upload_file(str(path), bucket, key, Config=TransferConfig(multipart_chunksize=64 * 2**20))
         path.unlink()
         record = wait_active(stack, key, timeout=180)

@@ -91,6 +91,16 @@ class ModelRecord(BaseModel):
         """Registered one way or the other (its inspection is over)."""
         return self.status in (ModelStatus.ACTIVE, ModelStatus.REJECTED)
 
+    @property
+    def variant(self) -> str | None:
+        """What registration found of a checkpoint's UNet beyond its family (``inpainting``)."""
+        return self.details.get("variant")
+
+    @property
+    def prediction(self) -> str | None:
+        """An SD 2.x checkpoint's ``v_prediction`` or ``epsilon``, as registration told them apart."""
+        return self.details.get("prediction")
+
     def is_for(self, family: ModelFamily) -> bool:
         """Usable with models of ``family`` (an unrecognised family is given the benefit of the doubt)."""
         return self.family in (family, ModelFamily.UNKNOWN, None)

@@ -249,7 +249,7 @@ class InferencePlanner:
             family=(model.family or ModelFamily.UNKNOWN).value,
             uri=self.store.uri(key),
             config_uri=self.store.uri(config) if has_config else None,
-            variant=model.details.get("variant") if is_checkpoint else None,
-            prediction=model.details.get("prediction") if is_checkpoint else None,
+            variant=model.variant if is_checkpoint else None,
+            prediction=model.prediction if is_checkpoint else None,
             original_config_uri=self.store.uri(f"{stem}.yaml") if has_yaml else None,
         )

@@ -197,7 +197,7 @@ class LoraTraining:
             output_name=output_name,
             base_model=TrainedFrom.model_validate(
                 base.model_dump(mode="json", include=_BASE_MODEL_FIELDS)
-                | {"variant": base.details.get("variant"), "prediction": base.details.get("prediction")}
+                | {"variant": base.variant, "prediction": base.prediction}
             ),
             dataset=TrainedOn(name=dataset.name, images=dataset.images, marker_version=dataset.marker_version),
             total_steps=files.total_steps,
