@@ -5,6 +5,9 @@ concurrent conditional writes on one item can both succeed: the local stack (a t
 and in-process tests would then accept races AWS refuses (two sweepers both taking an event's
 lease and publishing it twice). Every write of moto's DynamoDB backend runs under one lock here,
 which is stricter than AWS needs (it serialises all items, not each) and as strict as it promises.
+moto's UpdateItem handler also deep-copies the live item (for ReturnValues) before it calls the
+backend, so a concurrent write could change the item mid-copy ("dictionary changed size during
+iteration", a 500 AWS never gives): the handler runs under the same lock.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ _LOCK = threading.RLock()
 
 
 def make_dynamodb_writes_atomic() -> None:
-    """Patch moto's DynamoDB backend (once; safe to call again)."""
+    """Patch moto's DynamoDB backend and UpdateItem handler (once; safe to call again)."""
     from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.responses import DynamoHandler
 
-    for name in _WRITES:
-        original = getattr(DynamoDBBackend, name)
+    for owner, name in [*((DynamoDBBackend, name) for name in _WRITES), (DynamoHandler, "update_item")]:
+        original = getattr(owner, name)
         if getattr(original, "_sdpipe_atomic", False):
             continue
 
@@ -32,4 +36,4 @@ def make_dynamodb_writes_atomic() -> None:
                 return __original(self, *args, **kwargs)
 
         atomic._sdpipe_atomic = True  # type: ignore[attr-defined]
-        setattr(DynamoDBBackend, name, atomic)
+        setattr(owner, name, atomic)

@@ -38,3 +38,29 @@ def test_concurrent_conditional_writes_on_one_item_let_exactly_one_through(moto_
     create_table_from_template(moto_clients.get("dynamodb"), "JobsTable", "jobs")
     table = moto_clients.get_resource("dynamodb").Table("jobs")
     assert [len(race(table, f"j-{n}")) for n in range(20)] == [1] * 20
+
+
+def test_concurrent_updates_of_one_item_never_fail_mid_copy(moto_clients):
+    """moto copies the live item before an update; another thread's update adding attributes
+    during that copy made it fail ("dictionary changed size during iteration")."""
+    create_table_from_template(moto_clients.get("dynamodb"), "JobsTable", "jobs")
+    table = moto_clients.get_resource("dynamodb").Table("jobs")
+    table.put_item(Item={"job_id": "j-1", **{f"field_{i}": list(range(10)) for i in range(40)}})
+    errors: list[Exception] = []
+
+    def update(worker: int) -> None:
+        for round_ in range(15):
+            try:
+                table.update_item(Key={"job_id": "j-1"}, UpdateExpression="SET #f = :v",
+                                  ExpressionAttributeNames={"#f": f"w{worker}_{round_}"},
+                                  ExpressionAttributeValues={":v": round_}, ReturnValues="ALL_NEW")  # fmt: skip
+            except Exception as exc:  # any failure is the bug
+                errors.append(exc)
+
+    threads = [threading.Thread(target=update, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(table.get_item(Key={"job_id": "j-1"})["Item"]) == 1 + 40 + 4 * 15
