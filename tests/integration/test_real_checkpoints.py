@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 
+import boto3
 import numpy as np
 from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
 from PIL import Image
 
 from sdpipe_client.client import Sdpipe
@@ -27,8 +29,13 @@ def test_a_real_size_checkpoint_dropped_without_a_config_folder_generates(sdpipe
         key = "models/Stable-diffusion/real/real-sd1.safetensors"
         s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
         # 64 MiB parts: the local S3 pays per part (a single 2 GB PUT is slower still), and this
-        # test is about loading, not uploading.
-        s3.upload_file(str(path), bucket, key, Config=TransferConfig(multipart_chunksize=64 * 2**20))
+        # test is about loading, not uploading. moto joins the parts in Python when the upload
+        # completes, which on a loaded two-core machine can outlast botocore's 60 s read timeout
+        # (its retry then finds the upload gone): this client waits longer.
+        uploader = boto3.client(
+            "s3", endpoint_url=stack.endpoint_url, config=Config(read_timeout=600), **stack.client_credentials()
+        )
+        uploader.upload_file(str(path), bucket, key, Config=TransferConfig(multipart_chunksize=64 * 2**20))
         path.unlink()
         record = wait_active(stack, key, timeout=180)
         assert record["family"] == "sd1" and record["details"]["in_channels"] == "4"
