@@ -18,7 +18,7 @@ BUILT := .aws-sam/build/template.yaml
 RUNTIME_SDK := .aws-sam/runtime-sdk
 STACK_NAME ?= sdpipe
 
-.PHONY: all venv demo test test-unit lint format bench local clean validate build images fuzz asl
+.PHONY: all venv demo test test-unit lint format bench bench-gpu local clean validate build images fuzz asl
 
 all: test
 
@@ -104,6 +104,14 @@ bench: $(STAMP) build
 	$(BIN)/python bench/bench_intake.py
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_scanners.py
+
+# The GPU benchmark (bench/bench_gpu.py): on a CUDA machine, with a Python whose torch has CUDA
+# (BENCH_PYTHON=python3 with diffusers, transformers, peft, moto, boto3 and pydantic beside it);
+# SMOKE=1 runs the same code on the CPU with tiny models (the tests run it too).
+BENCH_PYTHON ?= $(BIN)/python
+bench-gpu: $(if $(filter $(BENCH_PYTHON),$(BIN)/python),$(STAMP))
+	PYTHONPATH="layers/common:images/inference:images/training:local:client:$$PYTHONPATH" \
+		$(BENCH_PYTHON) bench/bench_gpu.py $(if $(SMOKE),--smoke) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .sdpipe-local

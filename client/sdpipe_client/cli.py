@@ -182,21 +182,28 @@ def models_create_tiny(family: str, out: Path, seed: int) -> None:
 
 
 @models.command("create-random")
-@click.option("--family", type=click.Choice(["sd1", "sd2", "sdxl"]), required=True)
+@click.option("--family", type=click.Choice(["sd1", "sd2", "sdxl", "sdxl_refiner"]), required=True)
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True)
 @click.option(
     "--prediction", type=click.Choice(["epsilon", "v_prediction"]), help="SD2 only (default: v_prediction, SD 2.x 768)."
 )
+@click.option("--inpainting", is_flag=True, help="An inpainting model (9-channel UNet): SD1 only.")
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .safetensors file to write."
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
-def models_create_random(family: str, dtype: str, prediction: str | None, out: Path, seed: int) -> None:
+def models_create_random(  # noqa: PLR0917 - one per option
+    family: str, dtype: str, prediction: str | None, inpainting: bool, out: Path, seed: int
+) -> None:
     """Write a real-size checkpoint with random weights: the family's real architecture and
     single-file key names, no config folder (it loads like a downloaded one). For benchmarks and
     GPU checks; SD1 is about 2 GB in fp16, SDXL about 7 GB."""
+    if inpainting and family != "sd1":
+        raise click.UsageError("--inpainting: the inpainting config that ships is SD1's (sd-v1-5-inpainting)")
     random_models = _local_module("random_models")
-    written = random_models.create_random_checkpoint(family, out, dtype=dtype, seed=seed, prediction=prediction)
+    written = random_models.create_random_checkpoint(
+        family, out, dtype=dtype, seed=seed, prediction=prediction, variant="inpainting" if inpainting else None
+    )
     click.echo(f"wrote {written} ({written.stat().st_size / 2**30:.2f} GiB, {family}, {dtype}, random weights)")
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-Family = Literal["sd1", "sdxl"]
+# Checkpoint layouts: SD1's CLIP under cond_stage_model.transformer, SD2's OpenCLIP under
+# cond_stage_model.model, SDXL's two encoders under conditioner.embedders (the refiner: OpenCLIP only).
+Family = Literal["sd1", "sd1_inpainting", "sd2", "sdxl", "sdxl_refiner"]
 
 
 _RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
@@ -125,7 +127,13 @@ def open_clip_from_clip_state(state: dict[str, Any], layers: int, prefix: str) -
         prefix + "positional_embedding": state["text_model.embeddings.position_embedding.weight"],
         prefix + "ln_final.weight": state["text_model.final_layer_norm.weight"],
         prefix + "ln_final.bias": state["text_model.final_layer_norm.bias"],
-        prefix + "text_projection": state["text_projection.weight"].T.contiguous(),
+        # SD2's encoder is loaded without its projection (the UNet reads the hidden states); the
+        # file carries one all the same, as OpenCLIP saves it.
+        prefix + "text_projection": (
+            state["text_projection.weight"].T.contiguous()
+            if "text_projection.weight" in state
+            else torch.eye(state["text_model.final_layer_norm.weight"].shape[0])
+        ),
         prefix + "logit_scale": torch.tensor(4.6052),
     }
     for layer in range(layers):
@@ -146,8 +154,12 @@ def open_clip_from_clip_state(state: dict[str, Any], layers: int, prefix: str) -
 def single_file_state_dict(pipeline: Any, family: Family) -> dict[str, Any]:
     state = unet_to_ldm(pipeline.unet.state_dict(), pipeline.unet.config)
     state |= vae_to_ldm(pipeline.vae.state_dict(), len(pipeline.vae.config.block_out_channels))
-    if family == "sd1":
+    if family in ("sd1", "sd1_inpainting"):
         state |= {"cond_stage_model.transformer." + k: v for k, v in _clip_state(pipeline.text_encoder).items()}
+    elif family == "sd2":
+        state |= open_clip_from_clip(pipeline.text_encoder, "cond_stage_model.model.")
+    elif family == "sdxl_refiner":
+        state |= open_clip_from_clip(pipeline.text_encoder_2, "conditioner.embedders.0.model.")
     else:
         state |= {"conditioner.embedders.0.transformer." + k: v for k, v in _clip_state(pipeline.text_encoder).items()}
         state |= open_clip_from_clip(pipeline.text_encoder_2, "conditioner.embedders.1.model.")

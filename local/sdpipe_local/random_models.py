@@ -23,19 +23,27 @@ from typing import Any, Literal
 from sdpipe.inspect.prediction import PREDICTION_TENSOR
 from sdpipe_local.ldm_keys import clip_state_with_prefix, open_clip_from_clip_state, unet_to_ldm, vae_to_ldm
 
-RandomFamily = Literal["sd1", "sd2", "sdxl"]
+RandomFamily = Literal["sd1", "sd2", "sdxl", "sdxl_refiner"]
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _ARCHITECTURE = {
     "sd1": "stable-diffusion-v1",
     "sd2": "stable-diffusion-v2-768-v",
     "sdxl": "stable-diffusion-xl-v1-base",
+    "sdxl_refiner": "stable-diffusion-xl-v1-refiner",
 }
 
 
 def create_random_checkpoint(
-    family: RandomFamily, out: Path, dtype: str = "fp16", seed: int = 0, prediction: str | None = None
+    family: RandomFamily,
+    out: Path,
+    *,
+    dtype: str = "fp16",
+    seed: int = 0,
+    prediction: str | None = None,
+    variant: str | None = None,
 ) -> Path:
-    """Write ``out`` (safetensors, single-file layout, no config folder); return it."""
+    """Write ``out`` (safetensors, single-file layout, no config folder); return it. ``variant``
+    ``inpainting`` is an inpainting model of the family (a 9-channel UNet; SD1 ships one)."""
     import torch
     from safetensors.torch import save_file
 
@@ -43,7 +51,7 @@ def create_random_checkpoint(
 
     if prediction is None and family == "sd2":
         prediction = "v_prediction"  # SD 2.x 768, the model most SD2 checkpoints derive from
-    config = config_folder(config_name(family, None, prediction), built_configs_dir())
+    config = config_folder(config_name(family, variant, prediction), built_configs_dir())
     generator = torch.Generator().manual_seed(seed)
     torch_dtype = getattr(torch, DTYPES[dtype])
     state = {name: _random(name, shape, torch_dtype, generator) for name, shape in _single_file_shapes(family, config)}
@@ -52,7 +60,8 @@ def create_random_checkpoint(
         state[PREDICTION_TENSOR] = torch.empty(marker.shape).normal_(0.0, 0.2, generator=generator).to(torch_dtype)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": "pt", "modelspec.architecture": _ARCHITECTURE[family],
+    architecture = _ARCHITECTURE[family] + (f"-{variant}" if variant else "")
+    metadata = {"format": "pt", "modelspec.architecture": architecture,
                 "modelspec.title": f"sdpipe random {family} ({dtype}, seed {seed})"}  # fmt: skip
     save_file(state, str(out), metadata=metadata)
     return out
@@ -83,23 +92,29 @@ def _single_file_shapes(family: RandomFamily, config: Path) -> Iterator[tuple[st
     with torch.device("meta"):
         unet = diffusers.UNet2DConditionModel.from_config(_read(config / "unet" / "config.json"))  # type: ignore[no-untyped-call]
         vae = diffusers.AutoencoderKL.from_config(_read(config / "vae" / "config.json"))  # type: ignore[no-untyped-call]
-        text = transformers.CLIPTextConfig.from_pretrained(config / "text_encoder")
-        encoder = (transformers.CLIPTextModelWithProjection if family == "sd2" else transformers.CLIPTextModel)(text)
+        encoder = text = None
+        if family != "sdxl_refiner":  # the refiner has SDXL's second (OpenCLIP) encoder only
+            text = transformers.CLIPTextConfig.from_pretrained(config / "text_encoder")
+            text_model = transformers.CLIPTextModelWithProjection if family == "sd2" else transformers.CLIPTextModel
+            encoder = text_model(text)
         second = None
-        if family == "sdxl":
+        if family.startswith("sdxl"):
             text_2 = transformers.CLIPTextConfig.from_pretrained(config / "text_encoder_2")
             second = transformers.CLIPTextModelWithProjection(text_2)
     state = unet_to_ldm(shapes(unet), unet.config) | vae_to_ldm(shapes(vae), len(vae.config.block_out_channels))
-    clip = clip_state_with_prefix(shapes(encoder))
+    clip = clip_state_with_prefix(shapes(encoder)) if encoder is not None else {}
     if family == "sd1":
         state |= {"cond_stage_model.transformer." + k: v for k, v in clip.items()}
     elif family == "sd2":
+        assert text is not None
         state |= open_clip_from_clip_state(clip, text.num_hidden_layers, "cond_stage_model.model.")
     else:
         state |= {"conditioner.embedders.0.transformer." + k: v for k, v in clip.items()}
         assert second is not None
+        # The base's OpenCLIP is its second embedder; the refiner's, its only one.
+        open_clip_prefix = f"conditioner.embedders.{0 if family == 'sdxl_refiner' else 1}.model."
         state |= open_clip_from_clip_state(
-            clip_state_with_prefix(shapes(second)), second.config.num_hidden_layers, "conditioner.embedders.1.model."
+            clip_state_with_prefix(shapes(second)), second.config.num_hidden_layers, open_clip_prefix
         )
     for name, tensor in sorted(state.items()):
         yield name, tuple(tensor.shape)

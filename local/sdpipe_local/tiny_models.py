@@ -20,7 +20,16 @@ from typing import Any, Literal
 from sdpipe_inference.family_configs import bytes_to_unicode
 from sdpipe_local.ldm_keys import controlnet_to_ldm, single_file_state_dict
 
-Family = Literal["sd1", "sdxl"]
+Family = Literal["sd1", "sdxl"]  # what the LoRA, ControlNet and embedding writers are made for
+# The checkpoints: the two main families, and one of each config the project ships besides.
+CheckpointFamily = Literal["sd1", "sd1_inpainting", "sd2", "sdxl", "sdxl_refiner"]
+_ARCHITECTURES = {
+    "sd1": "stable-diffusion-v1",
+    "sd1_inpainting": "stable-diffusion-v1-inpainting",
+    "sd2": "stable-diffusion-v2-768-v",
+    "sdxl": "stable-diffusion-xl-v1-base",
+    "sdxl_refiner": "stable-diffusion-xl-v1-refiner",
+}
 TEXT_HIDDEN = 32
 # SDXL's second (OpenCLIP) encoder must be wider than the first, as in the real model (1280 vs
 # 768): diffusers tells the two apart by that width when loading a single file.
@@ -64,7 +73,7 @@ def write_tiny_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
-def _text_config(vocab_size: int, projection: bool) -> Any:
+def _text_config(vocab_size: int, projection: bool, gelu: bool = False) -> Any:
     from transformers import CLIPTextConfig
 
     hidden = TEXT_HIDDEN_2 if projection else TEXT_HIDDEN
@@ -76,22 +85,23 @@ def _text_config(vocab_size: int, projection: bool) -> Any:
         num_hidden_layers=TEXT_LAYERS,
         max_position_embeddings=77,
         projection_dim=hidden,
-        hidden_act="gelu" if projection else "quick_gelu",
+        hidden_act="gelu" if projection or gelu else "quick_gelu",
         bos_token_id=vocab_size - 2,
         eos_token_id=vocab_size - 1,
         pad_token_id=vocab_size - 1,
     )
 
 
-def build_pipeline(family: Family, tokenizer_folder: Path, seed: int) -> Any:
+def build_pipeline(family: CheckpointFamily, tokenizer_folder: Path, seed: int) -> Any:
     """A diffusers pipeline with tiny components laid out like the real family."""
     import torch
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
+        StableDiffusionInpaintPipeline,
         StableDiffusionPipeline,
+        StableDiffusionXLImg2ImgPipeline,
         StableDiffusionXLPipeline,
-        UNet2DConditionModel,
     )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -109,34 +119,73 @@ def build_pipeline(family: Family, tokenizer_folder: Path, seed: int) -> Any:
         norm_num_groups=8,
         sample_size=64,
     )
+    # SD 2.x 768 predicts v: its scheduler says so, as the shipped sd2_v config does.
+    prediction = "v_prediction" if family == "sd2" else "epsilon"
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
-    )
-    if family == "sd1":
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            block_out_channels=(32, 32, 64, 64),
-            layers_per_block=2,
-            cross_attention_dim=TEXT_HIDDEN,
-            attention_head_dim=8,
-            norm_num_groups=8,
-        )
-        text_encoder = CLIPTextModel(_text_config(vocab_size, projection=False))
-        return StableDiffusionPipeline(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1,
+        prediction_type=prediction,
+    )  # fmt: skip
+    if family in ("sd1", "sd1_inpainting", "sd2"):
+        sd_cls = StableDiffusionInpaintPipeline if family == "sd1_inpainting" else StableDiffusionPipeline
+        return sd_cls(
             vae=vae,
-            text_encoder=text_encoder,
+            # SD 2.x's OpenCLIP encoder is loaded as a CLIP text model with GELU (SD1's uses quick GELU).
+            text_encoder=CLIPTextModel(_text_config(vocab_size, projection=False, gelu=family == "sd2")),
             tokenizer=tokenizer,
-            unet=unet,
+            # An inpainting UNet also reads the mask and the masked image's latents: 4 + 1 + 4 channels.
+            unet=_sd_unet(in_channels=9 if family == "sd1_inpainting" else 4),
             scheduler=scheduler,
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
         )
-    unet = UNet2DConditionModel(
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(vocab_size, projection=True))
+    if family == "sdxl_refiner":  # the second (OpenCLIP) encoder only, and an aesthetic score among the time ids
+        return StableDiffusionXLImg2ImgPipeline(
+            vae=vae,
+            text_encoder=None,
+            text_encoder_2=text_encoder_2,
+            tokenizer=None,
+            tokenizer_2=CLIPTokenizer.from_pretrained(tokenizer_folder),
+            unet=_sdxl_unet(context=TEXT_HIDDEN_2, time_ids=5),
+            scheduler=scheduler,
+            requires_aesthetics_score=True,
+            force_zeros_for_empty_prompt=False,
+        )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(_text_config(vocab_size, projection=False)),
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=CLIPTokenizer.from_pretrained(tokenizer_folder),
+        unet=_sdxl_unet(context=TEXT_HIDDEN + TEXT_HIDDEN_2, time_ids=6),
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+def _sd_unet(in_channels: int) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=2,
+        cross_attention_dim=TEXT_HIDDEN,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+def _sdxl_unet(context: int, time_ids: int) -> Any:
+    """SDXL's UNet; ``time_ids`` is 6 for the base (sizes and crop), 5 for the refiner (aesthetic score)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -145,23 +194,13 @@ def build_pipeline(family: Family, tokenizer_folder: Path, seed: int) -> Any:
         block_out_channels=(32, 64, 64),
         layers_per_block=2,
         transformer_layers_per_block=(1, 1, 2),
-        cross_attention_dim=TEXT_HIDDEN + TEXT_HIDDEN_2,
+        cross_attention_dim=context,
         attention_head_dim=(2, 4, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=TEXT_HIDDEN_2 + 6 * 8,
+        projection_class_embeddings_input_dim=TEXT_HIDDEN_2 + time_ids * 8,
         norm_num_groups=8,
-    )
-    return StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(_text_config(vocab_size, projection=False)),
-        text_encoder_2=CLIPTextModelWithProjection(_text_config(vocab_size, projection=True)),
-        tokenizer=tokenizer,
-        tokenizer_2=CLIPTokenizer.from_pretrained(tokenizer_folder),
-        unet=unet,
-        scheduler=scheduler,
-        force_zeros_for_empty_prompt=True,
     )
 
 
@@ -169,7 +208,7 @@ def config_folder_for(path: Path) -> Path:
     return path.with_name(path.stem + ".config")
 
 
-def create_tiny_checkpoint(family: Family, out: Path, seed: int = 0) -> Path:
+def create_tiny_checkpoint(family: CheckpointFamily, out: Path, seed: int = 0) -> Path:
     """Write ``out`` (safetensors) and ``<stem>.config/`` beside it; return the config folder."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -180,10 +219,9 @@ def create_tiny_checkpoint(family: Family, out: Path, seed: int = 0) -> Path:
     pipeline.save_pretrained(config, safe_serialization=True)
     for weights in config.rglob("*.safetensors"):
         weights.unlink()  # the folder holds configs only; the weights live in the single file
-    architecture = "stable-diffusion-v1" if family == "sd1" else "stable-diffusion-xl-v1-base"
     metadata = {
         "format": "pt",
-        "modelspec.architecture": architecture,
+        "modelspec.architecture": _ARCHITECTURES[family],
         "modelspec.title": f"sdpipe tiny {family} (random weights, seed {seed})",
     }
     out.write_bytes(_deterministic_safetensors(single_file_state_dict(pipeline, family), metadata))
@@ -210,52 +248,61 @@ def _deterministic_safetensors(tensors: dict[str, Any], metadata: dict[str, str]
 
 def load_tiny_checkpoint(path: Path, config: Path | None = None) -> Any:
     """Load a single-file checkpoint offline with its config folder."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers
 
     config = config or config_folder_for(Path(path))
-    index = json.loads((config / "model_index.json").read_text())
-    cls = StableDiffusionXLPipeline if index["_class_name"] == "StableDiffusionXLPipeline" else StableDiffusionPipeline
+    cls = getattr(diffusers, json.loads((config / "model_index.json").read_text())["_class_name"])
     pipeline = cls.from_single_file(str(path), config=str(config), local_files_only=True)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
 def create_tiny_lora(family: Family, out: Path, seed: int = 0, rank: int = 4) -> Path:
-    """A Kohya-format LoRA for the tiny ``family`` checkpoints (random, visibly non-zero weights).
-
-    Written the way Kohya's ``train_network`` writes one: ``lora_unet_*``/``lora_te_*`` names,
-    ``.lora_down``/``.lora_up``/``.alpha``, and the ``ss_*`` metadata that says which base it is for.
-    """
+    """A Kohya-format LoRA for the tiny ``family`` checkpoints (random, visibly non-zero weights)."""
     import tempfile
 
+    with tempfile.TemporaryDirectory() as folder:
+        pipeline = build_pipeline(family, Path(folder) / "tokenizer", seed)
+    base = "sd_v1" if family == "sd1" else "sdxl_base_v1-0"
+    return write_random_lora(pipeline.unet, out, base_model_version=base, seed=seed, rank=rank)
+
+
+def write_random_lora(unet: Any, out: Path, *, base_model_version: str, seed: int = 0, rank: int = 4) -> Path:
+    """A Kohya-format LoRA of ``unet``'s attention projections (random, visibly non-zero weights).
+
+    Written the way Kohya's ``train_network`` writes one: ``lora_unet_*`` names,
+    ``.lora_down``/``.lora_up``/``.alpha``, and the ``ss_*`` metadata that says which base it is
+    for. The adapter is taken off ``unet`` again.
+    """
     import torch
     from diffusers.utils import convert_state_dict_to_kohya  # type: ignore[attr-defined]
     from peft import LoraConfig, get_peft_model_state_dict
 
-    with tempfile.TemporaryDirectory() as folder:
-        pipeline = build_pipeline(family, Path(folder) / "tokenizer", seed)
     torch.manual_seed(seed + 1)
     alpha = rank
-    pipeline.unet.add_adapter(
+    adapter = f"random_{seed}"
+    unet.add_adapter(
         LoraConfig(
             r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]
-        )
+        ),
+        adapter_name=adapter,
     )
-    state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(pipeline.unet).items()}
+    state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()}
     with torch.no_grad():
         for name, tensor in state.items():
             if "lora_B" in name:  # peft starts B at zero (a no-op LoRA); make this one change the picture
                 tensor.copy_(torch.randn_like(tensor) * 0.5)
     kohya = convert_state_dict_to_kohya(state)
+    unet.delete_adapters(adapter)
     for name in list(kohya):
         if name.endswith(".alpha"):
             kohya[name] = torch.tensor(float(alpha))
-    tensors = {name: tensor.contiguous().to(torch.float16) for name, tensor in kohya.items()}
+    tensors = {name: tensor.detach().contiguous().to(torch.float16).cpu() for name, tensor in kohya.items()}
     metadata = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(alpha),
-        "ss_base_model_version": "sd_v1" if family == "sd1" else "sdxl_base_v1-0",
+        "ss_base_model_version": base_model_version,
         "ss_output_name": Path(out).stem,
     }
     out = Path(out)

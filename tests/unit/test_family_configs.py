@@ -165,8 +165,7 @@ def test_weights_that_do_not_fit_the_chosen_config_are_named(tmp_path, built):
 def test_a_checkpoint_the_device_cannot_hold_is_refused_after_evicting_the_cache(tmp_path, built):
     """Not an OOM kill and a restart into the same request: a clear error, once the cached
     pipelines have been let go and it still does not fit."""
-    import torch
-
+    from sdpipe_inference.acceleration import Acceleration
     from sdpipe_inference.engine import ModelSpec, PipelineCache
     from sdpipe_inference.memory import ModelTooLarge, weight_count
     from sdpipe_local.tiny_models import config_folder_for, create_tiny_checkpoint
@@ -177,7 +176,7 @@ def test_a_checkpoint_the_device_cannot_hold_is_refused_after_evicting_the_cache
     weights = weight_count(path)
     assert 0 < weights < path.stat().st_size  # fp32 in the file: four bytes a weight
     free = {"bytes": weights * 4 * 2}
-    cache = PipelineCache(2, "cpu", torch.float32, free_memory=lambda device: free["bytes"])
+    cache = PipelineCache(2, Acceleration("cpu"), free_memory=lambda device: free["bytes"])
     cache.get(spec)  # fits
     free["bytes"] = weights * 4  # without the headroom a generation needs
     other = ModelSpec("other", "cd" * 32, "cdcdcdcd", "sd1", path, spec.config)

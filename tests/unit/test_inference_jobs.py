@@ -180,3 +180,15 @@ def test_the_invocation_carries_what_chooses_the_checkpoints_config(inference, w
     with_yaml = inference.submit({"prompt": "a cat", "model": "v2-1_768-ema-pruned"}, request_id="g-2")
     model = json.loads(world.get(f"jobs/{with_yaml}/input.json"))["model"]
     assert model["original_config_uri"] == "s3://assets/models/Stable-diffusion/v2-1_768-ema-pruned.yaml"
+
+
+def test_the_sdxl_refiner_refines_images_and_does_not_start_from_noise(inference, world):
+    add_model(world, "sd_xl_refiner_1.0", "ef" * 32, family="sdxl_refiner")
+    refiner = {"prompt": "a cat", "model": "sd_xl_refiner_1.0"}
+    refused = inference.intake.ledger.require(inference.submit(refiner, "r-1"))
+    assert refused.status is JobStatus.FAILED and refused.error is not None
+    assert refused.error["code"] == "VALIDATION_ERROR" and "use it with img2img" in refused.error["message"]
+    image = base64.b64encode(png()).decode()
+    refined = inference.submit(refiner | {"init_images": [image]}, "r-2", "img2img")
+    assert inference.intake.ledger.require(refined).status is JobStatus.RUNNING
+    assert json.loads(world.get(f"jobs/{refined}/input.json"))["model"]["family"] == "sdxl_refiner"

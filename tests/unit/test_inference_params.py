@@ -57,3 +57,11 @@ def test_img2img_needs_one_init_image_and_a_strength_in_range():
     with pytest.raises(ValidationError, match="denoising_strength"):
         Img2ImgParams.model_validate({"prompt": "x", "init_images": ["aGk="], "denoising_strength": 1.5})
     assert Img2ImgParams.model_validate({"init_images": ["aGk="]}).prompt == ""  # A1111 allows no prompt here
+
+
+def test_img2img_that_would_run_no_denoising_step_is_refused_with_what_to_change():
+    with pytest.raises(ValidationError, match=r"0.3 of 3 steps leaves no step to run: raise steps to at least 4"):
+        Img2ImgParams.model_validate({"init_images": ["aGk="], "steps": 3, "denoising_strength": 0.3})
+    with pytest.raises(ValidationError, match="denoising_strength 0 would change nothing"):
+        Img2ImgParams.model_validate({"init_images": ["aGk="], "denoising_strength": 0})
+    assert Img2ImgParams.model_validate({"init_images": ["aGk="], "steps": 4, "denoising_strength": 0.3}).steps == 4

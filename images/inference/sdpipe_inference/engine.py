@@ -14,6 +14,7 @@ import base64
 import binascii
 import gc
 import io
+import json
 import random
 import re
 import threading
@@ -34,6 +35,7 @@ from sdpipe.contracts.inference import (
     strip_extra_networks,
 )
 from sdpipe.errors import SdpipeError
+from sdpipe_inference.acceleration import Acceleration
 from sdpipe_inference.controlnet import ControlNetMismatch, control_map, load_controlnet
 from sdpipe_inference.infotext import Infotext, png_with_parameters
 from sdpipe_inference.memory import HEADROOM, ModelTooLarge, free_device_memory, weight_count
@@ -82,6 +84,42 @@ class ModelSpec:
     path: Path
     config: Path
 
+    @property
+    def pipeline_class(self) -> str:
+        """The diffusers pipeline the config describes (``model_index.json``'s ``_class_name``)."""
+        try:
+            name = str(json.loads((self.config / "model_index.json").read_text())["_class_name"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelConfigMismatch(
+                f"config {self.config.name!r} of {self.name!r} has no readable model_index.json: {exc}"
+            ) from None
+        if name not in PIPELINE_CLASSES:
+            raise ModelConfigMismatch(
+                f"config {self.config.name!r} of {self.name!r} describes a {name}, which sdpipe does not run "
+                f"({', '.join(sorted(PIPELINE_CLASSES))})"
+            )
+        return name
+
+    @property
+    def is_inpainting(self) -> bool:
+        """A 9-channel UNet that always reads a mask and the masked image (``sd-v1-5-inpainting``)."""
+        return "Inpaint" in self.pipeline_class
+
+    @property
+    def refines_only(self) -> bool:
+        """The SDXL refiner: it denoises an image it is given, it does not start from noise."""
+        return self.pipeline_class == "StableDiffusionXLImg2ImgPipeline"
+
+
+# The checkpoints' own pipelines: text-to-image, inpainting models, and SDXL's refiner (img2img).
+PIPELINE_CLASSES = frozenset(
+    ["StableDiffusionPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionXLPipeline",
+     "StableDiffusionXLInpaintPipeline", "StableDiffusionXLImg2ImgPipeline"]
+)  # fmt: skip
+# An inpainting model in txt2img sees what A1111 gives it: everything masked, over mid-grey
+# (what its "masked image" conditioning is with nothing left unmasked).
+_MASK_ALL, _NOTHING_KEPT = 255, (127, 127, 127)
+
 
 @dataclass(frozen=True)
 class AddOn:
@@ -120,10 +158,12 @@ class GenerationResult:
 class PipelineCache:
     """At most ``capacity`` loaded pipelines, least recently used evicted first."""
 
-    def __init__(self, capacity: int, device: str, dtype: Any, free_memory: Callable[[str], int] | None = None) -> None:
+    def __init__(
+        self, capacity: int, acceleration: Acceleration, free_memory: Callable[[str], int] | None = None
+    ) -> None:
         self.capacity = capacity
-        self.device = device
-        self.dtype = dtype
+        self.acceleration = acceleration
+        self.device = acceleration.device
         self.free_memory = free_memory or free_device_memory
         self._pipelines: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self._applied: dict[int, set[str]] = {}  # id(pipeline) -> LoRAs and embeddings loaded into it
@@ -186,8 +226,9 @@ class PipelineCache:
             from diffusers import AutoencoderKL
 
             found = AutoencoderKL.from_single_file(
-                str(add_on.path), config=str(spec.config / "vae"), local_files_only=True, torch_dtype=self.dtype
-            )
+                str(add_on.path), config=str(spec.config / "vae"), local_files_only=True,
+                torch_dtype=self.acceleration.torch_dtype(spec.family),
+            )  # fmt: skip
             if self.device != "cpu":
                 found.to(self.device)
             self._vaes[add_on.sha256] = found
@@ -203,7 +244,7 @@ class PipelineCache:
             self._controlnets.move_to_end(key)
             return found
         try:
-            found = load_controlnet(add_on.path, unet, self.dtype, self.device)
+            found = load_controlnet(add_on.path, unet, self.acceleration.torch_dtype(spec.family), self.device)
         except (ControlNetMismatch, KeyError) as exc:
             raise InvalidInput(f"ControlNet {add_on.name!r} does not fit model {spec.name!r}: {exc}") from None
         self._controlnets[key] = found
@@ -216,7 +257,8 @@ class PipelineCache:
         into the same request), after evicting the cached pipelines that stand in its way."""
         import torch
 
-        needed = int(weight_count(spec.path) * torch.empty((), dtype=self.dtype).element_size() * HEADROOM)
+        dtype = self.acceleration.torch_dtype(spec.family)
+        needed = int(weight_count(spec.path) * torch.empty((), dtype=dtype).element_size() * HEADROOM)
         free = self.free_memory(self.device)
         while needed > free and self._pipelines:
             _, (evicted, _) = self._pipelines.popitem(last=False)
@@ -229,18 +271,19 @@ class PipelineCache:
         if needed > free:
             raise ModelTooLarge(
                 f"checkpoint {spec.name!r} needs about {_size(needed)} of {self.device} memory in "
-                f"{str(self.dtype).removeprefix('torch.')}, and {_size(free)} are free: "
+                f"{str(dtype).removeprefix('torch.')}, and {_size(free)} are free: "
                 "deploy the endpoint on a larger instance type"
             )
 
     def _load(self, spec: ModelSpec) -> Any:
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+        import diffusers
 
-        cls = StableDiffusionXLPipeline if spec.family.startswith("sdxl") else StableDiffusionPipeline
+        cls = getattr(diffusers, spec.pipeline_class)
         try:
             pipeline = cls.from_single_file(
-                str(spec.path), config=str(spec.config), local_files_only=True, torch_dtype=self.dtype
-            )
+                str(spec.path), config=str(spec.config), local_files_only=True,
+                torch_dtype=self.acceleration.torch_dtype(spec.family),
+            )  # fmt: skip
         except ValueError as exc:
             mismatch = _SHAPE_MISMATCH.search(str(exc))
             if mismatch is None:
@@ -253,6 +296,7 @@ class PipelineCache:
         pipeline.set_progress_bar_config(disable=True)
         if self.device != "cpu":
             pipeline.to(self.device)
+        self.acceleration.prepare(pipeline)
         self.loads += 1
         return pipeline
 
@@ -285,21 +329,27 @@ def decode_image(data: str, field_name: str) -> Image.Image:
 
 
 class Engine:
-    def __init__(self, device: str | None = None, dtype: Any = None, max_pipelines: int = 2) -> None:
+    def __init__(
+        self, device: str | None = None, max_pipelines: int = 2, acceleration: Acceleration | None = None
+    ) -> None:
         import torch
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dtype is None:
-            dtype = torch.float16 if self.device == "cuda" else torch.float32
-        self.cache = PipelineCache(max_pipelines, self.device, dtype)
+        self.acceleration = acceleration or Acceleration.from_environment(self.device)
+        self.cache = PipelineCache(max_pipelines, self.acceleration)
         self._lock = threading.Lock()  # one generation at a time per device
 
     def generate(
-        self, params: Txt2ImgParams | Img2ImgParams, model: ModelSpec, add_ons: AddOns | None = None
+        self,
+        params: Txt2ImgParams | Img2ImgParams,
+        model: ModelSpec,
+        add_ons: AddOns | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> GenerationResult:
-        """Validate and prepare the inputs, run the batches under the device lock, describe them."""
+        """Validate and prepare the inputs, run the batches under the device lock, describe them.
+        ``on_step(step, total)`` is called after each denoising step (1-based) of each batch."""
         add_ons = add_ons or AddOns()
-        inputs = self._inputs(params, add_ons)
+        inputs = self._inputs(params, add_ons, model)
         with self._lock:
             pipeline, scheduler_config = self.cache.get(model)
             self.cache.apply(pipeline, model, add_ons)
@@ -309,25 +359,40 @@ class Engine:
             own_vae = pipeline.vae
             if add_ons.vae is not None:
                 pipeline.vae = self.cache.vae(add_ons.vae, model)
+            self.acceleration.for_size(pipeline, params.width, params.height)
             try:
                 images: list[Image.Image] = []
                 for iteration in range(params.n_iter):
                     batch_seeds = inputs.seeds[iteration * params.batch_size : (iteration + 1) * params.batch_size]
-                    images.extend(pipeline(**_call_arguments(params, inputs, batch_seeds)).images)
+                    arguments = _call_arguments(params, inputs, batch_seeds)
+                    if on_step is not None:
+                        arguments["callback_on_step_end"] = _step_callback(on_step)
+                    images.extend(pipeline(**arguments).images)
             finally:
                 pipeline.vae = own_vae
         infotexts = [self._infotext(params, model, seed, add_ons).text() for seed in inputs.seeds]
         info = _generation_info(params, model, add_ons, inputs.seeds, infotexts)
         return GenerationResult(images=images, seeds=inputs.seeds, infotexts=infotexts, info=info)
 
-    def _inputs(self, params: Txt2ImgParams | Img2ImgParams, add_ons: AddOns) -> _Inputs:
+    def _inputs(self, params: Txt2ImgParams | Img2ImgParams, add_ons: AddOns, model: ModelSpec) -> _Inputs:
         """Everything a generation needs decided before the device is taken: images, seeds, maps."""
         size = (params.width, params.height)
         init_image = mask = None
+        strength: float | None = None
         if isinstance(params, Img2ImgParams):
             init_image = decode_image(params.init_images[0], "init_images[0]").resize(size)
+            strength = params.denoising_strength
             if params.mask:
                 mask = decode_image(params.mask, "mask").convert("L").resize(size)
+        elif model.refines_only:
+            raise InvalidInput(
+                f"model {model.name!r} is an SDXL refiner, which refines an image it is given: "
+                "use it with img2img (txt2img needs a base checkpoint)"
+            )
+        if model.is_inpainting:  # its UNet always reads a mask: without one, all of the image is redone
+            init_image = init_image or Image.new("RGB", size, _NOTHING_KEPT)
+            mask = mask or Image.new("L", size, _MASK_ALL)
+            strength = 1.0 if strength is None else strength
         units = params.controlnet_units
         if len(units) != len(add_ons.controlnets):
             raise InvalidInput(
@@ -340,6 +405,7 @@ class Engine:
             negative_prompt=strip_extra_networks(params.negative_prompt),
             init_image=init_image,
             mask=mask,
+            strength=strength,
             control_images=[self._control_image(index, unit, params, size) for index, unit in enumerate(units)],
             seeds=[(first_seed + i) % (MAX_SEED + 1) for i in range(total)],
         )
@@ -350,6 +416,9 @@ class Engine:
         variant: dict[str, Any] = {}
         if controlnets:
             variant["controlnet"] = controlnets[0] if len(controlnets) == 1 else controlnets
+        own_task = model.is_inpainting or (model.refines_only and inputs.mask is None)
+        if own_task and not controlnets:
+            return pipeline  # an inpainting model inpaints, the refiner refines: their own pipelines
         if inputs.mask is not None:
             from diffusers import AutoPipelineForInpainting
 
@@ -456,6 +525,17 @@ class _Inputs:
     mask: Image.Image | None
     control_images: list[Image.Image]
     seeds: list[int]
+    strength: float | None = None  # img2img's denoising strength (1.0: an inpainting model's txt2img)
+
+
+def _step_callback(on_step: Callable[[int, int], None]) -> Callable[..., dict[str, Any]]:
+    """diffusers' ``callback_on_step_end`` (it must hand back the tensors it was given)."""
+
+    def callback(pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        on_step(step + 1, int(pipeline.num_timesteps))
+        return tensors
+
+    return callback
 
 
 def _call_arguments(params: Txt2ImgParams | Img2ImgParams, inputs: _Inputs, seeds: list[int]) -> dict[str, Any]:
@@ -471,8 +551,8 @@ def _call_arguments(params: Txt2ImgParams | Img2ImgParams, inputs: _Inputs, seed
     }
     if params.clip_skip > 1:
         kwargs["clip_skip"] = params.clip_skip - 1  # A1111 counts the last layer as 1
-    if isinstance(params, Img2ImgParams):
-        kwargs |= {"image": inputs.init_image, "strength": params.denoising_strength}
+    if inputs.init_image is not None:
+        kwargs |= {"image": inputs.init_image, "strength": inputs.strength}
         if inputs.mask is not None:
             kwargs |= {"mask_image": inputs.mask, "width": params.width, "height": params.height}
     else:

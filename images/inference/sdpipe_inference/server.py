@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from sdpipe.contracts.inference import Img2ImgParams, InvocationInput, ModelFile, Txt2ImgParams
 from sdpipe.errors import SdpipeError
+from sdpipe_inference.acceleration import compile_cache_dir, warm_up
 from sdpipe_inference.engine import AddOn, AddOns, Engine, ModelSpec
 from sdpipe_inference.family_configs import built_configs_dir, choice_from_ldm_yaml, config_folder, config_name
 from sdpipe_inference.model_store import ModelStore
@@ -194,11 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-pipelines", type=int, default=int(os.environ.get("SDPIPE_MAX_PIPELINES", "2")))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = InferenceService(
-        Engine(max_pipelines=args.max_pipelines),
-        ModelStore(args.cache_dir, int(args.cache_gib * 2**30)),
-        args.configs_dir,
-    )
+    engine = Engine(max_pipelines=args.max_pipelines)
+    if engine.acceleration.compile:
+        compile_cache_dir(args.cache_dir)  # on the instance's volume: kept when the container restarts
+        # Before the port opens: SageMaker routes nothing to a container until /ping answers.
+        warm_up(engine.acceleration, args.configs_dir or built_configs_dir())
+    service = InferenceService(engine, ModelStore(args.cache_dir, int(args.cache_gib * 2**30)), args.configs_dir)
     server = serve(args.port, service, args.host)
     stop_on_sigterm(server)
     logger.info("serving on %s:%d (device %s)", args.host, args.port, service.engine.device)

@@ -8,6 +8,7 @@ different image.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -288,6 +289,19 @@ class Img2ImgParams(ImageGenerationParams):
     init_images: list[str] = Field(min_length=1, max_length=1)
     mask: str | None = None
     denoising_strength: float = Field(default=0.75, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _denoises_at_least_once(self) -> Img2ImgParams:
+        # img2img runs the last steps x strength steps of the schedule; with none left diffusers
+        # fails deep inside the VAE instead of saying why.
+        if self.denoising_strength == 0:
+            raise ValueError("denoising_strength 0 would change nothing: give a strength above 0")
+        if int(self.steps * self.denoising_strength) < 1:
+            raise ValueError(
+                f"denoising_strength {self.denoising_strength} of {self.steps} steps leaves no step to run: "
+                f"raise steps to at least {math.ceil(1 / self.denoising_strength)} or the strength"
+            )
+        return self
 
 
 # ``<lora:name:weight>`` (A1111's extra-network syntax; ``lyco`` is the LyCORIS extension's alias).

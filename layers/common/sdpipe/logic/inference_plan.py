@@ -105,6 +105,11 @@ class InferencePlanner:
         endpoint_future = io_pool.submit(self._choose_endpoint, params.endpoint)
         checkpoint = self._checkpoint(params.checkpoint, catalog)
         family = checkpoint.family or ModelFamily.UNKNOWN
+        if family is ModelFamily.SDXL_REFINER and not isinstance(params, Img2ImgParams):
+            raise ValidationFailed(
+                f"params.model: {checkpoint.name!r} is an SDXL refiner, which refines an image it is given: "
+                "use it with img2img (txt2img needs a base checkpoint)"
+            )
         loras = self._loras(params, family, catalog)
         embeddings, skipped = self._embeddings(params, family, catalog)
         warnings += skipped
