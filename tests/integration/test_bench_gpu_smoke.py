@@ -24,6 +24,7 @@ def test_the_gpu_benchmark_runs_every_case_and_writes_its_json_and_table(tmp_pat
         for variant in ("plain_diffusers", "engine"):
             assert results[case][variant]["its"] > 0 and results[case][variant]["s_per_image"] > 0
     assert results["lora"]["engine_switch_s"] < results["lora"]["diffusers_load_fuse_s"]
+    assert results["lora"]["engine_hotswap_s"] > 0
     assert results["cold"]["first_image_s"] > results["cold"]["download_s"] > 0
     assert results["train"]["s_per_step"] > 0
     assert "| LoRA switch (both loaded) |" in finished.stdout and "cold start, S3 -> first image" in finished.stdout

@@ -17,8 +17,13 @@ size compiles for a minute or more:
 - ``SDPIPE_COMPILE=1``: ``torch.compile`` of the UNet. Inductor's cache lives under the model
   cache on the instance's volume (``TORCHINDUCTOR_CACHE_DIR``), and ``SDPIPE_WARMUP=sd1:512x512,
   sdxl:1024x1024`` compiles a random-weights UNet of each family and size at container start,
-  before ``/ping`` answers, so a real checkpoint's compile reuses the generated kernels. Not yet:
-  LoRA hot-swapping into a compiled UNet (a LoRA loaded into it recompiles the UNet once).
+  before ``/ping`` answers, so a real checkpoint's compile reuses the generated kernels. The UNet
+  is compiled at its first generation, after that request's LoRA is loaded; a request's single
+  LoRA then goes into one adapter slot that later LoRAs are hot-swapped into (diffusers' hotswap:
+  the weights are replaced in place, padded to ``SDPIPE_LORA_MAX_RANK``, nothing recompiles; a
+  request without a LoRA sets the slot's weight to 0). A request with several LoRAs loads them as
+  adapters of their own, which recompiles the UNet. ``SDPIPE_LORA_HOTSWAP=1`` uses the slot
+  without compiling.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ logger = logging.getLogger("sdpipe.inference")
 
 DTYPES = ("auto", "fp16", "bf16", "fp32")
 TILE_PIXELS = 1536 * 1536
+LORA_MAX_RANK = 128
+HOT_ADAPTER = "hot"
 # Autotuned kernels without CUDA graphs (a graph would pin the pipeline to one batch and size).
 COMPILE_MODE = "max-autotune-no-cudagraphs"
 
@@ -48,6 +55,8 @@ class Acceleration:
     dtype: str = "auto"
     channels_last: bool = True
     compile: bool = False
+    hotswap_loras: bool = False  # on with compile: another adapter in a compiled UNet recompiles it
+    lora_max_rank: int = LORA_MAX_RANK
     tile_pixels: int = TILE_PIXELS
     warmup: tuple[tuple[str, int, int], ...] = field(default=())
 
@@ -64,6 +73,8 @@ class Acceleration:
             dtype=env.get("SDPIPE_DTYPE", "auto").strip().lower() or "auto",
             channels_last=not _flag(env.get("SDPIPE_NO_CHANNELS_LAST")),
             compile=compiled,
+            hotswap_loras=compiled or _flag(env.get("SDPIPE_LORA_HOTSWAP")),
+            lora_max_rank=int(env.get("SDPIPE_LORA_MAX_RANK", LORA_MAX_RANK)),
             tile_pixels=int(env.get("SDPIPE_VAE_TILE_PIXELS", TILE_PIXELS)),
             warmup=parse_warmup(env.get("SDPIPE_WARMUP", "")),
         )
@@ -96,8 +107,17 @@ class Acceleration:
         if self.on_gpu and self.channels_last:
             pipeline.unet.to(memory_format=torch.channels_last)
             pipeline.vae.to(memory_format=torch.channels_last)
-        if self.compile:
+        if self.hotswap_loras:
+            # Before any adapter is loaded and before compiling: the slot is sized for the largest rank.
+            pipeline.enable_lora_hotswap(target_rank=self.lora_max_rank)
+
+    def compile_once(self, pipeline: Any) -> None:
+        """With ``compile``: the UNet compiled at the pipeline's first generation (its LoRA loaded)."""
+        import torch
+
+        if self.compile and not getattr(pipeline, "_sdpipe_compiled", False):
             pipeline.unet = torch.compile(pipeline.unet, mode=COMPILE_MODE, fullgraph=True)
+            pipeline._sdpipe_compiled = True
 
     def for_size(self, pipeline: Any, width: int, height: int) -> None:
         """VAE tiling for large pictures only (tiles blend at their seams: small ones decode whole)."""

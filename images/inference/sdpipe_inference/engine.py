@@ -35,7 +35,7 @@ from sdpipe.contracts.inference import (
     strip_extra_networks,
 )
 from sdpipe.errors import SdpipeError
-from sdpipe_inference.acceleration import Acceleration
+from sdpipe_inference.acceleration import HOT_ADAPTER, Acceleration
 from sdpipe_inference.controlnet import ControlNetMismatch, control_map, load_controlnet
 from sdpipe_inference.infotext import Infotext, png_with_parameters
 from sdpipe_inference.memory import HEADROOM, ModelTooLarge, free_device_memory, weight_count
@@ -167,6 +167,7 @@ class PipelineCache:
         self.free_memory = free_memory or free_device_memory
         self._pipelines: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self._applied: dict[int, set[str]] = {}  # id(pipeline) -> LoRAs and embeddings loaded into it
+        self._hot: dict[int, str] = {}  # id(pipeline) -> sha256 of the LoRA in its hot slot
         self._vaes: OrderedDict[str, Any] = OrderedDict()
         self._controlnets: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self.loads = 0
@@ -184,28 +185,60 @@ class PipelineCache:
         self._pipelines[spec.sha256] = entry
         while len(self._pipelines) > self.capacity:
             _, (evicted, _) = self._pipelines.popitem(last=False)
-            self._applied.pop(id(evicted), None)
+            self._forget(evicted)
         return entry
+
+    def _forget(self, pipeline: Any) -> None:
+        self._applied.pop(id(pipeline), None)
+        self._hot.pop(id(pipeline), None)
 
     def apply(self, pipeline: Any, spec: ModelSpec, add_ons: AddOns) -> None:
         """Set the request's LoRAs (loaded once per pipeline, then only re-weighted) and embeddings."""
         loaded = self._applied.setdefault(id(pipeline), set())
-        for lora in add_ons.loras:
+        if self.acceleration.hotswap_loras and len(add_ons.loras) == 1:
+            self._hotswap(pipeline, spec, add_ons.loras[0], loaded)
+        else:
+            self._apply_loras(pipeline, spec, add_ons.loras, loaded)
+        self._apply_embeddings(pipeline, spec, add_ons.embeddings, loaded)
+
+    def _apply_loras(self, pipeline: Any, spec: ModelSpec, loras: tuple[AddOn, ...], loaded: set[str]) -> None:
+        for lora in loras:
             if lora.adapter_name not in loaded:
-                try:
-                    pipeline.load_lora_weights(str(lora.path), adapter_name=lora.adapter_name)
-                except (ValueError, KeyError, RuntimeError) as exc:
-                    raise InvalidInput(f"LoRA {lora.name!r} does not fit model {spec.name!r}: {exc}") from None
+                self._load_lora(pipeline, spec, lora, lora.adapter_name)
                 loaded.add(lora.adapter_name)
-                self.lora_loads += 1
-        if add_ons.loras:
+        if loras:
             pipeline.enable_lora()
             pipeline.set_adapters(
-                [lora.adapter_name for lora in add_ons.loras], adapter_weights=[lora.weight for lora in add_ons.loras]
+                [lora.adapter_name for lora in loras], adapter_weights=[lora.weight for lora in loras]
             )
+        elif self._hot.get(id(pipeline)) is not None:
+            # Weight 0 rather than switching adapters off: a compiled UNet would recompile for that.
+            pipeline.set_adapters([HOT_ADAPTER], adapter_weights=[0.0])
         elif any(name.startswith("lora_") for name in loaded):
             pipeline.disable_lora()
-        for embedding in add_ons.embeddings:
+
+    def _hotswap(self, pipeline: Any, spec: ModelSpec, lora: AddOn, loaded: set[str]) -> None:
+        """One LoRA in the pipeline's hot slot: a new one replaces the slot's weights in place
+        (diffusers' hotswap), so a compiled UNet runs on without recompiling."""
+        current = self._hot.get(id(pipeline))
+        if current != lora.sha256:
+            self._load_lora(pipeline, spec, lora, HOT_ADAPTER, hotswap=current is not None)
+            self._hot[id(pipeline)] = lora.sha256
+            loaded.add(HOT_ADAPTER)
+        pipeline.enable_lora()
+        pipeline.set_adapters([HOT_ADAPTER], adapter_weights=[lora.weight])
+
+    def _load_lora(self, pipeline: Any, spec: ModelSpec, lora: AddOn, adapter: str, hotswap: bool = False) -> None:
+        try:
+            pipeline.load_lora_weights(str(lora.path), adapter_name=adapter, hotswap=hotswap)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise InvalidInput(f"LoRA {lora.name!r} does not fit model {spec.name!r}: {exc}") from None
+        self.lora_loads += 1
+
+    def _apply_embeddings(
+        self, pipeline: Any, spec: ModelSpec, embeddings: tuple[AddOn, ...], loaded: set[str]
+    ) -> None:
+        for embedding in embeddings:
             key = "embedding_" + embedding.sha256
             if key in loaded:
                 continue
@@ -262,7 +295,7 @@ class PipelineCache:
         free = self.free_memory(self.device)
         while needed > free and self._pipelines:
             _, (evicted, _) = self._pipelines.popitem(last=False)
-            self._applied.pop(id(evicted), None)
+            self._forget(evicted)
             del evicted
             gc.collect()
             if self.device != "cpu":
@@ -353,6 +386,7 @@ class Engine:
         with self._lock:
             pipeline, scheduler_config = self.cache.get(model)
             self.cache.apply(pipeline, model, add_ons)
+            self.acceleration.compile_once(pipeline)  # after the first LoRA is in: later ones hot-swap
             pipeline = self._task_pipeline(pipeline, model, add_ons, inputs)
             pipeline.set_progress_bar_config(disable=True)
             pipeline.scheduler = make_scheduler(scheduler_config, params.sampler_name, params.scheduler)
