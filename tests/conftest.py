@@ -13,7 +13,7 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 
     folder = tmp_path_factory.mktemp("tiny")
     paths = {}
-    for family in ("sd1", "sdxl"):
+    for family in ("sd1", "sd2", "sdxl"):
         path = folder / f"tiny-{family}.safetensors"
         create_tiny_checkpoint(family, path, seed=1)  # type: ignore[arg-type]
         paths[family] = path

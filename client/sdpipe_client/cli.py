@@ -169,7 +169,10 @@ def models_list(settings: _Settings, model_type: str | None, as_json: bool) -> N
 
 
 @models.command("create-tiny")
-@click.option("--family", type=click.Choice(["sd1", "sdxl"]), required=True)
+@click.option(
+    "--family", type=click.Choice(["sd1", "sd1_inpainting", "sd2", "sdxl", "sdxl_refiner"]), required=True,
+    help="sd2 is SD 2.x 768 (v-prediction).",
+)  # fmt: skip
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .safetensors file to write."
 )

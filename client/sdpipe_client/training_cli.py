@@ -136,7 +136,7 @@ def _config(path: Path | None, overrides: tuple[str, ...]) -> dict[str, Any]:
 @click.command("train")
 @click.option("--base-model", required=True, help="Registered checkpoint (name, 'name [hash]' or sha256 prefix).")
 @click.option("--dataset", required=True, help="Registered dataset name.")
-@click.option("--family", type=click.Choice(["sd1", "sdxl"]), required=True)
+@click.option("--family", type=click.Choice(["sd1", "sd2", "sdxl"]), required=True)
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Kohya train_network options as TOML (sd-scripts' --config_file form).")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="One Kohya option (repeatable).")

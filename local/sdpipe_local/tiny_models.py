@@ -222,6 +222,8 @@ def create_tiny_checkpoint(family: CheckpointFamily, out: Path, seed: int = 0) -
     metadata = {
         "format": "pt",
         "modelspec.architecture": _ARCHITECTURES[family],
+        # What registration reads first to tell SD 2.x v-prediction from epsilon.
+        "modelspec.prediction_type": "v" if family == "sd2" else "epsilon",
         "modelspec.title": f"sdpipe tiny {family} (random weights, seed {seed})",
     }
     out.write_bytes(_deterministic_safetensors(single_file_state_dict(pipeline, family), metadata))

@@ -40,7 +40,7 @@ def training(sdpipe_stack, tiny_checkpoints, tmp_path_factory):
     stack = sdpipe_stack
     with pointed_at(stack):
         s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
-        for family in ("sd1", "sdxl"):
+        for family in ("sd1", "sd2", "sdxl"):
             drop_checkpoint(
                 s3, bucket, tiny_checkpoints[family], f"models/Stable-diffusion/train/base-{family}.safetensors"
             )
@@ -49,7 +49,7 @@ def training(sdpipe_stack, tiny_checkpoints, tmp_path_factory):
         Datasets(client).upload(
             plan_dataset(create_tiny_dataset(folder, concept="mystyle", repeats=2, count=4), "trainset")
         )
-        for family in ("sd1", "sdxl"):
+        for family in ("sd1", "sd2", "sdxl"):
             wait_active(stack, f"models/Stable-diffusion/train/base-{family}.safetensors")
         yield stack, client
 
@@ -135,6 +135,20 @@ def test_sdxl_trains_with_kohya_names(training):
     assert model["family"] == "sdxl"
     record = wait_active(stack, model["s3_key"])
     assert record["metadata"].get("ss_base_model_version") == "sdxl_base_v1-0"
+
+
+def test_sd2_768_trains_with_the_v_prediction_loss_and_says_so(training):
+    stack, client = training
+    name = f"v2-{uuid.uuid4().hex[:6]}"
+    job = client.wait(
+        train(client, base_model="base-sd2", family="sd2", config={"max_train_steps": 2, "output_name": name}),
+        timeout_s=300,
+    )
+    [model] = job["outputs"]["models"]
+    assert model["family"] == "sd2"
+    metadata = wait_active(stack, model["s3_key"])["metadata"]
+    assert metadata.get("ss_base_model_version") == "sd_v2_v" and metadata.get("ss_v2") == "True"
+    assert metadata.get("modelspec.prediction_type") == "v_prediction"
 
 
 @pytest.mark.parametrize(

@@ -39,11 +39,23 @@ def test_the_image_runs_the_torch_ci_tests_on_a_base_pinned_by_digest(image):
     assert all("cuda" in base for base in bases)
     # torch comes from constraints.txt, which pins the version CI installs.
     assert re.search(r"pip install --constraint constraints\.txt torch\b", text)
-    assert "torch==" not in text.replace("grep '^torch==' constraints.txt", "")
+    assert "torch==" not in text.replace("grep -E '^torch(vision)?==' constraints.txt", "")
     constraints = (ROOT / "constraints.txt").read_text()
     makefile = (ROOT / "Makefile").read_text()
     [pinned] = re.findall(r"^torch==(\S+)$", constraints, flags=re.MULTILINE)
     assert f"torch=={pinned}" in makefile
+
+
+def test_the_training_image_has_the_torchvision_sd_scripts_imports_built_for_its_torch():
+    """sd-scripts imports torchvision at start (library/utils.py), and its requirements leave it to
+    the torch install: without it every kohya job fails with ModuleNotFoundError (a hand run of
+    sd-scripts at the pinned commit did)."""
+    text = (ROOT / "images" / "training" / "Dockerfile").read_text()
+    assert re.search(r"pip install --constraint constraints\.txt torch torchvision\b", text)
+    constraints = (ROOT / "constraints.txt").read_text()
+    [torch_minor] = re.findall(r"^torch==2\.(\d+)\.", constraints, flags=re.MULTILINE)
+    [vision_minor] = re.findall(r"^torchvision==0\.(\d+)\.", constraints, flags=re.MULTILINE)
+    assert int(vision_minor) == int(torch_minor) + 15  # PyTorch's pairing: 2.13 <-> 0.28
 
 
 def test_dockerfile_parsing(tmp_path):

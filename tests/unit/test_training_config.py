@@ -238,3 +238,21 @@ def test_a_kohya_lora_records_the_registered_base_model_and_its_hashes_stay_true
     assert metadata["ss_sd_model_name"] == "dreamshaper_8" and metadata["ss_new_sd_model_hash"] == "ab" * 32
     assert metadata["ss_network_dim"] == "4" and "ss_sd_model_hash" not in metadata  # nothing given: nothing said
     assert (metadata["sshs_model_hash"], metadata["sshs_legacy_hash"]) == kohya_hashes(load_file(str(path)), metadata)
+
+
+def test_sd2_bases_tell_sd_scripts_what_it_does_not_look_for():
+    """sd-scripts reads no architecture from the file: an SD 2.x base needs ``v2`` (its OpenCLIP
+    encoder), a 768 one ``v_parameterization`` too; other families get neither."""
+    from sdpipe.logic.kohya_config import BaseArchitecture
+
+    def options(base: BaseArchitecture | None) -> dict:
+        files = build_kohya_files(LoraConfig(), dataset(("1_a", "a", 1, 2)), "m.safetensors", "out", base)
+        return flatten(tomllib.loads(files.config_toml))
+
+    v768 = options(BaseArchitecture("sd2", "v_prediction"))
+    assert v768["v2"] is True and v768["v_parameterization"] is True
+    assert {"v2", "v_parameterization"} <= set(SD_SCRIPTS["train_network_options"])
+    base512 = options(BaseArchitecture("sd2", "epsilon"))
+    assert base512["v2"] is True and "v_parameterization" not in base512
+    for other in (None, BaseArchitecture("sd1"), BaseArchitecture("sdxl")):
+        assert not {"v2", "v_parameterization"} & set(options(other))

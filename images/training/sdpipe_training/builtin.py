@@ -459,8 +459,8 @@ def _metadata(
         "ss_network_train_unet_only": not models.trained_encoders,
         "ss_mixed_precision": precision,
         "ss_full_fp16": False,
-        "ss_v2": False,
-        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1",
+        "ss_v2": run.family == "sd2",
+        "ss_base_model_version": _BASE_MODEL_VERSIONS[run.family, _prediction(models)],
         "ss_clip_skip": options.get("clip_skip"),
         "ss_max_token_length": None,
         "ss_cache_latents": bool(options.get("cache_latents")),
@@ -481,7 +481,8 @@ def _metadata(
         "ss_tag_frequency": json.dumps(dataset.tag_frequency()),
         "ss_training_comment": options.get("training_comment") or run.comment or None,
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": ("stable-diffusion-xl-v1-base" if sdxl else "stable-diffusion-v1") + "/lora",
+        "modelspec.architecture": _ARCHITECTURES[_BASE_MODEL_VERSIONS[run.family, _prediction(models)]] + "/lora",
+        "modelspec.prediction_type": _prediction(models),
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if sdxl else "diffusers",
         "modelspec.title": f"{options['output_name']}" + ("" if epoch == epochs else f" epoch {epoch}"),
         "modelspec.resolution": f"{width}x{height}",
@@ -496,3 +497,25 @@ def _optimizer_class(name: str) -> str:
         "SGDNesterov": "torch.optim.sgd.SGD(momentum=0.9,nesterov=True)",
         "Adafactor": "transformers.optimization.Adafactor(scale_parameter=False,relative_step=False,warmup_init=False)",
     }.get(name, name)
+
+
+# sd-scripts' ``ss_base_model_version`` (what the WebUI and registration read a LoRA's base from).
+_BASE_MODEL_VERSIONS = {
+    ("sd1", "epsilon"): "sd_v1",
+    ("sd2", "epsilon"): "sd_v2",
+    ("sd2", "v_prediction"): "sd_v2_v",
+    ("sdxl", "epsilon"): "sdxl_base_v1-0",
+}
+
+
+# sd-scripts' ``modelspec.architecture`` (sai_model_spec.py) for each.
+_ARCHITECTURES = {
+    "sd_v1": "stable-diffusion-v1",
+    "sd_v2": "stable-diffusion-v2-512",
+    "sd_v2_v": "stable-diffusion-v2-768-v",
+    "sdxl_base_v1-0": "stable-diffusion-xl-v1-base",
+}
+
+
+def _prediction(models: _Models) -> str:
+    return str(models.scheduler.config.prediction_type)

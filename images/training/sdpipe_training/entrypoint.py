@@ -1,6 +1,6 @@
 """The training container's entrypoint (SageMaker runs it with ``train`` as its argument).
 
-Hyperparameters (strings): ``engine`` (kohya|builtin), ``family`` (sd1|sdxl), ``checkpoint`` (the
+Hyperparameters (strings): ``engine`` (kohya|builtin), ``family`` (sd1|sd2|sdxl), ``checkpoint`` (the
 file in the ``model`` channel), ``model_config`` (its diffusers config folder there, or empty for
 the image's own for the family), and the base model's ``base_model_name``/``base_model_sha256``/
 ``base_model_legacy_hash`` (recorded in the LoRA's metadata). The ``config`` channel holds the

@@ -26,7 +26,7 @@ from typing import IO
 
 # The sd-scripts commit the image installs; the generated configs are tested against its options.
 SD_SCRIPTS_COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
-SCRIPTS = {"sd1": "train_network.py", "sdxl": "sdxl_train_network.py"}
+SCRIPTS = {"sd1": "train_network.py", "sd2": "train_network.py", "sdxl": "sdxl_train_network.py"}
 # SageMaker kills the container 120 s after its SIGTERM; leave time to upload /opt/ml/model.
 STOP_GRACE_SECONDS = 90.0
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sdpipe.contracts.datasets import DATASET_NAME_PATTERN
 
 Engine = Literal["kohya", "builtin"]
-Family = Literal["sd1", "sdxl"]
+Family = Literal["sd1", "sd2", "sdxl"]
 
 # Set by sdpipe from the request and the SageMaker contract; a config may not override them.
 MANAGED_KEYS = frozenset(

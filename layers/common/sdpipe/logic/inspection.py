@@ -26,7 +26,7 @@ _METADATA_SUMMARY_KEYS = (
     "ss_network_alpha", "ss_output_name", "ss_training_comment", "ss_num_epochs", "ss_epoch",
     "ss_steps", "ss_resolution", "ss_learning_rate", "ss_mixed_precision", "ss_v2",
     "ss_clip_skip", "ss_dataset_dirs", "ss_num_train_images", "sshs_model_hash",
-    "sshs_legacy_hash", "modelspec.architecture", "modelspec.title", "format",
+    "sshs_legacy_hash", "modelspec.architecture", "modelspec.prediction_type", "modelspec.title", "format",
 )  # fmt: skip
 _METADATA_VALUE_LIMIT = 512
 

@@ -26,7 +26,8 @@ DATASET_CONFIG_FILE = "dataset.toml"
 
 # Only grouping for the reader: sd-scripts flattens the tables of a --config_file.
 _SECTIONS: dict[str, tuple[str, ...]] = {
-    "model": ("pretrained_model_name_or_path", "clip_skip", "no_half_vae", "max_token_length"),
+    "model": ("pretrained_model_name_or_path", "v2", "v_parameterization", "clip_skip", "no_half_vae",
+              "max_token_length"),
     "network": ("network_module", "network_dim", "network_alpha", "network_dropout", "network_args",
                 "network_train_unet_only"),
     "optimizer": ("optimizer_type", "optimizer_args", "learning_rate", "unet_lr", "text_encoder_lr", "lr_scheduler",
@@ -40,6 +41,20 @@ _SUBSET_KEYS = ("caption_extension", "shuffle_caption", "keep_tokens", "flip_aug
 
 
 @dataclass(frozen=True)
+class BaseArchitecture:
+    """What sd-scripts must be told about the base checkpoint (it does not look): an SD 2.x
+    model (``v2``: OpenCLIP text encoder, 1024-wide context) and its prediction type."""
+
+    family: str = "sd1"
+    prediction: str | None = None
+
+    def sd_scripts_options(self) -> dict[str, Any]:
+        if self.family != "sd2":
+            return {}
+        return {"v2": True} | ({"v_parameterization": True} if self.prediction == "v_prediction" else {})
+
+
+@dataclass(frozen=True)
 class KohyaFiles:
     config_toml: str
     dataset_toml: str
@@ -47,9 +62,16 @@ class KohyaFiles:
     total_steps: int | None  # known when the config gives epochs (or steps)
 
 
-def build_kohya_files(config: LoraConfig, dataset: DatasetRecord, checkpoint_file: str, output_name: str) -> KohyaFiles:
+def build_kohya_files(
+    config: LoraConfig,
+    dataset: DatasetRecord,
+    checkpoint_file: str,
+    output_name: str,
+    base: BaseArchitecture | None = None,
+) -> KohyaFiles:
     """The two TOML files for training on ``dataset`` from the checkpoint in the model channel."""
     options = {k: v for k, v in config.explicit().items() if k not in _DATASET_KEYS + _SUBSET_KEYS}
+    options |= (base or BaseArchitecture()).sd_scripts_options()
     options |= {
         "pretrained_model_name_or_path": f"{OPT_ML}/input/data/{CHANNEL_MODEL}/{checkpoint_file}",
         "network_module": "networks.lora",

@@ -63,6 +63,7 @@ from sdpipe.logic.kohya_config import (
     CHANNEL_CONFIG,
     CONFIG_FILE,
     DATASET_CONFIG_FILE,
+    BaseArchitecture,
     build_kohya_files,
 )
 from sdpipe.logic.lora_archive import lora_members
@@ -185,7 +186,9 @@ class LoraTraining:
         existing = self.store.head(final_key)
         if existing is not None and existing.metadata.get(META_TRAINING_JOB) != job_id:
             raise ModelExists(f"{final_key} exists already; choose another config.output_name")
-        files = build_kohya_files(params.config, dataset, base.filename, output_name)
+        files = build_kohya_files(
+            params.config, dataset, base.filename, output_name, BaseArchitecture(family.value, base.prediction)
+        )
         prefix = f"jobs/{job_id}/"
         self.store.put_bytes(prefix + f"{CHANNEL_CONFIG}/{CONFIG_FILE}", files.config_toml.encode(), "application/toml")
         self.store.put_bytes(
