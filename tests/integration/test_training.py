@@ -148,7 +148,7 @@ def test_sd2_768_trains_with_the_v_prediction_loss_and_says_so(training):
     assert model["family"] == "sd2"
     metadata = wait_active(stack, model["s3_key"])["metadata"]
     assert metadata.get("ss_base_model_version") == "sd_v2_v" and metadata.get("ss_v2") == "True"
-    assert metadata.get("modelspec.prediction_type") == "v_prediction"
+    assert metadata.get("modelspec.prediction_type") == "v"  # sd-scripts' word
 
 
 @pytest.mark.parametrize(

@@ -482,7 +482,8 @@ def _metadata(
         "ss_training_comment": options.get("training_comment") or run.comment or None,
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": _ARCHITECTURES[_BASE_MODEL_VERSIONS[run.family, _prediction(models)]] + "/lora",
-        "modelspec.prediction_type": _prediction(models),
+        # sd-scripts' words (sai_model_spec.py): "v" or "epsilon".
+        "modelspec.prediction_type": "v" if _prediction(models) == "v_prediction" else "epsilon",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if sdxl else "diffusers",
         "modelspec.title": f"{options['output_name']}" + ("" if epoch == epochs else f" epoch {epoch}"),
         "modelspec.resolution": f"{width}x{height}",
