@@ -256,3 +256,32 @@ def test_sd2_bases_tell_sd_scripts_what_it_does_not_look_for():
     assert base512["v2"] is True and "v_parameterization" not in base512
     for other in (None, BaseArchitecture("sd1"), BaseArchitecture("sdxl")):
         assert not {"v2", "v_parameterization"} & set(options(other))
+
+
+def test_the_trainer_takes_its_config_from_a_yaml_in_the_model_channel(tmp_path):
+    from sdpipe_training.entrypoint import _model_config
+    from sdpipe_training.sagemaker_env import SageMakerPaths
+
+    paths = SageMakerPaths(tmp_path)
+    channel = paths.channel("model")
+    channel.mkdir(parents=True)
+    hyperparameters = {"model_config": "m.config", "original_config": "m.yaml", "base_model_prediction": "epsilon"}
+    assert _model_config(paths, hyperparameters, "sd2").name == "sd2"  # no yaml: registration's finding
+    (channel / "m.yaml").write_text("model:\n  params:\n    parameterization: v\n")
+    assert _model_config(paths, hyperparameters, "sd2").name == "sd2_v"
+
+
+def test_sd_scripts_is_told_v_parameterization_from_a_yaml_in_the_model_channel(tmp_path):
+    from sdpipe.logic.kohya_config import BaseArchitecture
+    from sdpipe_training.entrypoint import _with_yaml_prediction
+    from sdpipe_training.sagemaker_env import SageMakerPaths
+
+    paths = SageMakerPaths(tmp_path)
+    (paths.channel("model")).mkdir(parents=True)
+    files = build_kohya_files(LoraConfig(), dataset(("1_a", "a", 1, 2)), "m.safetensors", "o", BaseArchitecture("sd2"))
+    hyperparameters = {"original_config": "m.yaml"}
+    assert _with_yaml_prediction(paths, hyperparameters, "sd2", files.config_toml) == files.config_toml
+    (paths.channel("model") / "m.yaml").write_text("model:\n  params:\n    parameterization: v\n")
+    options = flatten(tomllib.loads(_with_yaml_prediction(paths, hyperparameters, "sd2", files.config_toml)))
+    assert options["v2"] is True and options["v_parameterization"] is True
+    assert _with_yaml_prediction(paths, hyperparameters, "sd1", files.config_toml) == files.config_toml

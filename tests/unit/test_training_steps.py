@@ -207,3 +207,17 @@ def test_an_artefact_without_a_lora_fails_the_step_and_a_foreign_file_is_left_al
     with pytest.raises(ModelExists):
         step(training, "register", job_id=clash)
     assert world.get("models/Lora/mine.safetensors") == b"someone else's"
+
+
+def test_an_a1111_yaml_beside_the_base_goes_into_the_model_channel(training, world):
+    """The trainer chooses its config from it, as inference does (a v-prediction SD 2.x fine-tune
+    that registration took for epsilon)."""
+    add_model(world, "v2-finetune", "cd" * 32, family="sd2")
+    world.put("models/Stable-diffusion/v2-finetune.yaml", b"model:\n  params:\n    parameterization: v\n")
+    job_id = request(training, PARAMS | {"base_model": "v2-finetune", "family": "sd2"}, "train-yaml")
+    step(training, "prepare", job_id=job_id)
+    manifest = json.loads(world.get(f"jobs/{job_id}/model.manifest"))
+    assert manifest[1:] == ["v2-finetune.safetensors", "v2-finetune.yaml"]
+    step(training, "create", job_id=job_id)
+    created = training.sagemaker.jobs[f"sdpipe-{job_id}"]["request"]  # type: ignore[attr-defined]
+    assert created["HyperParameters"]["original_config"] == "v2-finetune.yaml"

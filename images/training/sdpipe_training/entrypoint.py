@@ -3,7 +3,9 @@
 Hyperparameters (strings): ``engine`` (kohya|builtin), ``family`` (sd1|sd2|sdxl), ``checkpoint`` (the
 file in the ``model`` channel), ``model_config`` (its diffusers config folder there, or empty for
 the image's own for the family), and the base model's ``base_model_name``/``base_model_sha256``/
-``base_model_legacy_hash`` (recorded in the LoRA's metadata). The ``config`` channel holds the
+``base_model_legacy_hash`` (recorded in the LoRA's metadata), what registration found
+(``base_model_variant``, ``base_model_prediction``) and ``original_config`` (an A1111
+``<name>.yaml`` in the channel, which overrides those). The ``config`` channel holds the
 Kohya config and dataset config. LoRA files go to ``/opt/ml/model``; a failure's reason goes to
 ``/opt/ml/output/failure``; SIGTERM (StopTrainingJob, or the max runtime) stops the run.
 """
@@ -53,7 +55,9 @@ def run(paths: SageMakerPaths, stop: threading.Event) -> list[Path]:
         raise TrainingError(f"the config channel lacks {Path(exc.filename).name}") from None
     paths.model_dir.mkdir(parents=True, exist_ok=True)
     if engine == "kohya":
-        _run_kohya(paths, family, config_text, dataset_text, stop)
+        _run_kohya(
+            paths, family, _with_yaml_prediction(paths, hyperparameters, family, config_text), dataset_text, stop
+        )
     elif engine == "builtin":
         _run_builtin(paths, hyperparameters, family, config_text=config_text, dataset_text=dataset_text, stop=stop)
     else:
@@ -105,18 +109,46 @@ def _run_builtin(
 
 
 def _model_config(paths: SageMakerPaths, hyperparameters: dict[str, str], family: str) -> Path:
-    """The checkpoint's own diffusers config folder, else the shipped one its registration chose."""
-    from sdpipe_inference.family_configs import ModelConfigMissing, built_configs_dir, config_folder, config_name
+    """The checkpoint's own diffusers config folder, else the shipped one its ``<name>.yaml`` or
+    its registration chose (the order inference uses)."""
+    from sdpipe_inference.family_configs import (
+        ModelConfigMissing,
+        built_configs_dir,
+        choice_from_ldm_yaml,
+        config_folder,
+        config_name,
+    )
 
+    channel = paths.channel(CHANNEL_MODEL)
     own = hyperparameters.get("model_config")
-    if own and (paths.channel(CHANNEL_MODEL) / own / "model_index.json").is_file():
-        return paths.channel(CHANNEL_MODEL) / own
+    if own and (channel / own / "model_index.json").is_file():
+        return channel / own
     variant = hyperparameters.get("base_model_variant") or None
     prediction = hyperparameters.get("base_model_prediction") or None
+    original = hyperparameters.get("original_config")
     try:
+        if original and (channel / original).is_file():
+            variant, prediction = choice_from_ldm_yaml((channel / original).read_text(errors="replace"))
         return config_folder(config_name(family, variant, prediction), built_configs_dir())
     except ModelConfigMissing as exc:
         raise TrainingError(f"the checkpoint: {exc}") from None
+
+
+def _with_yaml_prediction(paths: SageMakerPaths, hyperparameters: dict[str, str], family: str, config_text: str) -> str:
+    """sd-scripts reads no architecture from the file: an SD 2.x base's ``<name>.yaml`` in the
+    model channel overrides registration's v-prediction finding (as it does for inference)."""
+    from sdpipe_inference.family_configs import choice_from_ldm_yaml
+
+    original = hyperparameters.get("original_config")
+    yaml_file = paths.channel(CHANNEL_MODEL) / original if original else None
+    if family != "sd2" or yaml_file is None or not yaml_file.is_file():
+        return config_text
+    _variant, prediction = choice_from_ldm_yaml(yaml_file.read_text(errors="replace"))
+    config = tomllib.loads(config_text)
+    for table in (config, *(value for value in config.values() if isinstance(value, dict))):
+        table.pop("v_parameterization", None)
+    config.setdefault("model", {})["v_parameterization"] = prediction == "v_prediction"
+    return to_toml(config)
 
 
 def kohya_files(paths: SageMakerPaths, config_text: str, dataset_text: str) -> Path:

@@ -69,7 +69,7 @@ from sdpipe.logic.kohya_config import (
 from sdpipe.logic.lora_archive import lora_members
 from sdpipe.logic.model_refs import resolve_model
 from sdpipe.logic.training_progress import latest_progress
-from sdpipe.logic.training_request import CONFIG_SUFFIX, training_job_request
+from sdpipe.logic.training_request import CONFIG_SUFFIX, ORIGINAL_CONFIG_SUFFIX, training_job_request
 from sdpipe.logic.workflows import Accepted, WorkflowRequests, error_of_failure, run_step, validated
 from sdpipe.settings import TrainingSettings, settings_of
 
@@ -224,11 +224,15 @@ class LoraTraining:
         return dataset
 
     def _manifest(self, base: ModelRecord) -> list[Any]:
-        """The model channel: the checkpoint and, when it has one, its diffusers config folder."""
+        """The model channel: the checkpoint and, when it has them, its diffusers config folder and
+        its A1111 ``<name>.yaml`` (either says what the weights are, as they do for inference)."""
         folder, filename = base.s3_key.rsplit("/", 1)
         stem = filename.rsplit(".", 1)[0]
         configs = [info.key[len(folder) + 1 :] for info in self.store.list_prefix(f"{folder}/{stem}{CONFIG_SUFFIX}")]
-        return [{"prefix": self.store.uri(folder + "/")}, filename, *configs]
+        original = (
+            [f"{stem}{ORIGINAL_CONFIG_SUFFIX}"] if self.store.head(f"{folder}/{stem}{ORIGINAL_CONFIG_SUFFIX}") else []
+        )
+        return [{"prefix": self.store.uri(folder + "/")}, filename, *configs, *original]
 
     def create(self, job_id: str) -> dict[str, Any]:
         job = self._open(job_id)

@@ -11,6 +11,7 @@ from sdpipe.logic.training_progress import METRIC_DEFINITIONS
 
 # Checkpoint files in the model channel: the file and its diffusers config folder beside it.
 CONFIG_SUFFIX = ".config/"
+ORIGINAL_CONFIG_SUFFIX = ".yaml"  # an A1111 <name>.yaml: the checkpoint's original LDM config
 
 
 def training_job_request(
@@ -42,6 +43,7 @@ def training_job_request(
             "family": params.family,
             "checkpoint": base_file,
             "model_config": stem + CONFIG_SUFFIX.rstrip("/"),
+            "original_config": stem + ORIGINAL_CONFIG_SUFFIX,
             "base_model_name": base.name,
             "base_model_sha256": base.sha256,
             "base_model_legacy_hash": base.legacy_hash or "",
