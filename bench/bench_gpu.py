@@ -93,7 +93,7 @@ class StepClock:
         self.device = device
         self.times: list[float] = []
 
-    def __call__(self, _step: int, _total: int) -> None:
+    def __call__(self, _progress: Any = None) -> None:
         _sync(self.device)
         self.times.append(time.perf_counter())
 
@@ -144,7 +144,7 @@ def plain_generation(scale: Scale, spec: Any, size: int, pipeline_class: str) ->
         started = time.perf_counter()
 
         def on_end(p: Any, step: int, _t: Any, tensors: dict[str, Any], clock: StepClock = clock) -> dict[str, Any]:
-            clock(step, 0)
+            clock()
             return tensors
 
         pipe(

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import uuid
 from collections import Counter
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -97,9 +99,23 @@ def test_txt2img_end_to_end(pipeline):
     assert result["all_seeds"] == [42, 43]
 
     events = job_events(listener, job_id, "job.succeeded")
-    assert [e["type"] for e in events] == ["job.accepted", "job.running", "job.succeeded"]
+    assert [e["type"] for e in events if e["type"] != "job.progress"] == [
+        "job.accepted",
+        "job.running",
+        "job.succeeded",
+    ]
     assert all(e["context"] == {"user": "ana"} for e in events)
     assert events[-1]["outputs"]["images"] == outputs["images"]
+    # The endpoint's own progress: before the end, at most one a second, with a preview.
+    progress = sorted((e for e in events if e["type"] == "job.progress"), key=lambda e: e["occurred_at"])
+    finished = next(e for e in events if e["type"] == "job.succeeded")
+    assert progress and all(e["occurred_at"] < finished["occurred_at"] for e in progress)
+    times = [datetime.fromisoformat(e["occurred_at"]) for e in progress]
+    assert all((later - earlier).total_seconds() >= 0.99 for earlier, later in itertools.pairwise(times))
+    first = progress[0]["outputs"]
+    assert (first["step"], first["total_steps"], first["image"], first["images"]) == (1, 4, 1, 2)
+    assert first["preview"] == f"s3://{stack.outputs['AssetsBucketName']}/jobs/{job_id}/preview.png"
+    assert Image.open(io.BytesIO(read_s3(stack, first["preview"]))).size == (256, 256)
 
     rows = (
         stack.resource("dynamodb")

@@ -377,10 +377,10 @@ class Engine:
         params: Txt2ImgParams | Img2ImgParams,
         model: ModelSpec,
         add_ons: AddOns | None = None,
-        on_step: Callable[[int, int], None] | None = None,
+        on_step: Callable[[StepProgress], None] | None = None,
     ) -> GenerationResult:
         """Validate and prepare the inputs, run the batches under the device lock, describe them.
-        ``on_step(step, total)`` is called after each denoising step (1-based) of each batch."""
+        ``on_step`` is called after each denoising step of each batch, with the latents."""
         add_ons = add_ons or AddOns()
         inputs = self._inputs(params, add_ons, model)
         with self._lock:
@@ -400,7 +400,9 @@ class Engine:
                     batch_seeds = inputs.seeds[iteration * params.batch_size : (iteration + 1) * params.batch_size]
                     arguments = _call_arguments(params, inputs, batch_seeds)
                     if on_step is not None:
-                        arguments["callback_on_step_end"] = _step_callback(on_step)
+                        first = iteration * params.batch_size + 1
+                        arguments["callback_on_step_end"] = _step_callback(on_step, first, len(inputs.seeds))
+                        arguments["callback_on_step_end_tensor_inputs"] = ["latents"]
                     images.extend(pipeline(**arguments).images)
             finally:
                 pipeline.vae = own_vae
@@ -562,11 +564,23 @@ class _Inputs:
     strength: float | None = None  # img2img's denoising strength (1.0: an inpainting model's txt2img)
 
 
-def _step_callback(on_step: Callable[[int, int], None]) -> Callable[..., dict[str, Any]]:
+@dataclass(frozen=True)
+class StepProgress:
+    """After one denoising step: ``step`` of ``total`` (1-based) of the batch whose first image is
+    ``image`` of ``images``, and that batch's latents."""
+
+    step: int
+    total: int
+    image: int
+    images: int
+    latents: Any
+
+
+def _step_callback(on_step: Callable[[StepProgress], None], image: int, images: int) -> Callable[..., dict[str, Any]]:
     """diffusers' ``callback_on_step_end`` (it must hand back the tensors it was given)."""
 
     def callback(pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        on_step(step + 1, int(pipeline.num_timesteps))
+        on_step(StepProgress(step + 1, int(pipeline.num_timesteps), image, images, tensors.get("latents")))
         return tensors
 
     return callback

@@ -17,18 +17,22 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from sdpipe.contracts.events import Event
 from sdpipe.contracts.inference import Img2ImgParams, InvocationInput, ModelFile, Txt2ImgParams
 from sdpipe.errors import SdpipeError
 from sdpipe_inference.acceleration import compile_cache_dir, warm_up
 from sdpipe_inference.engine import AddOn, AddOns, Engine, ModelSpec
 from sdpipe_inference.family_configs import built_configs_dir, choice_from_ldm_yaml, config_folder, config_name
 from sdpipe_inference.model_store import ModelStore
+from sdpipe_inference.progress import JobRef, ProgressReporter
 
 logger = logging.getLogger("sdpipe.inference")
 MAX_BODY = 64 * 1024 * 1024
@@ -42,11 +46,40 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+@dataclass(frozen=True)
+class ProgressChannel:
+    """Where ``job.progress`` goes: the events topic, and the previews in the assets bucket."""
+
+    publish: Callable[[Event], None]
+    put_preview: Callable[[str, bytes], str] | None = None
+
+    @classmethod
+    def from_environment(cls) -> ProgressChannel | None:
+        topic = os.environ.get("SDPIPE_EVENTS_TOPIC_ARN")
+        if not topic:
+            return None
+        from sdpipe.adapters.events import EventPublisher
+        from sdpipe.adapters.object_store import ObjectStore
+
+        bucket = os.environ.get("SDPIPE_ASSETS_BUCKET")
+        store = ObjectStore(bucket) if bucket else None
+
+        def put_preview(key: str, data: bytes) -> str:
+            assert store is not None
+            store.put_bytes(key, data, "image/png")
+            return store.uri(key)
+
+        return cls(EventPublisher(topic).publish, put_preview if store else None)
+
+
 class InferenceService:
-    def __init__(self, engine: Engine, store: ModelStore, configs_dir: Path | None) -> None:
+    def __init__(
+        self, engine: Engine, store: ModelStore, configs_dir: Path | None, progress: ProgressChannel | None = None
+    ) -> None:
         self.engine = engine
         self.store = store
         self.configs_dir = configs_dir
+        self.progress = progress
 
     def invoke(self, body: bytes) -> tuple[int, dict[str, Any]]:
         started = time.perf_counter()
@@ -67,7 +100,12 @@ class InferenceService:
                 vae=self._add_on(request.vae) if request.vae else None,
                 controlnets=tuple(self._add_on(controlnet) for controlnet in request.controlnets),
             )
-            result = self.engine.generate(params, spec, add_ons)
+            reporter = self._reporter(request, params, spec)
+            try:
+                result = self.engine.generate(params, spec, add_ons, on_step=reporter)
+            finally:
+                if reporter is not None:
+                    reporter.close()
         except SdpipeError as exc:
             return 400 if exc.code == "VALIDATION_ERROR" else 424, {"error": exc.to_error()}
         images = [base64.b64encode(png).decode() for png in result.pngs()]
@@ -75,6 +113,15 @@ class InferenceService:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         info = result.info | {"job_id": request.job_id, "warnings": params.warnings(), "invocation_ms": elapsed_ms}
         return 200, {"images": images, "parameters": request.params, "info": json.dumps(info)}
+
+    def _reporter(
+        self, request: InvocationInput, params: Txt2ImgParams | Img2ImgParams, spec: ModelSpec
+    ) -> ProgressReporter | None:
+        if self.progress is None or request.job_id is None:
+            return None
+        job = JobRef(request.job_id, request.kind, request.request_id, request.context, spec.family,
+                     params.batch_size, params.n_iter)  # fmt: skip
+        return ProgressReporter(job, self.progress.publish, self.progress.put_preview)
 
     def _inline_images(self, params: dict[str, Any]) -> dict[str, Any]:
         """``s3://`` images in the payload, fetched and given to the engine as base64."""
@@ -200,7 +247,10 @@ def main(argv: list[str] | None = None) -> None:
         compile_cache_dir(args.cache_dir)  # on the instance's volume: kept when the container restarts
         # Before the port opens: SageMaker routes nothing to a container until /ping answers.
         warm_up(engine.acceleration, args.configs_dir or built_configs_dir())
-    service = InferenceService(engine, ModelStore(args.cache_dir, int(args.cache_gib * 2**30)), args.configs_dir)
+    service = InferenceService(
+        engine, ModelStore(args.cache_dir, int(args.cache_gib * 2**30)), args.configs_dir,
+        ProgressChannel.from_environment(),
+    )  # fmt: skip
     server = serve(args.port, service, args.host)
     stop_on_sigterm(server)
     logger.info("serving on %s:%d (device %s)", args.host, args.port, service.engine.device)

@@ -371,6 +371,9 @@ class InvocationInput(BaseModel):
     model_config = ConfigDict(defer_build=True)
 
     job_id: str | None = None
+    # The request's envelope fields, for the job.progress events the endpoint publishes itself.
+    request_id: str | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
     kind: Literal["txt2img", "img2img"]
     params: dict[str, Any]
     model: ModelFile

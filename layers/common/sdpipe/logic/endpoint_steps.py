@@ -59,7 +59,14 @@ class EndpointSteps:
     def _create_model(self, state: EndpointState) -> dict[str, Any]:
         role = _required(self.settings.inference_execution_role_arn, "INFERENCE_EXECUTION_ROLE_ARN")
         model_name = _required(state.model_name, "a model name in the workflow's state")
-        self.sagemaker.create_model(model_name, str(state.image_uri), state.environment, role)
+        # The container announces its jobs' progress itself (its role may publish there).
+        region = self.settings.events_topic_arn.split(":")[3]
+        environment = {
+            "SDPIPE_EVENTS_TOPIC_ARN": self.settings.events_topic_arn,
+            "SDPIPE_ASSETS_BUCKET": self.settings.assets_bucket_name,
+            "AWS_DEFAULT_REGION": region,
+        }
+        self.sagemaker.create_model(model_name, str(state.image_uri), environment | state.environment, role)
         return {"model_name": model_name}
 
     def _create_config(self, state: EndpointState) -> dict[str, Any]:

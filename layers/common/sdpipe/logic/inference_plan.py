@@ -136,6 +136,8 @@ class InferencePlanner:
         after_embeddings = after_loras + len(embeddings)
         invocation = InvocationInput(
             job_id=envelope.job_id,
+            request_id=envelope.request_id,
+            context=envelope.context,
             kind=params.kind,
             params=envelope.params,
             model=files[0],
