@@ -42,6 +42,7 @@ TILE_PIXELS = 1536 * 1536
 LORA_MAX_RANK = 128
 HOT_ADAPTER = "hot"
 # Autotuned kernels without CUDA graphs (a graph would pin the pipeline to one batch and size).
+# Not fullgraph: PEFT's LoRA layers may break the graph, which must not fail the generation.
 COMPILE_MODE = "max-autotune-no-cudagraphs"
 
 
@@ -116,7 +117,7 @@ class Acceleration:
         import torch
 
         if self.compile and not getattr(pipeline, "_sdpipe_compiled", False):
-            pipeline.unet = torch.compile(pipeline.unet, mode=COMPILE_MODE, fullgraph=True)
+            pipeline.unet = torch.compile(pipeline.unet, mode=COMPILE_MODE)
             pipeline._sdpipe_compiled = True
 
     def for_size(self, pipeline: Any, width: int, height: int) -> None:
@@ -172,7 +173,7 @@ def warm_up(acceleration: Acceleration, configs_dir: Path) -> None:
         unet.set_attn_processor(AttnProcessor2_0())
         if acceleration.on_gpu and acceleration.channels_last:
             unet.to(memory_format=torch.channels_last)
-        compiled = torch.compile(unet, mode=COMPILE_MODE, fullgraph=True)
+        compiled = torch.compile(unet, mode=COMPILE_MODE)
         args, kwargs = unet_inputs(unet.config, family, (width, height), device=acceleration.device, dtype=dtype)
         with torch.inference_mode():
             compiled(*args, **kwargs)
