@@ -109,9 +109,10 @@ class Chaos:
         return timer.cancel
 
     def force_kills_before_publish(self, count: int) -> None:
-        """The next ``count`` SNS publishes (of any worker but those ``spared_by_forced_kills``)
-        kill their worker first: the store-then-publish window exercised for sure, not just by
-        chance."""
+        """The next ``count`` SNS publishes (of any worker but those ``spared_by_forced_kills``, and
+        one per function: forced deaths piling onto one task's retries would exhaust them, which no
+        bad day in AWS does) kill their worker first: the store-then-publish window exercised for
+        sure, not just by chance."""
         assert self.worker_log is not None, "arm the stack first"
         tokens = self.worker_log.parent / "chaos-forced-kills"
         tokens.mkdir(exist_ok=True)
@@ -204,9 +205,15 @@ def _nothing() -> None:
     return None
 
 
-def _take_token(folder: Path) -> bool:
-    """Claim one token file (unlinking is atomic: one process gets each)."""
+def _take_token(folder: Path, function: str) -> bool:
+    """Claim one token file (unlinking is atomic: one process gets each), at most one per function."""
     if not folder.is_dir():
+        return False
+    taken = folder.parent / "chaos-forced-kills-taken"
+    taken.mkdir(exist_ok=True)
+    try:
+        (taken / function).touch(exist_ok=False)  # atomic: the function's one forced death
+    except FileExistsError:
         return False
     for token in folder.iterdir():
         try:
@@ -214,6 +221,7 @@ def _take_token(folder: Path) -> bool:
         except FileNotFoundError:
             continue
         return True
+    (taken / function).unlink(missing_ok=True)  # none left: the function may take a later one
     return False
 
 
@@ -252,7 +260,7 @@ def install_worker_faults(phase: str) -> None:
 
     def publish_raw(self: EventPublisher, body: str, attributes: dict[str, str]) -> None:
         # After the write the event announces: by chance, or taking one of the forced deaths.
-        if rng.random() < chance or (not spared and _take_token(forced)):
+        if rng.random() < chance or (not spared and _take_token(forced, function)):
             _die(config["log"], "lambda_worker_killed_before_publish", function)
         original(self, body, attributes)
 
