@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import gc
 import io
 import json
@@ -84,9 +85,10 @@ class ModelSpec:
     path: Path
     config: Path
 
-    @property
+    @functools.cached_property
     def pipeline_class(self) -> str:
-        """The diffusers pipeline the config describes (``model_index.json``'s ``_class_name``)."""
+        """The diffusers pipeline the config describes (``model_index.json``'s ``_class_name``),
+        read once per spec (a generation asks several times)."""
         try:
             name = str(json.loads((self.config / "model_index.json").read_text())["_class_name"])
         except (OSError, ValueError, KeyError) as exc:
