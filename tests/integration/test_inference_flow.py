@@ -7,6 +7,7 @@ import base64
 import io
 import itertools
 import json
+import re
 import uuid
 from collections import Counter
 from datetime import datetime
@@ -292,9 +293,53 @@ def test_a_request_file_dropped_in_the_bucket_becomes_a_job(pipeline):
     assert client.wait(found[0]["job_id"], timeout_s=300)["outputs"]["all_seeds"] == [7]
 
 
-def test_cancel_a_job_and_a_late_result_changes_nothing(pipeline):
+def generation_rows(stack, job_id: str) -> list[dict]:
+    table = stack.resource("dynamodb").Table(stack.outputs["GenerationsTableName"])
+    return table.query(KeyConditionExpression="job_id = :j", ExpressionAttributeValues={":j": job_id})["Items"]
+
+
+def image_keys(stack, job_id: str) -> list[str]:
+    listing = stack.client("s3").list_objects_v2(Bucket=stack.outputs["AssetsBucketName"], Prefix=f"jobs/{job_id}/")
+    return [o["Key"] for o in listing.get("Contents", []) if "/images/" in o["Key"] or o["Key"].endswith("result.json")]
+
+
+def test_cancel_stops_a_running_generation_between_steps(pipeline):
     stack, client = pipeline
     listener = EventsListener(stack, stack.outputs["EventsTopicArn"])
+    total = 150 * 16
+    job_id = client.submit("txt2img", FOX | {"batch_size": 1, "n_iter": 16, "steps": 150})
+    listener.wait_for(lambda got: any(e.get("job_id") == job_id and e["type"] == "job.progress" for e in got),
+                      timeout_s=120)  # fmt: skip
+    cancelled = client.cancel_job(job_id, "enough")
+    assert cancelled["status"] == "CANCELLED"
+    # The container's own answer: it stopped between two steps, long before the end.
+    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
+    failure = f"jobs/async-failures/flow/{job_id}-error.out"
+    wait_until(lambda: "Contents" in s3.list_objects_v2(Bucket=bucket, Prefix=failure), 60,
+               what="the endpoint's answer to the cancelled job")  # fmt: skip
+    error = json.loads(s3.get_object(Bucket=bucket, Key=failure)["Body"].read())["error"]
+    assert error["code"] == "CANCELLED" and "was cancelled: enough" in error["message"], error
+    step, image = (
+        int(word) for word in re.findall(r"after step (\d+) of 150 \(image (\d+) of 16\)", error["message"])[0]
+    )
+    assert (image - 1) * 150 + step < total
+    stack.wait_idle()
+    job = client.get_job(job_id)
+    assert job["status"] == "CANCELLED" and job["error"] == {"code": "CANCELLED", "message": "enough"}
+    assert image_keys(stack, job_id) == [] and generation_rows(stack, job_id) == []
+    types = [e["type"] for e in listener.drain() if e.get("job_id") == job_id]
+    assert types.count("job.cancelled") == 1 and not {"job.succeeded", "job.failed"} & set(types)
+    endpoint = stack.resource("dynamodb").Table(stack.outputs["EndpointsTableName"]).get_item(Key={"name": "flow"})
+    assert int(endpoint["Item"]["in_flight"]) == 0
+    # The container is free for the next request.
+    assert client.wait(client.submit("txt2img", FOX | {"batch_size": 1}), timeout_s=120)["status"] == "SUCCEEDED"
+
+
+def test_a_result_that_comes_after_the_cancel_is_discarded(pipeline):
+    """The endpoint was past its last step when the cancel came: its success must not show."""
+    stack, client = pipeline
+    listener = EventsListener(stack, stack.outputs["EventsTopicArn"])
+    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
     with frozen(stack, "flow"):  # the endpoint has the work and has not answered yet
         job_id = client.submit("txt2img", FOX | {"batch_size": 1})
         wait_in_flight(client, job_id, ("RUNNING",))
@@ -302,12 +347,12 @@ def test_cancel_a_job_and_a_late_result_changes_nothing(pipeline):
         assert cancelled["status"] == "CANCELLED" and cancelled["error"]["message"] == "changed my mind"
         with pytest.raises(Exception, match="already finished as CANCELLED"):
             client.cancel_job(job_id)
-    # The endpoint still finishes the work; its notification must not move the job.
-    s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
+        s3.delete_object(Bucket=bucket, Key=f"jobs/{job_id}/stop.json")  # as if it came too late to be seen
     wait_until(lambda: "Contents" in s3.list_objects_v2(Bucket=bucket, Prefix=f"jobs/async-output/flow/{job_id}"),
                120, what="the endpoint's late output")  # fmt: skip
     stack.wait_idle()  # the late notification has been handled
     assert client.get_job(job_id)["status"] == "CANCELLED"
+    assert image_keys(stack, job_id) == [] and generation_rows(stack, job_id) == []
     types = [e["type"] for e in listener.drain() if e.get("job_id") == job_id]
     assert types.count("job.cancelled") == 1 and "job.succeeded" not in types
     endpoint = stack.resource("dynamodb").Table(stack.outputs["EndpointsTableName"]).get_item(Key={"name": "flow"})

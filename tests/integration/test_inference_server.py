@@ -101,6 +101,42 @@ def test_txt2img_follows_a1111_seeds_and_writes_png_info(server, tiny_checkpoint
     assert other.mean() > 5 * max(difference.mean(), 0.1)
 
 
+def test_a_cancelled_job_stops_between_steps_and_the_container_takes_the_next(server, tiny_checkpoints, monkeypatch):
+    from sdpipe.contracts.inference import StopRequest
+    from sdpipe_inference import stopping
+    from sdpipe_inference.server import JobChannel
+
+    base, service = server
+    monkeypatch.setattr(stopping, "POLL_INTERVAL_S", 0.02)
+    events: list = []
+    stopped: set[str] = {"j-early"}  # cancelled while it waited in the endpoint's queue
+
+    def publish(event) -> None:
+        events.append(event)
+        if event.job_id == "j-long":
+            stopped.add(event.job_id)  # cancelled as soon as its first progress shows it running
+
+    def read_stop(job_id: str) -> StopRequest | None:
+        return StopRequest(status="CANCELLED", reason="enough") if job_id in stopped else None
+
+    monkeypatch.setattr(service, "channel", JobChannel(publish, read_stop=read_stop))
+    model = model_ref(tiny_checkpoints["sd1"], "sd1")
+    long_job = FOX | {"steps": 150, "batch_size": 1, "n_iter": 4}
+    status, body = invoke(base, {"job_id": "j-long", "kind": "txt2img", "params": long_job, "model": model})
+    assert status == 424 and body["error"]["code"] == "CANCELLED", body
+    message = body["error"]["message"]
+    assert message.startswith("job j-long was cancelled: enough; the endpoint stopped generating it after step")
+    stopped_at = int(message.split("after step ")[1].split()[0])
+    assert stopped_at < 150 and "(image 1 of 4)" in message  # long before the first image's end
+
+    status, body = invoke(base, {"job_id": "j-early", "kind": "txt2img", "params": long_job, "model": model})
+    assert (status, body["error"]["code"]) == (424, "CANCELLED") and "before it started" in body["error"]["message"]
+    assert {event.job_id for event in events} == {"j-long"}  # no step of j-early ran
+
+    status, body = invoke(base, {"job_id": "j-next", "kind": "txt2img", "params": FOX | {"steps": 2}, "model": model})
+    assert status == 200 and len(body["images"]) == 2  # the container is free for the next job
+
+
 def test_img2img_and_sdxl(server, tiny_checkpoints):
     base, _service = server
     _, first = invoke(

@@ -17,6 +17,7 @@ from sdpipe.errors import Throttled, WorkInProgress
 from sdpipe.logic.inference_complete import InferenceCompletion
 from sdpipe.logic.inference_plan import InferencePlanner
 from sdpipe.logic.inference_submit import InferenceIntake
+from sdpipe.logic.job_control import JobControl
 from tests.unit.world import FakeRuntime, World, add_model, envelope
 
 SD15 = "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa"
@@ -49,11 +50,12 @@ class Inference:
     def submit(self, params: dict[str, object], request_id: str = "gen-1", action: str = "txt2img") -> str:
         return self.intake.handle_message(envelope(action, params, request_id), action, "m-1")
 
-    def finish(self, job_id: str, *, images: int = 1, failed: bool = False) -> None:
+    def finish(self, job_id: str, *, images: int = 1, failed: bool = False, error: dict | None = None) -> None:
         """The endpoint's answer and SageMaker's notification, as the container would leave them."""
+        failed = failed or error is not None
         if failed:
-            self.world.put(f"jobs/async-failures/{job_id}.out", json.dumps({"error": {"code": "OUT_OF_MEMORY",
-                           "message": "CUDA out of memory"}}).encode())  # fmt: skip
+            error = error or {"code": "OUT_OF_MEMORY", "message": "CUDA out of memory"}
+            self.world.put(f"jobs/async-failures/{job_id}.out", json.dumps({"error": error}).encode())
             response = {"failureLocation": f"s3://assets/jobs/async-failures/{job_id}.out"}
         else:
             info = {"all_seeds": [7 + i for i in range(images)], "all_prompts": ["a cat"] * images, "steps": 2,
@@ -192,3 +194,62 @@ def test_the_sdxl_refiner_refines_images_and_does_not_start_from_noise(inference
     refined = inference.submit(refiner | {"init_images": [image]}, "r-2", "img2img")
     assert inference.intake.ledger.require(refined).status is JobStatus.RUNNING
     assert json.loads(world.get(f"jobs/{refined}/input.json"))["model"]["family"] == "sdxl_refiner"
+
+
+STOPPED_BY_THE_ENDPOINT = {"code": "CANCELLED", "message": "job j was cancelled; the endpoint stopped generating it"}
+
+
+def test_a_cancel_asks_the_endpoint_to_stop_and_gives_the_slot_back_at_once(inference, world):
+    job_id = inference.submit({"prompt": "a cat"}, "to-stop")
+    control = JobControl(world.ledger(), stops=world.store)
+    assert control.cancel(job_id, "enough").status is JobStatus.CANCELLED and inference.in_flight() == 0
+    assert json.loads(world.get(f"jobs/{job_id}/stop.json")) == {"status": "CANCELLED", "reason": "enough"}
+    inference.finish(job_id, error=STOPPED_BY_THE_ENDPOINT)  # the container stopped between two steps
+    job = inference.intake.ledger.require(job_id)
+    assert job.status is JobStatus.CANCELLED and job.error == {"code": "CANCELLED", "message": "enough"}
+    assert world.event_types(job_id) == ["job.accepted", "job.running", "job.cancelled"]
+    assert inference.in_flight() == 0
+
+
+def test_the_endpoints_stop_ends_the_job_when_the_cancel_died_before_it_could(inference, world):
+    """The cancel wrote the stop request and died before moving the job."""
+    job_id = inference.submit({"prompt": "a cat"}, "half-cancelled")
+    world.put(f"jobs/{job_id}/stop.json", b'{"status": "CANCELLED", "reason": "enough"}')
+    inference.finish(job_id, error=STOPPED_BY_THE_ENDPOINT)
+    job = inference.intake.ledger.require(job_id)
+    assert job.status is JobStatus.CANCELLED and job.error == STOPPED_BY_THE_ENDPOINT and inference.in_flight() == 0
+
+
+def generation_rows(world: World, job_id: str) -> list[dict]:
+    table = world.aws.get_resource("dynamodb").Table("generations")
+    return table.query(KeyConditionExpression="job_id = :j", ExpressionAttributeValues={":j": job_id})["Items"]
+
+
+def test_a_success_arriving_after_the_cancel_leaves_no_images(inference, world):
+    job_id = inference.submit({"prompt": "a cat"}, "late")
+    JobControl(world.ledger(), stops=world.store).cancel(job_id, "enough")
+    inference.finish(job_id, images=2)  # the endpoint was past its last step
+    assert world.keys(f"jobs/{job_id}/images/") == [] and generation_rows(world, job_id) == []
+    assert inference.intake.ledger.require(job_id).status is JobStatus.CANCELLED
+
+
+def test_a_cancel_that_wins_while_the_images_are_written_leaves_neither_images_nor_rows(inference, world):
+    job_id = inference.submit({"prompt": "a cat"}, "racing")
+    ledger = inference.completion.ledger
+    move = ledger.move
+
+    def cancelled_first(*args, **kwargs):  # the cancel lands between the writes and the move
+        JobControl(world.ledger(), stops=world.store).cancel(job_id, "enough")
+        return move(*args, **kwargs)
+
+    ledger.move = cancelled_first  # type: ignore[method-assign]
+    inference.finish(job_id, images=2)
+    assert world.keys(f"jobs/{job_id}/images/") == [] and generation_rows(world, job_id) == []
+    assert world.keys(f"jobs/{job_id}/result.json") == []
+    job = inference.intake.ledger.require(job_id)
+    assert job.status is JobStatus.CANCELLED and job.outputs in (None, {})
+    assert "job.succeeded" not in world.event_types(job_id) and inference.in_flight() == 0
+
+    ledger.move = move  # type: ignore[method-assign]
+    inference.finish(job_id, images=2)  # SageMaker's notification again: still nothing is kept
+    assert world.keys(f"jobs/{job_id}/images/") == [] and generation_rows(world, job_id) == []

@@ -3,6 +3,8 @@ cancel_job requests, the sweeper), on in-process moto."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from sdpipe.adapters.multipart import MultipartUploads
@@ -98,7 +100,7 @@ def test_uploads_refuse_what_they_must_not_do(uploads, world):
 
 @pytest.fixture
 def control(world: World) -> JobControl:
-    return JobControl(world.ledger(), MultipartUploads("assets", world.aws), FakeTraining())
+    return JobControl(world.ledger(), MultipartUploads("assets", world.aws), FakeTraining(), world.store)
 
 
 def test_cancel_ends_an_open_job_once_and_aborts_what_it_held(control, uploads, world):
@@ -157,3 +159,17 @@ def test_the_sweeper_times_out_jobs_past_their_deadline_and_nothing_else(control
     assert late.status is JobStatus.TIMED_OUT and "multipart upload was aborted" in (late.error or {})["message"]
     assert control.get("j-fresh").status is JobStatus.ACCEPTED
     assert control.sweep() == []
+
+
+def test_a_timed_out_generation_asks_its_endpoint_to_stop_and_an_upload_asks_nobody(control, uploads, world):
+    plan = create(uploads, "late-upload")
+    control.ledger.create(job_id="j-slow", request_id="slow", action="txt2img", status=JobStatus.RUNNING,
+                          deadline_seconds=3600, fields={"endpoint": "fast"})  # fmt: skip
+    jobs = world.aws.get_resource("dynamodb").Table("jobs")
+    for job_id in ("j-slow", plan["job_id"]):
+        jobs.update_item(Key={"job_id": job_id}, UpdateExpression="SET deadline = :d",
+                         ExpressionAttributeValues={":d": "2000"})  # fmt: skip
+    assert sorted(control.sweep()) == sorted(["j-slow", plan["job_id"]])
+    stop = json.loads(world.get("jobs/j-slow/stop.json"))
+    assert stop["status"] == "TIMED_OUT" and "did not finish by its deadline" in stop["reason"]
+    assert world.keys(f"jobs/{plan['job_id']}/") == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -26,13 +27,21 @@ from typing import Any
 from pydantic import ValidationError
 
 from sdpipe.contracts.events import Event
-from sdpipe.contracts.inference import Img2ImgParams, InvocationInput, ModelFile, Txt2ImgParams
+from sdpipe.contracts.inference import (
+    Img2ImgParams,
+    InvocationInput,
+    ModelFile,
+    StopRequest,
+    Txt2ImgParams,
+    stop_request_key,
+)
 from sdpipe.errors import SdpipeError
 from sdpipe_inference.acceleration import compile_cache_dir, warm_up
-from sdpipe_inference.engine import AddOn, AddOns, Engine, ModelSpec
+from sdpipe_inference.engine import AddOn, AddOns, Engine, GenerationResult, ModelSpec, StepProgress
 from sdpipe_inference.family_configs import built_configs_dir, choice_from_ldm_yaml, config_folder, config_name
 from sdpipe_inference.model_store import ModelStore
 from sdpipe_inference.progress import JobRef, ProgressReporter
+from sdpipe_inference.stopping import StopWatch
 
 logger = logging.getLogger("sdpipe.inference")
 MAX_BODY = 64 * 1024 * 1024
@@ -47,14 +56,16 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 @dataclass(frozen=True)
-class ProgressChannel:
-    """Where ``job.progress`` goes: the events topic, and the previews in the assets bucket."""
+class JobChannel:
+    """What the container says and hears about the job it generates: ``job.progress`` out on the
+    events topic (its previews in the assets bucket), the job's stop request in."""
 
     publish: Callable[[Event], None]
     put_preview: Callable[[str, bytes], str] | None = None
+    read_stop: Callable[[str], StopRequest | None] | None = None
 
     @classmethod
-    def from_environment(cls) -> ProgressChannel | None:
+    def from_environment(cls) -> JobChannel | None:
         topic = os.environ.get("SDPIPE_EVENTS_TOPIC_ARN")
         if not topic:
             return None
@@ -62,24 +73,31 @@ class ProgressChannel:
         from sdpipe.adapters.object_store import ObjectStore
 
         bucket = os.environ.get("SDPIPE_ASSETS_BUCKET")
-        store = ObjectStore(bucket) if bucket else None
+        if not bucket:
+            return cls(EventPublisher(topic).publish)
+        store = ObjectStore(bucket)
 
         def put_preview(key: str, data: bytes) -> str:
-            assert store is not None
             store.put_bytes(key, data, "image/png")
             return store.uri(key)
 
-        return cls(EventPublisher(topic).publish, put_preview if store else None)
+        def read_stop(job_id: str) -> StopRequest | None:
+            try:
+                return StopRequest.model_validate_json(store.get_bytes(stop_request_key(job_id), 64 * 1024))
+            except FileNotFoundError:
+                return None
+
+        return cls(EventPublisher(topic).publish, put_preview, read_stop)
 
 
 class InferenceService:
     def __init__(
-        self, engine: Engine, store: ModelStore, configs_dir: Path | None, progress: ProgressChannel | None = None
+        self, engine: Engine, store: ModelStore, configs_dir: Path | None, channel: JobChannel | None = None
     ) -> None:
         self.engine = engine
         self.store = store
         self.configs_dir = configs_dir
-        self.progress = progress
+        self.channel = channel
 
     def invoke(self, body: bytes) -> tuple[int, dict[str, Any]]:
         started = time.perf_counter()
@@ -100,12 +118,7 @@ class InferenceService:
                 vae=self._add_on(request.vae) if request.vae else None,
                 controlnets=tuple(self._add_on(controlnet) for controlnet in request.controlnets),
             )
-            reporter = self._reporter(request, params, spec)
-            try:
-                result = self.engine.generate(params, spec, add_ons, on_step=reporter)
-            finally:
-                if reporter is not None:
-                    reporter.close()
+            result = self._generate(request, params, spec, add_ons)
         except SdpipeError as exc:
             return 400 if exc.code == "VALIDATION_ERROR" else 424, {"error": exc.to_error()}
         images = [base64.b64encode(png).decode() for png in result.pngs()]
@@ -114,14 +127,28 @@ class InferenceService:
         info = result.info | {"job_id": request.job_id, "warnings": params.warnings(), "invocation_ms": elapsed_ms}
         return 200, {"images": images, "parameters": request.params, "info": json.dumps(info)}
 
-    def _reporter(
-        self, request: InvocationInput, params: Txt2ImgParams | Img2ImgParams, spec: ModelSpec
-    ) -> ProgressReporter | None:
-        if self.progress is None or request.job_id is None:
-            return None
+    def _generate(
+        self, request: InvocationInput, params: Txt2ImgParams | Img2ImgParams, spec: ModelSpec, add_ons: AddOns
+    ) -> GenerationResult:
+        """Generate, telling the job's progress and stopping between steps if the job ends."""
+        channel = self.channel
+        if channel is None or request.job_id is None:
+            return self.engine.generate(params, spec, add_ons)
         job = JobRef(request.job_id, request.kind, request.request_id, request.context, spec.family,
                      params.batch_size, params.n_iter)  # fmt: skip
-        return ProgressReporter(job, self.progress.publish, self.progress.put_preview)
+        reporter = ProgressReporter(job, channel.publish, channel.put_preview)
+        watch = StopWatch(job.job_id, channel.read_stop) if channel.read_stop else None
+        with watch or contextlib.nullcontext():
+
+            def on_step(progress: StepProgress) -> None:
+                if watch is not None:
+                    watch(progress)  # raises at the step boundary once the job has ended
+                reporter(progress)
+
+            try:
+                return self.engine.generate(params, spec, add_ons, on_step=on_step)
+            finally:
+                reporter.close()
 
     def _inline_images(self, params: dict[str, Any]) -> dict[str, Any]:
         """``s3://`` images in the payload, fetched and given to the engine as base64."""
@@ -249,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         warm_up(engine.acceleration, args.configs_dir or built_configs_dir())
     service = InferenceService(
         engine, ModelStore(args.cache_dir, int(args.cache_gib * 2**30)), args.configs_dir,
-        ProgressChannel.from_environment(),
+        JobChannel.from_environment(),
     )  # fmt: skip
     server = serve(args.port, service, args.host)
     stop_on_sigterm(server)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from boto3.dynamodb.conditions import Key
+
 from sdpipe.adapters.dynamo import DynamoTable, to_dynamo
 
 
@@ -13,3 +15,21 @@ class GenerationsTable(DynamoTable):
         with self._table.batch_writer() as batch:
             for item in items:
                 batch.put_item(Item=to_dynamo(item))
+
+    def delete_job(self, job_id: str) -> int:
+        """Delete every item of ``job_id``; how many there were."""
+        keys: list[dict[str, Any]] = []
+        query: dict[str, Any] = {
+            "KeyConditionExpression": Key("job_id").eq(job_id),
+            "ProjectionExpression": "job_id, image_index",
+        }
+        while True:
+            page = self._table.query(**query)
+            keys.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        with self._table.batch_writer() as batch:
+            for key in keys:
+                batch.delete_item(Key=key)
+        return len(keys)

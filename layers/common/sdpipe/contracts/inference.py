@@ -382,3 +382,19 @@ class InvocationInput(BaseModel):
     vae: ModelFile | None = None
     # One per enabled unit of ``alwayson_scripts.controlnet.args``, in order.
     controlnets: list[ModelFile] = Field(default_factory=list)
+
+
+def stop_request_key(job_id: str) -> str:
+    """Where a cancel or a time-out asks the endpoint to stop working on a job."""
+    return f"jobs/{job_id}/stop.json"
+
+
+class StopRequest(BaseModel):
+    """``jobs/<job_id>/stop.json``: the job ended (cancelled or timed out) while the endpoint may
+    still be generating it. The container looks for it between denoising steps and stops; the
+    job's status in the ledger, not this file, is the truth."""
+
+    model_config = ConfigDict(defer_build=True, extra="ignore")
+
+    status: Literal["CANCELLED", "TIMED_OUT"]
+    reason: str = ""

@@ -5,6 +5,11 @@ Generations items are keyed by job and index, so a replayed notification rewrite
 bytes. The job then moves to SUCCEEDED or FAILED with a conditional write that gives the
 endpoint slot back in the same transaction; a late or duplicate notification finds the job
 terminal and changes nothing.
+
+A job that was cancelled or timed out has no outputs: the container stops between two steps
+when it is asked to (and says so: the job ends as it was asked to end); a success that raced
+the cancel (written before the cancel moved the job, or arriving after it) is deleted again,
+by the losing write or by any later delivery of the notification.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ logger = Logger(child=True)
 
 _MAX_RESULT_BYTES = 512 * 1024 * 1024
 _IN_FLIGHT = [JobStatus.QUEUED, JobStatus.RUNNING]
+# Ends without outputs, which the container reports with these codes when it stops on request.
+_STOPPED = {"CANCELLED": JobStatus.CANCELLED, "TIMED_OUT": JobStatus.TIMED_OUT}
 
 
 class A1111Response(BaseModel):
@@ -112,6 +119,8 @@ class InferenceCompletion:
         status = job.status
         if status.is_terminal:
             logger.info("job already finished; late or duplicate notification", extra={"job_id": job_id})
+            if notification.succeeded and status is not JobStatus.SUCCEEDED:
+                self._discard_outputs(job)
             return
         if status is JobStatus.ACCEPTED:
             # Not invoked yet as far as the table knows: the submitting worker is between the
@@ -134,7 +143,9 @@ class InferenceCompletion:
         logger.info("job failed on the endpoint", extra={"job_id": job.job_id, "error": error})
         self.ledger.move(
             job,
-            JobStatus.FAILED,
+            # The container stopped because the job was ended: the cancel (or the sweeper) is moving
+            # it, or died between asking the endpoint to stop and doing so.
+            _STOPPED.get(error.get("code", ""), JobStatus.FAILED),
             allowed_from=_IN_FLIGHT,
             fields={"error": error},
             endpoint=job.endpoint,
@@ -231,7 +242,20 @@ class InferenceCompletion:
             in_flight_delta=-1,
         )
         if moved is None:
-            logger.info("job finished meanwhile (cancelled or timed out); outputs kept", extra={"job_id": job_id})
+            ended = self.ledger.get(job_id)
+            if ended is not None and ended.status is not JobStatus.SUCCEEDED:
+                logger.info("job ended meanwhile; its outputs are deleted", extra={"job_id": job_id})
+                self._discard_outputs(ended)
+
+    def _discard_outputs(self, job: JobRecord) -> None:
+        """Delete what a success that lost to a cancel or a time-out wrote (idempotent)."""
+        prefix = f"jobs/{job.job_id}/"
+        keys = [info.key for info in self.store.list_prefix(prefix + "images/")]
+        keys.append(prefix + "result.json")
+        self.store.delete_keys(keys)
+        rows = self.generations.delete_job(job.job_id)
+        logger.info("outputs of a job that did not succeed deleted",
+                    extra={"job_id": job.job_id, "images": len(keys) - 1, "generations": rows})  # fmt: skip
 
 
 def _parse_time(value: str | None) -> datetime:

@@ -9,8 +9,10 @@ from aws_lambda_powertools import Logger
 from pydantic import ValidationError
 
 from sdpipe.adapters.multipart import MultipartUploads
+from sdpipe.adapters.object_store import ObjectStore
 from sdpipe.adapters.sagemaker import SageMakerTraining
 from sdpipe.contracts.events import utc_now
+from sdpipe.contracts.inference import StopRequest, stop_request_key
 from sdpipe.contracts.jobs import REGISTERING, Action, CancelJobParams, JobStatus
 from sdpipe.contracts.workflows import JobRecord
 from sdpipe.errors import JobAlreadyFinished, JobNotCancellable, SdpipeError, ValidationFailed
@@ -38,6 +40,8 @@ class JobControl:
     uploads: MultipartUploads | None = None
     # A train_lora job runs a SageMaker training job; ending the job early stops it.
     training: SageMakerTraining | None = None
+    # An inference job ending early asks its endpoint to stop (``jobs/<id>/stop.json``).
+    stops: ObjectStore | None = None
 
     @classmethod
     def from_settings(cls) -> JobControl:
@@ -46,6 +50,7 @@ class JobControl:
             JobLedger.from_settings(settings),
             MultipartUploads(settings.assets_bucket_name),
             SageMakerTraining(),
+            ObjectStore(settings.assets_bucket_name),
         )
 
     def get(self, job_id: str) -> JobRecord:
@@ -133,12 +138,25 @@ class JobControl:
         if name and self.training is not None and self.training.stop(name):
             logger.info("training job stopped", extra={"job_id": job.job_id, "training_job": name})
 
+    def _ask_endpoint_to_stop(self, job: JobRecord, status: JobStatus, reason: str) -> None:
+        """Tell the endpoint, before the job ends, to stop generating it between two steps.
+
+        Written first so that a crash between the two leaves a container that stops (and reports
+        the stop, which finishes the job) rather than a finished job the endpoint works on; a
+        request that then loses the race to the job's own end leaves a file nobody reads."""
+        if self.stops is None:
+            return
+        request = StopRequest.model_validate({"status": status.value, "reason": reason})
+        self.stops.put_bytes(stop_request_key(job.job_id), request.model_dump_json().encode(), "application/json")
+
     def _finish(self, job_id: str, status: JobStatus, error: dict[str, str]) -> JobRecord:
         for _ in range(_MAX_RACES):
             job = self.get(job_id)
             current = job.status
             if current.is_terminal:
                 raise JobAlreadyFinished(f"job {job_id} already finished as {current.value}")
+            if job.action in _INFERENCE:
+                self._ask_endpoint_to_stop(job, status, error["message"])
             # Only inference jobs hold a slot on their endpoint (endpoint workflows name one too).
             holds_slot = current in (JobStatus.QUEUED, JobStatus.RUNNING) and job.action in _INFERENCE
             moved = self.ledger.move(
