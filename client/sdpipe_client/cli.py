@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import click
 from sdpipe.contracts.models import ModelType
 from sdpipe.errors import SdpipeError
 from sdpipe_client.client import JobFailed, Sdpipe, image_reference
+from sdpipe_client.follow import PreviewFile, follow_generation
 from sdpipe_client.formatting import print_endpoints, print_jobs, print_models
 from sdpipe_client.stack import LOCAL_STATE_FILE, read_local_state, stack_outputs
 
@@ -231,7 +233,12 @@ def _generation_options(command: Any) -> Any:
         click.option("--endpoint", help="Run on this endpoint (default: the least busy one in service)."),
         click.option("--request-id", help="Idempotency key (default: a new one); the job id derives from it."),
         click.option("--context", "context_json", help="JSON object echoed in every event about the job."),
-        click.option("--wait", is_flag=True, help="Follow the job until it finishes, with a live status line."),
+        click.option("--wait", is_flag=True, help="Follow the job until it finishes: status, steps, it/s and ETA."),
+        click.option(
+            "--preview",
+            is_flag=True,
+            help="Keep the endpoint's preview in a local file (opened once, refreshed as it changes); waits.",
+        ),
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Save PNGs here (and wait)."),
         click.option("--timeout", default=900, show_default=True, help="Seconds --wait waits."),
         click.option("--json", "as_json", is_flag=True, help="Print the finished job as JSON."),
@@ -271,18 +278,17 @@ def _run_generation(settings: _Settings, action: str, params: dict[str, Any], op
             raise click.BadParameter("must be a JSON object", param_hint="--context")
         client = Sdpipe.for_stack(settings.stack)
         job_id = client.submit(action, params, request_id=options.get("request_id"), context=context)
-        if not (options["wait"] or options["out"]):
+        if not (options["wait"] or options["out"] or options["preview"]):
             click.echo(job_id)
             console.print(f"follow it with: sdpipe jobs get {job_id}")
             return
-        started = time.monotonic()
-
-        def show(job: dict[str, Any] | None) -> None:
-            state = job["status"] if job else "PUBLISHED"
-            console.print(f"{time.monotonic() - started:6.1f}s  {job_id}  {state}")
-
-        with console.status(f"waiting for {job_id}", spinner="dots"):
-            job = client.wait(job_id, timeout_s=options["timeout"], on_change=show)
+        preview = None
+        if options["preview"]:
+            folder = options["out"] or Path(tempfile.gettempdir())
+            folder.mkdir(parents=True, exist_ok=True)
+            preview = PreviewFile(folder / f"{job_id}-preview.png", lambda path: click.launch(str(path)))
+            console.print(f"preview: {preview.path} (opened once the endpoint draws one)")
+        job = follow_generation(client, job_id, timeout_s=options["timeout"], console=console, preview=preview)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--context") from exc
     except SdpipeError as exc:  # JobFailed among them: the job's error is the message

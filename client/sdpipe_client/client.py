@@ -166,17 +166,31 @@ class Sdpipe:
                 raise SdpipeError(f"job {job_id} is still {status or 'not created'} after {timeout_s:.0f}s")
             time.sleep(poll_s)
 
+    def progress(self, job_id: str) -> dict[str, Any] | None:
+        """The last progress the endpoint wrote for a generation (``jobs/<id>/progress.json``:
+        step, total_steps, steps_per_second, eta_seconds, preview, preview_at), or None."""
+        try:
+            body = self.aws.get("s3").get_object(Bucket=self.outputs["AssetsBucketName"],
+                                                 Key=f"jobs/{job_id}/progress.json")["Body"].read()  # fmt: skip
+        except self.aws.get("s3").exceptions.NoSuchKey:
+            return None
+        snapshot: dict[str, Any] = json.loads(body)
+        return snapshot
+
+    def download(self, uri: str, path: Path) -> Path:
+        """Save an ``s3://`` object of the stack (an image, a preview) as ``path``."""
+        parsed = urlparse(uri)
+        body = self.aws.get("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
+        partial = path.with_name(path.name + ".part")
+        partial.write_bytes(body)
+        partial.replace(path)  # a viewer watching the file never reads half of it
+        return path
+
     def download_images(self, job: dict[str, Any], out_dir: Path) -> list[Path]:
         """Save a succeeded job's PNGs as ``<out>/<job_id>-<n>.png``."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for index, uri in enumerate((job.get("outputs") or {}).get("images", [])):
-            parsed = urlparse(uri)
-            body = self.aws.get("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
-            path = out_dir / f"{job['job_id']}-{index}.png"
-            path.write_bytes(body)
-            paths.append(path)
-        return paths
+        images = (job.get("outputs") or {}).get("images", [])
+        return [self.download(uri, out_dir / f"{job['job_id']}-{index}.png") for index, uri in enumerate(images)]
 
     # ------------------------------------------------------------------ endpoints
     def deploy_endpoint(self, name: str, **settings: Any) -> str:

@@ -449,7 +449,7 @@ def test_an_endpoint_that_dies_mid_job_fails_the_job_and_is_restarted(pipeline):
     assert client.wait(client.submit("txt2img", FOX | {"batch_size": 1}), timeout_s=300)["status"] == "SUCCEEDED"
 
 
-def test_the_cli_generates_waits_and_saves(pipeline, tmp_path):
+def test_the_cli_generates_waits_and_saves(pipeline, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from sdpipe_client.cli import main
@@ -467,6 +467,17 @@ def test_the_cli_generates_waits_and_saves(pipeline, tmp_path):
     assert job["job_id"] in [j["job_id"] for j in json.loads(listed.stdout)]
     got = runner.invoke(main, ["jobs", "get", job["job_id"]])
     assert json.loads(got.stdout)["status"] == "SUCCEEDED"
+
+    # --wait draws the endpoint's steps; --preview keeps its preview in the out folder, opened once.
+    opened: list[str] = []
+    monkeypatch.setattr("click.launch", lambda target, **_: opened.append(target) or 0)
+    followed = runner.invoke(main, [*args[:4], "--steps", "25", "--n-iter", "4", "--width", "64", "--height", "64",
+                                    "--out", str(tmp_path / "followed"), "--preview"])  # fmt: skip
+    assert followed.exit_code == 0, followed.output
+    assert "100/100 steps" in followed.output and "it/s" in followed.output
+    previews = list((tmp_path / "followed").glob("*-preview.png"))
+    assert len(previews) == 1 and opened == [str(previews[0])]
+    assert Image.open(previews[0]).size == (256, 256)
 
     bad = runner.invoke(main, [*args[:4], "--width", "60", "--wait"])
     assert bad.exit_code == 1 and "VALIDATION_ERROR" in bad.output and "width" in bad.output

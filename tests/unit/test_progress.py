@@ -4,6 +4,7 @@ whole job's steps and an ETA; a failing publish or preview never stops the gener
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from PIL import Image
@@ -37,10 +38,10 @@ def run(reporter: ProgressReporter, clock: Clock, times: list[float], total: int
 
 
 def test_events_are_throttled_to_one_a_second_and_previews_to_one_every_two():
-    clock, events, previews = Clock(), [], []
+    clock, events, previews, snapshots = Clock(), [], [], []
 
-    def put(key: str, data: bytes) -> str:
-        previews.append((key, data))
+    def put(key: str, data: bytes, content_type: str) -> str:
+        (previews if content_type == "image/png" else snapshots).append((key, data))
         return f"s3://assets/{key}"
 
     reporter = ProgressReporter(JOB, events.append, put, clock=clock)
@@ -52,7 +53,16 @@ def test_events_are_throttled_to_one_a_second_and_previews_to_one_every_two():
     assert {key for key, _ in previews} == {"jobs/j-1/preview.png"}
     first = events[0].outputs
     assert (first["total_steps"], first["image"], first["images"]) == (20, 1, 4)  # two batches of 10 steps
-    assert events[-1].outputs["eta_seconds"] == pytest.approx(3.4 / 8 * 12, rel=0.01)
+    # Counted from the first step (what came before it may have been the model loading).
+    assert first["steps_per_second"] is None and first["eta_seconds"] is None
+    assert events[-1].outputs["steps_per_second"] == pytest.approx(7 / 3.3, rel=0.01)
+    assert events[-1].outputs["eta_seconds"] == pytest.approx(12 / (7 / 3.3), rel=0.01)
+    # Beside each event, the numbers a polling client reads, with the last preview drawn.
+    assert [key for key, _ in snapshots] == ["jobs/j-1/progress.json"] * 4
+    last = json.loads(snapshots[-1][1])
+    assert (last["step"], last["total_steps"], last["job_id"]) == (8, 20, "j-1")
+    assert last["preview"] == "s3://assets/jobs/j-1/preview.png" and last["preview_at"] <= last["updated_at"]
+    assert json.loads(snapshots[-2][1])["preview_at"] == last["preview_at"]  # drawn at 2.3 s, not since
 
 
 def test_the_second_batch_counts_on_from_the_first():
@@ -68,13 +78,14 @@ def test_a_failing_publish_or_preview_is_a_warning_and_the_generation_goes_on(ca
     def broken_publish(_event):
         raise ConnectionError("SNS is down")
 
-    def broken_preview(_key, _data):
+    def broken_preview(_key, _data, _content_type):
         raise PermissionError("AccessDenied")
 
     run(ProgressReporter(JOB, broken_publish, clock=clock), clock, [0.0, 1.5])
     run(ProgressReporter(JOB, events.append, broken_preview, clock=clock), clock, [0.0])
     assert len(events) == 1 and "preview" not in events[0].outputs
-    assert "not published: SNS is down" in caplog.text and "not written: AccessDenied" in caplog.text
+    assert "not published: SNS is down" in caplog.text and "preview of j-1 not written: AccessDenied" in caplog.text
+    assert "progress.json of j-1 not written: AccessDenied" in caplog.text
 
 
 def test_the_preview_is_the_webuis_cheap_latent_to_rgb_map():

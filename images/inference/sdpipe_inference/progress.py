@@ -7,6 +7,9 @@ accept and finish).
   denoised) of ``images``, ``eta_seconds`` and, at most every 2 s, ``preview``: the S3 URI of
   ``jobs/<id>/preview.png``, the current latents decoded with the WebUI's "Approx cheap" linear
   latent -> RGB map (no VAE call), overwritten each time.
+- Each update also overwrites ``jobs/<id>/progress.json`` (the same numbers, the last preview
+  and when it was drawn): what ``sdpipe txt2img --wait`` draws its progress bar from, since a
+  client that polls should not need a queue subscribed to the events topic.
 - Publishing and encoding happen on a thread of their own, one at a time: an update that finds
   the previous one still on its way is dropped (the next carries newer numbers), so a slow SNS
   never slows the generation. A failed publish or preview is a warning in the log, nothing more.
@@ -15,6 +18,7 @@ accept and finish).
 from __future__ import annotations
 
 import io
+import json
 import logging
 import threading
 import time
@@ -22,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sdpipe.contracts.events import Event, EventType
+from sdpipe.contracts.events import Event, EventType, utc_now
 from sdpipe_inference.engine import StepProgress
 
 logger = logging.getLogger("sdpipe.inference")
@@ -78,14 +82,17 @@ class ProgressReporter:
         self,
         job: JobRef,
         publish: Callable[[Event], None],
-        put_preview: Callable[[str, bytes], str] | None = None,
+        put: Callable[[str, bytes, str], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``put(key, data, content_type)`` writes an object of the assets bucket, its URI back."""
         self.job = job
-        self._publish, self._put_preview, self._clock = publish, put_preview, clock
-        self._started = clock()
+        self._publish, self._put, self._clock = publish, put, clock
+        # The rate counts from the first step seen: before it the pipeline may have been loading.
+        self._first: tuple[float, int] | None = None
         self._last_event: float | None = None
         self._last_preview: float | None = None
+        self._preview: dict[str, str] = {}  # the last preview written: its URI and when
         self._busy = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.published = 0
@@ -100,17 +107,20 @@ class ProgressReporter:
         batch = (progress.image - 1) // self.job.batch_size
         total = progress.total * self.job.iterations
         done = batch * progress.total + progress.step
-        elapsed = now - self._started
+        if self._first is None:
+            self._first = (now, done)
+        rate = (done - self._first[1]) / (now - self._first[0]) if now > self._first[0] else None
         outputs: dict[str, Any] = {
             "step": done,
             "total_steps": total,
             "image": progress.image,
             "images": progress.images,
-            "eta_seconds": round(elapsed / done * (total - done), 2) if done else None,
+            "eta_seconds": round((total - done) / rate, 2) if rate else None,
+            "steps_per_second": round(rate, 2) if rate is not None else None,
         }
         latents = None
         preview_due = self._last_preview is None or now - self._last_preview >= PREVIEW_INTERVAL_S
-        if self._put_preview is not None and progress.latents is not None and preview_due:
+        if self._put is not None and progress.latents is not None and preview_due:
             self._last_preview = now
             latents = progress.latents.detach().clone()
         thread = threading.Thread(target=self._send, args=(outputs, latents), name="progress", daemon=True)
@@ -124,13 +134,10 @@ class ProgressReporter:
 
     def _send(self, outputs: dict[str, Any], latents: Any) -> None:
         try:
-            if latents is not None and self._put_preview is not None:
-                try:
-                    outputs["preview"] = self._put_preview(
-                        f"jobs/{self.job.job_id}/preview.png", cheap_preview(latents, self.job.family)
-                    )
-                except Exception as exc:  # a preview is a nicety: the event goes without it
-                    logger.warning("preview of %s not written: %s", self.job.job_id, exc)
+            if self._put is not None:
+                if latents is not None:
+                    self._write_preview(outputs, latents)
+                self._write_snapshot(outputs)
             event = Event(
                 type=EventType.JOB_PROGRESS,
                 status="RUNNING",
@@ -146,3 +153,22 @@ class ProgressReporter:
             logger.warning("job.progress for %s not published: %s", self.job.job_id, exc)
         finally:
             self._busy.release()
+
+    def _write_preview(self, outputs: dict[str, Any], latents: Any) -> None:
+        assert self._put is not None
+        try:
+            uri = self._put(f"jobs/{self.job.job_id}/preview.png", cheap_preview(latents, self.job.family), "image/png")
+        except Exception as exc:  # a preview is a nicety: the event goes without it
+            logger.warning("preview of %s not written: %s", self.job.job_id, exc)
+            return
+        outputs["preview"] = uri
+        self._preview = {"preview": uri, "preview_at": utc_now().isoformat()}
+
+    def _write_snapshot(self, outputs: dict[str, Any]) -> None:
+        """``progress.json``: this update, with the last preview even when this one drew none."""
+        assert self._put is not None
+        snapshot = outputs | self._preview | {"job_id": self.job.job_id, "updated_at": utc_now().isoformat()}
+        try:
+            self._put(f"jobs/{self.job.job_id}/progress.json", json.dumps(snapshot).encode(), "application/json")
+        except Exception as exc:  # the event still goes
+            logger.warning("progress.json of %s not written: %s", self.job.job_id, exc)

@@ -61,7 +61,7 @@ class JobChannel:
     events topic (its previews in the assets bucket), the job's stop request in."""
 
     publish: Callable[[Event], None]
-    put_preview: Callable[[str, bytes], str] | None = None
+    put: Callable[[str, bytes, str], str] | None = None  # key, data, content type -> its URI
     read_stop: Callable[[str], StopRequest | None] | None = None
 
     @classmethod
@@ -77,8 +77,8 @@ class JobChannel:
             return cls(EventPublisher(topic).publish)
         store = ObjectStore(bucket)
 
-        def put_preview(key: str, data: bytes) -> str:
-            store.put_bytes(key, data, "image/png")
+        def put(key: str, data: bytes, content_type: str) -> str:
+            store.put_bytes(key, data, content_type)
             return store.uri(key)
 
         def read_stop(job_id: str) -> StopRequest | None:
@@ -87,7 +87,7 @@ class JobChannel:
             except FileNotFoundError:
                 return None
 
-        return cls(EventPublisher(topic).publish, put_preview, read_stop)
+        return cls(EventPublisher(topic).publish, put, read_stop)
 
 
 class InferenceService:
@@ -136,7 +136,7 @@ class InferenceService:
             return self.engine.generate(params, spec, add_ons)
         job = JobRef(request.job_id, request.kind, request.request_id, request.context, spec.family,
                      params.batch_size, params.n_iter)  # fmt: skip
-        reporter = ProgressReporter(job, channel.publish, channel.put_preview)
+        reporter = ProgressReporter(job, channel.publish, channel.put)
         watch = StopWatch(job.job_id, channel.read_stop) if channel.read_stop else None
         with watch or contextlib.nullcontext():
 
