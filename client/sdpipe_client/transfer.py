@@ -100,7 +100,12 @@ class Uploader:
     concurrency: int = 4
     attempts: int = 5  # per part
     backoff_s: float = 0.5
-    _http: urllib3.PoolManager = field(default_factory=lambda: urllib3.PoolManager(maxsize=16, retries=False))
+    _http: urllib3.PoolManager = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # One connection per part in flight: a smaller pool makes urllib3 warn "Connection pool is
+        # full" and open throwaway connections.
+        self._http = urllib3.PoolManager(maxsize=max(1, self.concurrency), retries=False)
 
     def upload(
         self,

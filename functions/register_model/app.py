@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sdpipe.contracts.s3_events import S3EventNotification
-from sdpipe.lambda_support import come_back_when_free
+from sdpipe.lambda_support import come_back_soon
 from sdpipe.logic.registration import Registrar
 from sdpipe.tracing import make_tracer
 
@@ -30,9 +30,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
 
     @tracer.capture_method
     def record_handler(record: SQSRecord) -> None:
-        come_back_when_free(
-            record, lambda r: registrar.handle_notification(S3EventNotification.model_validate_json(r.body))
-        )
+        come_back_soon(record, lambda r: registrar.handle_notification(S3EventNotification.model_validate_json(r.body)))
 
     metrics.add_metric(name="ModelEventsReceived", unit=MetricUnit.Count, value=len(event.get("Records", [])))
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

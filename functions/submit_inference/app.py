@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sdpipe.lambda_support import action_attribute, come_back_when_free, lease_seconds
+from sdpipe.lambda_support import action_attribute, come_back_soon, lease_seconds
 from sdpipe.logic.inference_submit import InferenceIntake
 from sdpipe.tracing import make_tracer
 
@@ -33,7 +33,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
         logger.info("request handled", extra={"job_id": job_id})
 
     def record_handler(record: SQSRecord) -> None:
-        come_back_when_free(record, handle)
+        come_back_soon(record, handle)
 
     metrics.add_metric(name="InferenceRequests", unit=MetricUnit.Count, value=len(event.get("Records", [])))
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -72,6 +72,7 @@ class Chaos:
         # Where workers note the faults they inflict on themselves (they die right after).
         self.worker_log: Path | None = None
         self.counts: Counter[str] = Counter()
+        self.deaths: Counter[str] = Counter()  # workers killed, by function
         self._random = random.Random(config.seed)  # noqa: S311 - a replayable schedule, not a secret
         self._lock = threading.Lock()
         self._workers = 0
@@ -101,6 +102,8 @@ class Chaos:
             except ProcessLookupError:
                 return
             self.record("lambda_worker_killed")
+            with self._lock:
+                self.deaths[function] += 1
             logger.info("chaos: killed a worker of %s (pid %d)", function, pid)
 
         timer = threading.Timer(delay, kill)
@@ -152,10 +155,18 @@ class Chaos:
 
     def report(self) -> dict[str, Any]:
         with self._lock:
-            counts = Counter(self.counts)
+            counts, deaths = Counter(self.counts), Counter(self.deaths)
         if self.worker_log is not None and self.worker_log.exists():
-            counts.update(line.split()[0] for line in self.worker_log.read_text().splitlines() if line.strip())
-        return {"config": asdict(self.config), "injected": dict(sorted(counts.items()))}
+            for line in self.worker_log.read_text().splitlines():
+                if line.strip():
+                    what, _, function = line.partition(" ")
+                    counts[what] += 1
+                    deaths[function.strip()] += 1
+        return {
+            "config": asdict(self.config),
+            "injected": dict(sorted(counts.items())),
+            "deaths": dict(sorted(deaths.items())),  # function (logical id or name) -> workers killed
+        }
 
     def _draw(self, pick: Callable[[random.Random], Any]) -> Any:
         with self._lock:

@@ -51,7 +51,12 @@ class BatchReport:
     endpoint_in_flight: int = -1
     images_missing: list[str] = field(default_factory=list)
     injected: dict[str, int] = field(default_factory=dict)
+    deaths: dict[str, int] = field(default_factory=dict)  # function -> workers killed
     seconds: float = 0.0
+
+    def deaths_of(self, function: str) -> int:
+        """Workers of ``function`` (a logical id, or part of the function's name) killed."""
+        return sum(count for name, count in self.deaths.items() if function in name)
 
     def summary(self) -> str:
         """One line for a log or bench/RESULTS.md."""
@@ -133,7 +138,9 @@ def run_batch(
     time.sleep(2)
     _collect(listener, arrivals, seen)
     _measure(stack, report, listener, arrivals, seen)
-    report.injected = stack.chaos.report()["injected"] if stack.chaos is not None else {}
+    if stack.chaos is not None:
+        faults = stack.chaos.report()
+        report.injected, report.deaths = faults["injected"], faults["deaths"]
     report.seconds = time.monotonic() - started
     return report
 

@@ -25,6 +25,14 @@ LAMBDA = "lambda.amazonaws.com"
 SAGEMAKER = "sagemaker.amazonaws.com"
 STATES = "states.amazonaws.com"
 
+# The local stack's own clients (the emulated services acting as a role, the stack's admin client):
+# more connections than threads that share one (urllib3 warns "Connection pool is full" and
+# reconnects otherwise, boto3's default is 10), and AWS's standard retries.
+LOCAL_POOL_CONNECTIONS = 64
+LOCAL_CLIENT_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=LOCAL_POOL_CONNECTIONS
+)
+
 
 class RoleNotAssumable(Exception):
     """The role does not exist, or its trust policy does not let the service assume it."""
@@ -116,7 +124,7 @@ class RoleSessions:
             aws_access_key_id=credentials.access_key_id,
             aws_secret_access_key=credentials.secret_access_key,
             aws_session_token=credentials.session_token,
-            config=config or Config(retries={"mode": "standard", "max_attempts": 3}),
+            config=config or LOCAL_CLIENT_CONFIG,
         )
         if config is None:
             with self._lock:
@@ -189,6 +197,7 @@ class StateMachineCredentials:
             retries={"max_attempts": 0, "total_max_attempts": 1},
             connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
             read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
+            max_pool_connections=LOCAL_POOL_CONNECTIONS,
         )
         return self._sessions.client(service, str(role_arn), STATES, config)
 

@@ -18,10 +18,9 @@ from types import TracebackType
 from typing import Any, ClassVar
 
 import boto3
-from botocore.config import Config
 
 from sdpipe_local.chaos import Chaos, ChaosConfig
-from sdpipe_local.credentials import LAMBDA, RoleSessions, StateMachineCredentials
+from sdpipe_local.credentials import LAMBDA, LOCAL_CLIENT_CONFIG, RoleSessions, StateMachineCredentials
 from sdpipe_local.iam import ADMIN_POLICY, ADMIN_USER
 from sdpipe_local.iam_policy import Decision, evaluate
 from sdpipe_local.images import ImageResolver, record_checkout_images
@@ -240,7 +239,8 @@ class LocalStack:
         for url in self._work_queues:
             attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(counts))["Attributes"]
             if any(int(attributes.get(name, 0)) for name in counts):
-                return [f"messages on {url.rsplit('/', 1)[-1]}"]
+                name = url.rsplit("/", 1)[-1]
+                return [f"messages on {name} ({_describe_messages(name)})"]
         sfn = self.client("stepfunctions")
         return [
             execution["executionArn"].split(":", 6)[-1]
@@ -277,11 +277,14 @@ class LocalStack:
         }
 
     def client(self, service: str) -> Any:
-        config = Config(retries={"mode": "standard", "max_attempts": 3})
-        return boto3.client(service, endpoint_url=self.endpoint_url, config=config, **self.client_credentials())  # type: ignore[call-overload]
+        return boto3.client(  # type: ignore[call-overload]
+            service, endpoint_url=self.endpoint_url, config=LOCAL_CLIENT_CONFIG, **self.client_credentials()
+        )
 
     def resource(self, service: str) -> Any:
-        return boto3.resource(service, endpoint_url=self.endpoint_url, **self.client_credentials())  # type: ignore[call-overload]
+        return boto3.resource(  # type: ignore[call-overload]
+            service, endpoint_url=self.endpoint_url, config=LOCAL_CLIENT_CONFIG, **self.client_credentials()
+        )
 
     # ------------------------------------------------------------------ internals
     def _configure_moto(self) -> None:
@@ -394,3 +397,21 @@ def _work_queue_urls(resources: dict[str, dict[str, Any]], provisioned: Provisio
         for logical_id, resource in resources.items()
         if resource["Type"] == "AWS::SQS::Queue" and logical_id not in dead_letter_queues
     ]
+
+
+def _describe_messages(queue_name: str, shown: int = 3) -> str:
+    """What waits on a queue of the in-process moto, for a test's time-out message: each message's
+    receives, when it is next visible and the start of its body (a stuck one names itself)."""
+    from moto.sqs.models import sqs_backends
+
+    try:
+        messages = list(sqs_backends[ACCOUNT_ID][REGION].get_queue(queue_name)._messages)
+    except Exception as exc:  # a diagnostic only: never the reason a wait fails
+        return f"not readable: {exc}"
+    now_ms = time.time() * 1000
+    described = [
+        f"received {m.approximate_receive_count}x, visible in {max(0.0, (m.visible_at - now_ms) / 1000):.0f} s: "
+        f"{m.body[:160]}"
+        for m in messages[:shown]
+    ]
+    return "; ".join(described) + (f"; and {len(messages) - shown} more" if len(messages) > shown else "")

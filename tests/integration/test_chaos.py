@@ -45,6 +45,8 @@ def test_a_mixed_batch_under_faults_loses_nothing_and_duplicates_nothing(sdpipe_
     assert report.endpoint_in_flight == 0, context
     assert sum(report.dead_letters.values()) == 0, context
     # Every event of the batch late at most the lease plus a sweep period after its write, with
-    # slack: the sweeper itself is killed and throttled too, and this is a loaded 2-core machine.
-    assert max(report.lateness_s.values()) <= 3 * (LEASE_S + SWEEP_S), context
+    # slack for a loaded 2-core machine, and a sweep period more for each sweep that was killed
+    # (the sweeper's own deaths, up to five a run, each put the recovery off to the next sweep).
+    sweeps_lost = report.deaths_of("SweepJobs")
+    assert max(report.lateness_s.values()) <= 3 * (LEASE_S + SWEEP_S) + sweeps_lost * SWEEP_S, context
     assert max(report.lateness_s.values()) > 1.0, context  # some did need recovering

@@ -171,7 +171,7 @@ def test_duplicate_deliveries_change_nothing(models, listener, stack):
     queue = stack.outputs["RegisterModelQueueUrl"]
     for _ in range(3):
         sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"Records": [record]}))
-    wait_until(lambda: models.queue_depths()[0] == 0, 10, every=0.1, what="the registration queue draining")
+    wait_until(lambda: models.queue_depths()[0] == 0, 30, every=0.1, what="the registration queue draining")
     assert models.item(key)["updated_at"] == first["updated_at"]
     time.sleep(0.5)
     announced = [e for e in listener.drain() if (e.get("model") or {}).get("s3_key") == key]

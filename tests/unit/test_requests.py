@@ -73,7 +73,7 @@ def test_a_claimed_delivery_is_not_acknowledged_and_comes_back_by_its_receive_co
 
     from sdpipe.adapters import queues
     from sdpipe.errors import WorkInProgress
-    from sdpipe.lambda_support import come_back_when_free
+    from sdpipe.lambda_support import come_back_soon
 
     later: list[tuple[str, str, int]] = []
     monkeypatch.setattr(queues.Redelivery, "after", lambda self, *args: later.append(args))
@@ -89,5 +89,40 @@ def test_a_claimed_delivery_is_not_acknowledged_and_comes_back_by_its_receive_co
         raise WorkInProgress("claimed by another delivery", retry_after_seconds=61)
 
     with pytest.raises(WorkInProgress):  # reported failed: the batch leaves it on the queue
-        come_back_when_free(record, busy)
+        come_back_soon(record, busy)
     assert later == [("arn:aws:sqs:us-east-1:123456789012:work", "handle-1", 10)]
+
+
+def test_a_delivery_that_fails_unexpectedly_comes_back_in_seconds_not_after_the_visibility_timeout(monkeypatch):
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    from sdpipe.adapters import queues
+    from sdpipe.lambda_support import come_back_soon
+
+    later: list[tuple[str, str, int]] = []
+    monkeypatch.setattr(queues.Redelivery, "after", lambda self, *args: later.append(args))
+
+    def throttled(_: SQSRecord) -> None:
+        raise RuntimeError("SlowDown: Please reduce your request rate.")
+
+    for receives in (1, 3, 12):
+        record = SQSRecord({"receiptHandle": f"h{receives}", "eventSourceARN": "arn:aws:sqs:us-east-1:1:work",
+                            "attributes": {"ApproximateReceiveCount": str(receives)}, "body": "{}"})  # fmt: skip
+        with pytest.raises(RuntimeError, match="SlowDown"):  # still reported failed
+            come_back_soon(record, throttled)
+    assert [seconds for *_, seconds in later] == [5, 20, 300]  # backing off, at most 5 minutes
+
+
+def test_a_delivery_comes_back_after_the_visibility_timeout_when_it_cannot_be_brought_back_sooner(monkeypatch):
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    from sdpipe.adapters import queues
+    from sdpipe.lambda_support import come_back_soon
+
+    def unreachable(self: object, *args: object) -> None:
+        raise ConnectionError("sqs unreachable")
+
+    monkeypatch.setattr(queues.Redelivery, "after", unreachable)
+    record = SQSRecord({"receiptHandle": "h", "eventSourceARN": "arn:aws:sqs:us-east-1:1:work", "body": "{}"})
+    with pytest.raises(KeyError):  # the handler's own error, not the redelivery's
+        come_back_soon(record, lambda _: {}["missing"])

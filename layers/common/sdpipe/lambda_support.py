@@ -6,11 +6,14 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import TypeAdapter, ValidationError
 
 from sdpipe.errors import SdpipeError, WorkInProgress
+
+logger = Logger(child=True)
 
 # A claim must outlast the invocation that holds it by a little, never less.
 _LEASE_MARGIN_SECONDS = 5
@@ -53,6 +56,10 @@ def answer_direct(
 # never later than the claim's end: most claims are let go within seconds (a duplicate S3 event
 # racing the first), and a dead worker's claim still runs out and is taken over.
 _FIRST_RECHECK_SECONDS = 5
+# A delivery that failed unexpectedly (throttling that outlasted the SDK's retries, a dropped
+# connection) is tried again as soon, then backing off to this: the queue's visibility timeout,
+# at least the function's (15 min), would leave the work waiting for nothing.
+_LONGEST_RETRY_SECONDS = 300
 
 
 def recheck_after(receive_count: int, claim_ends_in: int) -> int:
@@ -60,17 +67,21 @@ def recheck_after(receive_count: int, claim_ends_in: int) -> int:
     return min(claim_ends_in, _FIRST_RECHECK_SECONDS * (1 << min(max(0, receive_count - 1), 16)))
 
 
-def come_back_when_free(record: SQSRecord, handle: Callable[[SQSRecord], None]) -> None:
-    """Run ``handle``; when the work is claimed by another delivery (``WorkInProgress``), the
-    message is not acknowledged: it comes back soon, then less often, and at the latest when that
-    claim runs out, so the work is taken over if its worker died (the queue's visibility timeout
-    could be much later, or sooner)."""
+def come_back_soon(record: SQSRecord, handle: Callable[[SQSRecord], None]) -> None:
+    """Run ``handle``; when it raises, the message is not acknowledged and comes back soon, then
+    less often: when the work is claimed by another delivery (``WorkInProgress``), at the latest
+    when that claim runs out (so the work is taken over if its worker died); after any other
+    error, within ``_LONGEST_RETRY_SECONDS``. Either way sooner than the queue's visibility
+    timeout; the queue's redrive policy still counts each return as a receive."""
     try:
         handle(record)
-    except WorkInProgress as busy:
+    except Exception as failure:
         from sdpipe.adapters.queues import Redelivery
 
         receives = int((record.raw_event.get("attributes") or {}).get("ApproximateReceiveCount") or 1)
-        seconds = recheck_after(receives, busy.retry_after_seconds)
-        Redelivery().after(record.event_source_arn, record.receipt_handle, seconds)
+        claim_ends_in = failure.retry_after_seconds if isinstance(failure, WorkInProgress) else _LONGEST_RETRY_SECONDS
+        try:
+            Redelivery().after(record.event_source_arn, record.receipt_handle, recheck_after(receives, claim_ends_in))
+        except Exception:  # the visibility timeout brings it back instead
+            logger.warning("could not bring the message back sooner", exc_info=True)
         raise
