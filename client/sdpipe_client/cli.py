@@ -520,7 +520,11 @@ def _finish_upload(client: Sdpipe, result: Any, wait: bool) -> None:
 @main.command("upload")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--type", "model_type", type=click.Choice([t.value for t in ModelType]), required=True)
-@click.option("--name", help="Name under the type's folder (subfolders allowed); default: the file's name.")
+@click.option(
+    "--name",
+    help="Name under the type's folder (subfolders allowed), with or without the file's extension; "
+    "default: the file's name.",
+)
 @click.option("--sha256", help="Expected sha256 (default: computed here); registration verifies it.")
 @click.option("--overwrite", is_flag=True, help="Replace a model file of the same name.")
 @click.option("--concurrency", default=4, show_default=True, help="Parts sent at once (memory: this many parts).")
@@ -585,7 +589,11 @@ def sync(settings: _Settings, /, folder: Path, dry_run: bool, concurrency: int) 
 @main.command("fetch")
 @click.argument("url")
 @click.option("--type", "model_type", type=click.Choice([t.value for t in ModelType]), required=True)
-@click.option("--name", help="File name under the type's folder (default: the server's name for it).")
+@click.option(
+    "--name",
+    help="Name under the type's folder, with or without the file's extension (then the one of the URL "
+    "or of the server's Content-Disposition); default: the server's name for it.",
+)
 @click.option("--sha256", help="Expected sha256; a mismatch fails the job and deletes the file.")
 @click.option("--auth-secret", help="Secrets Manager secret (<stack>/...) holding the site's API token.")
 @click.option("--overwrite", is_flag=True, help="Replace a model file of the same name.")

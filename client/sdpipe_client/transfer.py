@@ -25,8 +25,8 @@ import urllib3
 from sdpipe.adapters.multipart import content_md5
 from sdpipe.contracts.jobs import REGISTERING, JobStatus
 from sdpipe.contracts.models import ModelType
-from sdpipe.errors import SdpipeError
-from sdpipe.layout import MODEL_EXTENSIONS, MODEL_FOLDERS
+from sdpipe.errors import SdpipeError, ValidationFailed
+from sdpipe.layout import MODEL_EXTENSIONS, MODEL_FOLDERS, named_like_source
 from sdpipe_client.client import Sdpipe
 
 UPLOADS_API = "UploadsFunctionName"
@@ -119,7 +119,10 @@ class Uploader:
     ) -> UploadResult:
         """Upload ``path`` (resuming an earlier attempt of the same file), then complete it."""
         size = path.stat().st_size
-        filename = name or path.name
+        try:
+            filename = named_like_source(name, path.name) or path.name
+        except ValueError as exc:
+            raise ValidationFailed(f"--name: {exc}") from None
         sha256 = (sha256 or sha256_of(path)).lower()
         base = hashlib.sha256(f"{model_type.value}/{filename}\n{size}\n{sha256}".encode()).hexdigest()[:32]
         for attempt in range(100):

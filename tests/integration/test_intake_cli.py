@@ -33,10 +33,21 @@ def last_json(output: str) -> dict:
 def test_upload_command_registers_the_file(cli, tmp_path):
     path = tmp_path / f"cli-{uuid.uuid4().hex[:6]}.safetensors"
     path.write_bytes(big_lora(9))
-    result = last_json(cli("upload", str(path), "--type", "lora", "--name", f"cli/{path.name}"))
+    # --name as the model is listed: the file keeps its extension.
+    result = last_json(cli("upload", str(path), "--type", "lora", "--name", f"cli/{path.stem}"))
     assert result["status"] == "SUCCEEDED"
     assert result["model"]["name"] == f"cli/{path.stem}" and result["model"]["source"] == "upload"
+    assert result["model"]["s3_key"] == f"models/Lora/cli/{path.name}"
     assert result["model"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_upload_refuses_a_name_with_another_extension_before_sending_anything(stack, aws_env, tmp_path):
+    path = tmp_path / "mine.safetensors"
+    path.write_bytes(big_lora(1))
+    result = CliRunner().invoke(main, ["--stack", stack.stack_name, "upload", str(path), "--type", "lora",
+                                       "--name", "mine.ckpt"])  # fmt: skip
+    assert result.exit_code != 0
+    assert "'mine.ckpt' ends in .ckpt but the source 'mine.safetensors' is a .safetensors file" in result.output
 
 
 def test_sync_uploads_a_webui_folder_once(cli, tmp_path, stack):
@@ -61,7 +72,8 @@ def test_sync_uploads_a_webui_folder_once(cli, tmp_path, stack):
 def test_fetch_command_follows_the_job(cli, tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "remote.safetensors").write_bytes(big_lora(1, seed=9))
-    name = f"remote-{uuid.uuid4().hex[:6]}.safetensors"
+    name = f"remote-{uuid.uuid4().hex[:6]}"  # the extension comes from the URL
     with FileServer(tmp_path / "site") as server:
         result = last_json(cli("fetch", server.url("/files/remote.safetensors"), "--type", "lora", "--name", name))
-    assert result["status"] == "SUCCEEDED" and result["model"]["s3_key"] == f"models/Lora/{name}"
+    assert result["status"] == "SUCCEEDED" and result["model"]["s3_key"] == f"models/Lora/{name}.safetensors"
+    assert result["model"]["name"] == name

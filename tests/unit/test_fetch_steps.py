@@ -12,7 +12,14 @@ import pytest
 from sdpipe.adapters.multipart import MultipartUploads
 from sdpipe.adapters.secrets import AuthSecrets
 from sdpipe.contracts.jobs import JobStatus
-from sdpipe.errors import JobAlreadyFinished, ModelExists, SourceFailed, SourceMisbehaved, UrlRejected
+from sdpipe.errors import (
+    JobAlreadyFinished,
+    ModelExists,
+    SourceFailed,
+    SourceMisbehaved,
+    UrlRejected,
+    ValidationFailed,
+)
 from sdpipe.logic.fetch import ModelFetcher, parts_key
 from sdpipe.logic.url_policy import UrlPolicy
 from sdpipe.settings import FetchSettings
@@ -90,6 +97,20 @@ def test_a_server_without_ranges_is_streamed_in_one_step(world, server):
     assert step(fetch, "stream", job_id=job_id)["bytes"] == (Path(server.root) / "small.safetensors").stat().st_size
     step(fetch, "complete", job_id=job_id)
     assert world.keys("models/") == ["models/Lora/small.safetensors"]
+
+
+def test_a_name_without_an_extension_keeps_the_sources_and_a_different_one_is_refused(world, server):
+    fetch = fetcher(world)
+    url = server.url("/files/small.safetensors")
+    job_id = request(fetch, {"url": url, "type": "lora", "name": "styles/mine"})
+    step(fetch, "probe", job_id=job_id)
+    assert fetch.ledger.require(job_id).upload.key == "models/Lora/styles/mine.safetensors"  # type: ignore[union-attr]
+
+    mismatched = request(fetch, {"url": url, "type": "lora", "name": "mine.ckpt"}, "fetch-2")
+    with pytest.raises(ValidationFailed, match=r"params.name: 'mine.ckpt' ends in .ckpt but .* is a .safetensors file"):
+        step(fetch, "probe", job_id=mismatched)
+    open_uploads = world.aws.get("s3").list_multipart_uploads(Bucket="assets").get("Uploads", [])
+    assert [u["Key"] for u in open_uploads] == ["models/Lora/styles/mine.safetensors"]  # the refused one opened none
 
 
 @pytest.mark.parametrize(

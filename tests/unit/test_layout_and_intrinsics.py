@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from sdpipe.contracts.models import ModelType
@@ -65,3 +67,38 @@ def test_resolver_handles_the_common_intrinsics():
     }
     assert resolver.resolve(value) == {"A": "dev-us-east-1-arn:q-${Literal}", "B": "x/url", "C": "b"}
     assert references(value) == {"Env", "AWS::Region", "Queue", "AWS::NoValue"}
+
+
+@pytest.mark.parametrize(
+    ("name", "source", "stored"),
+    [
+        (None, "style_v2.safetensors", "style_v2.safetensors"),
+        ("sdxl/style", "style_v2.safetensors", "sdxl/style.safetensors"),  # listed as sdxl/style
+        ("v1.5-pruned", "v1-5-pruned.ckpt", "v1.5-pruned.ckpt"),  # ".5-pruned" is no model extension
+        ("mine.SafeTensors", "x.safetensors", "mine.SafeTensors"),
+        ("mine.safetensors", "12345", "mine.safetensors"),  # a download URL without a name
+    ],
+)
+def test_a_name_without_an_extension_takes_the_sources(name, source, stored):
+    from sdpipe.layout import named_like_source
+
+    assert named_like_source(name, source) == stored
+
+
+@pytest.mark.parametrize(
+    ("name", "source", "words"),
+    [
+        (
+            "mine.ckpt",
+            "style.safetensors",
+            "'mine.ckpt' ends in .ckpt but the source 'style.safetensors' is a .safetensors",
+        ),
+        ("mine", "12345", "'mine' has no model extension and the source ('12345') gives none"),
+        ("mine", None, "the source ('unnamed') gives none"),
+    ],
+)
+def test_a_name_that_contradicts_its_source_is_refused_naming_both(name, source, words):
+    from sdpipe.layout import named_like_source
+
+    with pytest.raises(ValueError, match=re.escape(words)):
+        named_like_source(name, source)

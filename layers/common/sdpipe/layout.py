@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import overload
 
 from sdpipe.contracts.models import ModelType
 
@@ -69,6 +70,35 @@ def parse_model_key(key: str) -> ModelKey | None:
         filename=relative.name,
         extension=extension,
     )
+
+
+@overload
+def named_like_source(name: str, source: str | None, *, strict: bool = True) -> str: ...
+@overload
+def named_like_source(name: None, source: str | None, *, strict: bool = True) -> str | None: ...
+def named_like_source(name: str | None, source: str | None, *, strict: bool = True) -> str | None:
+    """The file name a model is stored under when asked for ``name``, the source being the file,
+    URL path or ``Content-Disposition`` name ``source``: ``name`` as given when it ends in a model
+    extension (the source's, if the source has one), ``name`` plus the source's extension when it
+    has none (``--name sdxl/style`` for ``style_v2.safetensors``: ``sdxl/style.safetensors``, listed
+    as ``sdxl/style``), the source's name when no name is asked for. ``ValueError`` names what does
+    not match: a name whose model extension differs from the source's, or a bare name for a source
+    without a model extension (not strict: any model extension of ``name`` is accepted)."""
+    if name is None:
+        return source
+    asked = PurePosixPath(name).suffix.lower()
+    has = PurePosixPath(source or "").suffix.lower()
+    has = has if has in MODEL_EXTENSIONS else ""
+    if asked in MODEL_EXTENSIONS:
+        if strict and has and asked != has:
+            raise ValueError(f"{name!r} ends in {asked} but the source {source!r} is a {has} file; "
+                             f"name it without an extension (or with {has})")  # fmt: skip
+        return name
+    if not has:
+        allowed = ", ".join(sorted(MODEL_EXTENSIONS))
+        raise ValueError(f"{name!r} has no model extension and the source ({source or 'unnamed'!r}) gives none; "
+                         f"add one of {allowed}")  # fmt: skip
+    return name + has
 
 
 MAX_KEY_BYTES = 900  # S3 allows 1024; leave room for the prefix and stay readable

@@ -19,7 +19,7 @@ class FetchModelParams(BaseModel):
         default=None,
         min_length=1,
         max_length=800,
-        description="file name under the type's folder (default: the server's)",
+        description="name under the type's folder, with or without the source's extension (default: the server's)",
     )
     sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
     # A Secrets Manager secret (named <stack>/...) holding a token or {"header": ..., "value": ...}.

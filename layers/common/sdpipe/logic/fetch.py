@@ -44,7 +44,7 @@ from sdpipe.errors import (
     UploadPartsInvalid,
     ValidationFailed,
 )
-from sdpipe.layout import model_key_for
+from sdpipe.layout import model_key_for, named_like_source
 from sdpipe.logic.jobs import JobLedger
 from sdpipe.logic.part_plan import plan_parts
 from sdpipe.logic.uploads import part_problems, plan_of
@@ -117,7 +117,8 @@ class ModelFetcher:
             raise type(exc)(f"params.url: {exc.message}") from None
         if params.name is not None:
             try:
-                model_key_for(params.type, params.name)
+                # The path checked now; a name without an extension takes the source's at the probe.
+                model_key_for(params.type, named_like_source(params.name, "source.safetensors", strict=False))
             except ValueError as exc:
                 raise ValidationFailed(f"params.name: {exc}") from None
         secret = params.auth_secret
@@ -161,7 +162,10 @@ class ModelFetcher:
             raise FileTooLarge(f"the file is {found.size} bytes, over the {self.settings.fetch_max_bytes}-byte limit")
         if found.size == 0:
             raise SourceMisbehaved("the server announces an empty file")
-        filename = params.name or found.filename
+        try:
+            filename = named_like_source(params.name, found.filename)
+        except ValueError as exc:
+            raise ValidationFailed(f"params.name: {exc}") from None
         if not filename:
             raise ValidationFailed("params.name: the server gives no file name; name the file in params.name")
         try:
