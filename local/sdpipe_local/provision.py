@@ -260,6 +260,8 @@ class Provisioner:
         attributes = {}
         if p.get("FifoTopic"):
             attributes["FifoTopic"] = "true"
+        if "SignatureVersion" in p:
+            attributes["SignatureVersion"] = str(p["SignatureVersion"])
         arn = self._client("sns").create_topic(Name=name, Attributes=attributes)["TopicArn"]
         for subscription in p.get("Subscription", []):
             self._client("sns").subscribe(

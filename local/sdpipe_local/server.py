@@ -27,6 +27,7 @@ from sdpipe_local.iam import IamEnforcer, Principals, RequestChecks, secret_arn_
 from sdpipe_local.lambda_runtime import LambdaRuntime
 from sdpipe_local.s3_streaming import S3StreamingGetMiddleware, S3UploadPartMiddleware
 from sdpipe_local.sagemaker import LocalSageMaker, SageMakerError
+from sdpipe_local.sns_http import SnsCertificates, deliver_http_off_the_publish
 
 logger = logging.getLogger(__name__)
 _INVOKE_PATH = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations/?$")
@@ -138,9 +139,11 @@ class LocalAwsServer:
         port: int = 0,
         chaos: Chaos | None = None,
         caller_service: Callable[[str], str | None] | None = None,
+        region: str = "us-east-1",
     ) -> None:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         make_dynamodb_writes_atomic()  # conditional writes as atomic as DynamoDB's
+        deliver_http_off_the_publish()  # webhooks delivered as SNS delivers them
         self._hosts: set[str] = set()
         moto_app = DomainDispatcherApplication(create_backend_app)
         self.s3_parts = S3UploadPartMiddleware(S3StreamingGetMiddleware(moto_app, self._hosts))
@@ -150,7 +153,7 @@ class LocalAwsServer:
         # IAM is checked before anything answers, the Lambda and SageMaker APIs included.
         checks = RequestChecks(account, secret_arn_lookup(account), sagemaker.endpoint_config_name)
         self.iam = IamEnforcer(served, Principals(account, admin_keys), checks)
-        app = self.iam
+        app = SnsCertificates(self.iam, region)  # public, as SNS serves them
         self._server: BaseWSGIServer = make_server(
             "127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler
         )

@@ -123,6 +123,7 @@ class LocalStack:
             port=self._port,
             chaos=self.chaos,
             caller_service=self.sessions.service_of,
+            region=REGION,
         )
         self.sessions.endpoint_url = self.server.url
         # moto's Step Functions interpreter calls the other services on this port (process-wide:
