@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MIB = 1024 * 1024
 _REPORT = re.compile(r"Max Memory Used: (\d+) MB")
+UPLOAD_ROUNDS = 3  # sdpipe upload against aws s3 cp: the median of three, alternated
 
 
 def make_file(path: Path, size: int) -> None:
@@ -88,21 +90,26 @@ def measure(size_gib: int, workdir: Path) -> dict[str, Any]:
         peaks = [int(m) for m in _REPORT.findall((state / "logs" / "FetchStepsFunction.log").read_text())]
 
         env = {**os.environ, **stack.environment(), "SDPIPE_STACK_NAME": stack.stack_name}
-        started = time.perf_counter()
-        subprocess.run(
-            [str(BIN / "aws"), "s3", "cp", "--quiet", str(source), f"s3://{bucket}/bench/cli-{size_gib}g.bin"],
-            env=env,
-            check=True,
-        )
-        cli_s = time.perf_counter() - started
-        s3.delete_object(Bucket=bucket, Key=f"bench/cli-{size_gib}g.bin")
-        started = time.perf_counter()
-        subprocess.run(
-            [str(BIN / "sdpipe"), "upload", str(source), "--type", "checkpoint",
-             "--name", f"up-{size_gib}g.safetensors", "--no-wait"],
-            env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        upload_s = time.perf_counter() - started
+        cli_runs, upload_runs = [], []
+        for run in range(UPLOAD_ROUNDS):  # alternated, each on an idle stack (registration done)
+            stack.wait_idle(timeout_s=600)
+            started = time.perf_counter()
+            subprocess.run(
+                [str(BIN / "aws"), "s3", "cp", "--quiet", str(source), f"s3://{bucket}/bench/cli-{size_gib}g.bin"],
+                env=env,
+                check=True,
+            )
+            cli_runs.append(time.perf_counter() - started)
+            s3.delete_object(Bucket=bucket, Key=f"bench/cli-{size_gib}g.bin")
+            stack.wait_idle(timeout_s=600)
+            started = time.perf_counter()
+            subprocess.run(
+                [str(BIN / "sdpipe"), "upload", str(source), "--type", "checkpoint",
+                 "--name", f"up-{size_gib}g-{run}", "--no-wait"],
+                env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            upload_runs.append(time.perf_counter() - started)
+        cli_s, upload_s = statistics.median(cli_runs), statistics.median(upload_runs)
     source.unlink()
     return {
         "size_gib": size_gib,
@@ -114,6 +121,8 @@ def measure(size_gib: int, workdir: Path) -> dict[str, Any]:
         "aws_s3_cp_mib_s": round(size / MIB / cli_s),
         "sdpipe_upload_mib_s": round(size / MIB / upload_s),
         "upload_ratio": round(cli_s / upload_s, 2),
+        "upload_runs_s": [round(x, 2) for x in upload_runs],
+        "aws_s3_cp_runs_s": [round(x, 2) for x in cli_runs],
     }
 
 

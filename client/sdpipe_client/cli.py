@@ -19,6 +19,7 @@ from sdpipe_client.client import JobFailed, Sdpipe, image_reference
 from sdpipe_client.follow import PreviewFile, follow_generation
 from sdpipe_client.formatting import print_endpoints, print_jobs, print_models
 from sdpipe_client.stack import LOCAL_STATE_FILE, read_local_state, stack_outputs
+from sdpipe_client.transfer import DEFAULT_CONCURRENCY
 
 
 class _Settings:
@@ -525,9 +526,14 @@ def _finish_upload(client: Sdpipe, result: Any, wait: bool) -> None:
     help="Name under the type's folder (subfolders allowed), with or without the file's extension; "
     "default: the file's name.",
 )
-@click.option("--sha256", help="Expected sha256 (default: computed here); registration verifies it.")
+@click.option("--sha256", help="Expected sha256 (default: computed while uploading); registration verifies it.")
 @click.option("--overwrite", is_flag=True, help="Replace a model file of the same name.")
-@click.option("--concurrency", default=4, show_default=True, help="Parts sent at once (memory: this many parts).")
+@click.option(
+    "--concurrency",
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    help="Parts sent at once, as the AWS CLI (memory: this many 8 MiB parts).",
+)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the model is registered.")
 @click.pass_obj
 def upload(settings: _Settings, /, path: Path, model_type: str, **options: Any) -> None:
@@ -535,20 +541,13 @@ def upload(settings: _Settings, /, path: Path, model_type: str, **options: Any) 
     from sdpipe_client.transfer import Uploader
 
     client = Sdpipe.for_stack(settings.stack)
-    size = path.stat().st_size
     with _user_errors(), _transfer_progress() as progress:
-        sha256 = options["sha256"]
-        if not sha256:
-            from sdpipe_client.transfer import sha256_of
-
-            hashing = progress.add_task("sha256", total=size)
-            sha256 = sha256_of(path, lambda n: progress.advance(hashing, n))
-        task = progress.add_task(path.name, total=size)
+        task = progress.add_task(path.name, total=path.stat().st_size)
         result = Uploader(client, concurrency=options["concurrency"]).upload(
             path,
             ModelType(model_type),
             name=options["name"],
-            sha256=sha256,
+            sha256=options["sha256"],
             overwrite=options["overwrite"],
             progress=lambda n: progress.advance(task, n),
         )
@@ -558,7 +557,7 @@ def upload(settings: _Settings, /, path: Path, model_type: str, **options: Any) 
 @main.command("sync")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Only list what would be uploaded.")
-@click.option("--concurrency", default=4, show_default=True, help="Parts sent at once.")
+@click.option("--concurrency", default=DEFAULT_CONCURRENCY, show_default=True, help="Parts sent at once.")
 @click.pass_obj
 def sync(settings: _Settings, /, folder: Path, dry_run: bool, concurrency: int) -> None:
     """Upload every model file of a WebUI models/ folder not registered yet (by sha256)."""

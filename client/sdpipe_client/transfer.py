@@ -1,9 +1,11 @@
 """Client side of chunked uploads: parallel part PUTs, retries, resume, WebUI folder sync.
 
-Memory is bounded by ``concurrency`` parts (each worker reads its own part from the file when it
-starts it). An interrupted upload is resumed by running the same command again: the request id
-is derived from the destination, the size and the sha256, so ``create_upload`` finds the same
-upload and returns URLs only for the parts S3 does not hold yet.
+The file is read once, in order: each part goes through the sha256 (unless the caller knows it)
+and out to S3, ``concurrency`` parts at once, so memory is that many parts plus the one being read.
+An interrupted upload is resumed by running the same command again: the request id is derived
+from the destination, the size and the file (its path and modification time, or its sha256 when
+given), so ``create_upload`` finds the same upload and returns URLs only for the parts S3 does not
+hold yet; the held ones are read for the hash and checked against their ETag, not sent again.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from typing import Any
 
 import urllib3
 
-from sdpipe.adapters.multipart import content_md5
 from sdpipe.contracts.jobs import REGISTERING, JobStatus
 from sdpipe.contracts.models import ModelType
 from sdpipe.errors import SdpipeError, ValidationFailed
@@ -94,10 +95,15 @@ class UploadResult:
     job: dict[str, Any] | None = None
 
 
+# As many parts in flight as the AWS CLI sends at once (its max_concurrent_requests); S3's parts
+# are 8 MiB for files up to 78 GiB, so that is 80 MiB of memory.
+DEFAULT_CONCURRENCY = 10
+
+
 @dataclass
 class Uploader:
     client: Sdpipe
-    concurrency: int = 4
+    concurrency: int = DEFAULT_CONCURRENCY
     attempts: int = 5  # per part
     backoff_s: float = 0.5
     _http: urllib3.PoolManager = field(init=False, repr=False)
@@ -117,28 +123,26 @@ class Uploader:
         overwrite: bool = False,
         progress: Progress | None = None,
     ) -> UploadResult:
-        """Upload ``path`` (resuming an earlier attempt of the same file), then complete it."""
-        size = path.stat().st_size
+        """Upload ``path`` (resuming an earlier attempt of the same file), then complete it.
+
+        Without ``sha256`` the file is hashed while its parts go out (one read of the file) and
+        the hash is named when the upload completes; registration verifies it either way."""
+        stat = path.stat()
+        size = stat.st_size
         try:
             filename = named_like_source(name, path.name) or path.name
         except ValueError as exc:
             raise ValidationFailed(f"--name: {exc}") from None
-        sha256 = (sha256 or sha256_of(path)).lower()
-        base = hashlib.sha256(f"{model_type.value}/{filename}\n{size}\n{sha256}".encode()).hexdigest()[:32]
+        sha256 = sha256.lower() if sha256 else None
+        # The same file again (the same path, size and modification time, or the same sha256)
+        # finds its interrupted upload; a file changed since starts a new one.
+        identity = sha256 or f"{path.resolve()}|{stat.st_mtime_ns}"
+        base = hashlib.sha256(f"{model_type.value}/{filename}\n{size}\n{identity}".encode()).hexdigest()[:32]
         for attempt in range(100):
             request_id = f"upload-{base}" + (f"-{attempt}" if attempt else "")
-            plan = self.client.invoke_api(
-                UPLOADS_API,
-                {
-                    "operation": "create_upload",
-                    "type": model_type.value,
-                    "filename": filename,
-                    "size": size,
-                    "sha256": sha256,
-                    "request_id": request_id,
-                    "overwrite": overwrite,
-                },
-            )
+            request = {"operation": "create_upload", "type": model_type.value, "filename": filename, "size": size,
+                       "request_id": request_id, "overwrite": overwrite}  # fmt: skip
+            plan = self.client.invoke_api(UPLOADS_API, request | ({"sha256": sha256} if sha256 else {}))
             status = plan["status"]
             if status == JobStatus.SUCCEEDED.value:
                 if progress:
@@ -153,40 +157,72 @@ class Uploader:
             if progress:
                 progress(size)
             return UploadResult(plan["job_id"], plan["key"], status, 0)
+        etags = {p["part_number"]: p["etag"] for p in plan["parts_done"]}
         if progress:
             progress(size - sum(p["end"] - p["start"] + 1 for p in plan["parts"]))
-        etags = {p["part_number"]: p["etag"] for p in plan["parts_done"]}
-        sent = self._send_parts(path, plan, etags, progress)
+        digest = None if sha256 else hashlib.sha256()
+        sent = self._send_parts(path, plan, etags, progress, digest)
         parts = [{"part_number": n, "etag": etags[n]} for n in sorted(etags)]
-        done = self.client.invoke_api(
-            UPLOADS_API, {"operation": "complete_upload", "job_id": plan["job_id"], "parts": parts}
-        )
+        complete = {"operation": "complete_upload", "job_id": plan["job_id"], "parts": parts}
+        done = self.client.invoke_api(UPLOADS_API, complete | ({"sha256": digest.hexdigest()} if digest else {}))
         return UploadResult(plan["job_id"], done["key"], done["status"], sent)
 
-    def _send_parts(self, path: Path, plan: dict[str, Any], etags: dict[int, str], progress: Progress | None) -> int:
-        pending = list(plan["parts"])
-        urls = {p["part_number"]: p["url"] for p in pending}
+    def _send_parts(
+        self,
+        path: Path,
+        plan: dict[str, Any],
+        etags: dict[int, str],
+        progress: Progress | None,
+        digest: Any | None,
+    ) -> int:
+        """PUT the parts S3 does not hold, ``concurrency`` at once, reading the file once, in order;
+        with ``digest``, every part goes through it (the held ones are read, checked against S3's
+        ETag, and not sent). Memory: the parts in flight and the one being read."""
+        missing = {p["part_number"]: p for p in plan["parts"]}
+        urls = {number: p["url"] for number, p in missing.items()}
         urls_lock = threading.Lock()
         sent = 0
-        fd = os.open(path, os.O_RDONLY)
+        running: dict[Future[str], int] = {}
+
+        def collect(block: bool) -> None:
+            nonlocal sent
+            finished, _ = wait(running, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+            for future in finished:
+                number = running.pop(future)
+                etags[number] = future.result()
+                length = missing[number]["end"] - missing[number]["start"] + 1
+                sent += length
+                if progress:
+                    progress(length)
+
+        part_size, size = int(plan["part_size"]), int(plan["size"])
+        wanted = range(1, int(plan["part_count"]) + 1) if digest is not None else sorted(missing)
         try:
-            with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="part") as pool:
-                running: dict[Future[str], dict[str, Any]] = {}
-                queue = iter(pending)
+            with (
+                path.open("rb", buffering=0) as source,
+                ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="part") as pool,
+            ):
                 try:
-                    while True:
-                        while len(running) < self.concurrency and (part := next(queue, None)) is not None:
-                            running[pool.submit(self._send_part, fd, part, urls, urls_lock, plan["job_id"])] = part
-                        if not running:
-                            break
-                        finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                        for future in finished:
-                            part = running.pop(future)
-                            etags[part["part_number"]] = future.result()
-                            length = part["end"] - part["start"] + 1
-                            sent += length
-                            if progress:
-                                progress(length)
+                    for number in wanted:
+                        start = (number - 1) * part_size
+                        source.seek(start)
+                        body = source.read(min(part_size, size - start))
+                        if digest is not None:
+                            digest.update(body)  # hashlib lets the senders run meanwhile
+                        if number not in missing:
+                            if hashlib.md5(body, usedforsecurity=False).hexdigest() != etags[number].strip('"'):
+                                raise SdpipeError(
+                                    f"part {number} held by S3 differs from {path}: the file changed since the "
+                                    f"interrupted upload (job {plan['job_id']}); abort it or upload under another name",
+                                    code="UPLOAD_SOURCE_CHANGED",
+                                )
+                            continue
+                        while len(running) >= self.concurrency:
+                            collect(block=True)
+                        running[pool.submit(self._send_part, body, number, urls, urls_lock, plan["job_id"])] = number
+                        del body
+                    while running:
+                        collect(block=True)
                 except BaseException:
                     for future in running:
                         future.cancel()
@@ -195,14 +231,12 @@ class Uploader:
             raise UploadInterrupted(
                 f"interrupted after sending {sent} bytes; run the same command again to resume (job {plan['job_id']})"
             ) from None
-        finally:
-            os.close(fd)
         return sent
 
-    def _send_part(self, fd: int, part: dict[str, Any], urls: dict[int, str], lock: threading.Lock, job_id: str) -> str:
-        number = part["part_number"]
-        body = os.pread(fd, part["end"] - part["start"] + 1, part["start"])
-        headers = {"Content-MD5": content_md5(body), "Content-Length": str(len(body))}
+    def _send_part(self, body: bytes, number: int, urls: dict[int, str], lock: threading.Lock, job_id: str) -> str:
+        # No Content-MD5: the parts travel over TLS and registration checks the whole file's sha256
+        # (hashing every part again here cost a tenth of the upload's time).
+        headers = {"Content-Length": str(len(body))}
         last = ""
         for attempt in range(self.attempts):
             if attempt:

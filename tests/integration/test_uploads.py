@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from sdpipe.contracts.models import ModelType
 from sdpipe.errors import SdpipeError
 from sdpipe_client.client import JobFailed, Sdpipe
 from sdpipe_client.stack import StackOutputs
-from sdpipe_client.transfer import UPLOADS_API, Uploader
+from sdpipe_client.transfer import UPLOADS_API, Uploader, UploadInterrupted
 from tests.helpers import wait_until
 from tests.integration.helpers import big_lora, open_uploads
 
@@ -76,6 +77,62 @@ def test_an_interrupted_upload_resumes_sending_only_the_missing_parts(client, lo
     assert result.job_id == plan["job_id"]
     assert result.sent_bytes == len(body) - 8 * MIB
     assert client.wait(result.job_id, timeout_s=60)["outputs"]["model"]["status"] == "ACTIVE"
+
+
+def interrupted_after_the_first_part(client: Sdpipe, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upload hashed while sending (no sha256 given), Ctrl-C'd once its first part is out."""
+    original, sent = Uploader._send_part, []
+
+    def first_only(self: Uploader, body: bytes, number: int, *args: object) -> str:
+        sent.append(number)
+        if len(sent) > 1:
+            raise KeyboardInterrupt
+        return original(self, body, number, *args)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Uploader, "_send_part", first_only)
+        with pytest.raises(UploadInterrupted, match="run the same command again"):
+            Uploader(client, concurrency=1).upload(path, ModelType.LORA)
+
+
+def test_an_upload_hashed_while_sending_resumes_and_registration_verifies_the_hash(client, lora_file, monkeypatch):
+    body = lora_file.read_bytes()
+    interrupted_after_the_first_part(client, lora_file, monkeypatch)
+    result = Uploader(client).upload(lora_file, ModelType.LORA)  # the same command again
+    assert result.sent_bytes == len(body) - 8 * MIB  # part 1 was read for the hash, not sent
+    job = client.wait(result.job_id, timeout_s=60)
+    assert job["params"]["sha256"] == hashlib.sha256(body).hexdigest() == job["outputs"]["model"]["sha256"]
+
+
+def test_a_file_changed_under_an_interrupted_upload_is_not_mixed_into_it(client, lora_file, monkeypatch, stack):
+    interrupted_after_the_first_part(client, lora_file, monkeypatch)
+    stat = lora_file.stat()
+    with lora_file.open("r+b") as handle:  # changed in place, its modification time put back
+        handle.seek(100)
+        handle.write(b"\xff" * 16)
+    os.utime(lora_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(SdpipeError) as changed:
+        Uploader(client).upload(lora_file, ModelType.LORA)
+    assert changed.value.code == "UPLOAD_SOURCE_CHANGED" and "part 1 held by S3 differs" in changed.value.message
+
+
+def test_a_hash_named_at_completion_is_verified_and_must_agree_with_the_created_one(client, lora_file, stack):
+    body = lora_file.read_bytes()
+    for named_at_create, code in ((None, "SHA256_MISMATCH"), ("cd" * 32, "VALIDATION_ERROR")):
+        plan = create(client, lora_file, overwrite=True, **({"sha256": named_at_create} if named_at_create else {}))
+        parts = [{"part_number": p["part_number"], "etag": put_part(p, body[p["start"] : p["end"] + 1])}
+                 for p in plan["parts"]]  # fmt: skip
+        complete = {"operation": "complete_upload", "job_id": plan["job_id"], "parts": parts, "sha256": "ab" * 32}
+        if code == "VALIDATION_ERROR":
+            with pytest.raises(SdpipeError) as refused:
+                client.invoke_api(UPLOADS_API, complete)
+            assert refused.value.code == code and "not the cdcd" in refused.value.message
+            client.invoke_api(UPLOADS_API, {"operation": "abort_upload", "job_id": plan["job_id"]})
+            continue
+        client.invoke_api(UPLOADS_API, complete)
+        with pytest.raises(JobFailed) as failed:
+            client.wait(plan["job_id"], timeout_s=60)
+        assert failed.value.code == code and "not the expected abab" in str(failed.value)
 
 
 def test_complete_with_missing_or_wrong_parts_is_refused_and_the_upload_stays_open(client, lora_file, stack):

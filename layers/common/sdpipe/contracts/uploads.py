@@ -69,6 +69,10 @@ class CompleteUpload(BaseModel):
     operation: Literal["complete_upload"]
     job_id: str = Field(min_length=1, max_length=64)
     parts: list[UploadedPart] = Field(min_length=1, max_length=10_000)
+    # The file's sha256, for a client that hashed it while uploading (registration verifies it).
+    sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
+
+    _normalise_sha = field_validator("sha256")(lower_hex)
 
 
 class AbortUpload(BaseModel):

@@ -207,7 +207,7 @@ class Registrar:
         }
         try:
             found = inspect_model(self.store, info, key, self.limits)
-            expected = info.metadata.get(META_SHA256)
+            expected = self._expected_sha256(info)
             if expected and expected.lower() != found.hashes.sha256:
                 raise Sha256Mismatch(
                     f"the file's sha256 is {found.hashes.sha256}, not the expected {expected.lower()}; "
@@ -233,6 +233,19 @@ class Registrar:
                 "details": found.details,
             }
         )
+
+    def _expected_sha256(self, info: ObjectInfo) -> str | None:
+        """The sha256 the writer announced: in the object's metadata (known when the upload was
+        created), or on the upload job that holds this key (a client that hashed while uploading
+        names it when it completes, before S3 does)."""
+        announced = info.metadata.get(META_SHA256)
+        if announced or self.ledger is None or not info.metadata.get(META_JOB_ID):
+            return announced
+        job = self.ledger.get(info.metadata[META_JOB_ID])
+        if job is None or job.upload is None or job.upload.key != info.key:
+            return None
+        expected = job.params.get("sha256")
+        return str(expected) if expected else None
 
     def _settle_job(self, info: ObjectInfo, record: ModelRecord) -> None:
         """Finish the upload or fetch job that wrote this file; a rejected file it wrote goes.

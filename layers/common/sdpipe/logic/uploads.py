@@ -130,6 +130,8 @@ class ModelUploads:
                 f"upload {job.job_id} cannot complete: {'; '.join(problems)}. "
                 "Upload the missing parts again (resume_upload gives their URLs), then complete."
             )
+        if request.sha256:
+            job = self._expect_sha256(job, request.sha256)
         self.uploads.complete(upload.key, upload.upload_id, {number: part.etag for number, part in held.items()})
         moved = self.ledger.move(
             job,
@@ -154,6 +156,21 @@ class ModelUploads:
         return {"job_id": job.job_id, "status": (moved or job).status.value}
 
     # ------------------------------------------------------------------ helpers
+    def _expect_sha256(self, job: JobRecord, sha256: str) -> JobRecord:
+        """Note the sha256 on the job before S3 completes the object: registration, which the
+        completion sets off, reads it there."""
+        named = job.params.get("sha256")
+        if named == sha256:
+            return job
+        if named:
+            raise ValidationFailed(f"sha256: {sha256} is not the {named} this upload was created with")
+        moved = self.ledger.move(
+            job, JobStatus.RUNNING, allowed_from=[JobStatus.RUNNING], fields={"params": job.params | {"sha256": sha256}}
+        )
+        if moved is None:
+            raise UploadFinished(f"upload {job.job_id} ended meanwhile")
+        return moved
+
     def _open_upload(self, job_id: str) -> tuple[JobRecord, UploadState]:
         job = self.ledger.open_job(job_id, action=UPLOAD_ACTION, stops="upload again", finished=UploadFinished)
         if job.upload is None:
