@@ -77,6 +77,28 @@ def test_an_upload_is_planned_resumed_and_completed_once(uploads, world):
         uploads.abort(AbortUpload(operation="abort_upload", job_id=plan["job_id"]))
 
 
+def test_a_sha256_named_at_completion_is_on_the_job_before_s3_completes(uploads, world):
+    plan = create(uploads)
+    done = send(world, plan, plan["parts"])
+    seen_at_completion = []
+    complete_in_s3 = uploads.uploads.complete
+
+    def completing(*args: object) -> str:  # what registration, set off by S3, would read
+        seen_at_completion.append(world.ledger().require(plan["job_id"]).params.get("sha256"))
+        return complete_in_s3(*args)  # type: ignore[arg-type]
+
+    uploads.uploads.complete = completing  # type: ignore[method-assign]
+    request = {"operation": "complete_upload", "job_id": plan["job_id"], "parts": done, "sha256": "AB" * 32}
+    uploads.complete(CompleteUpload.model_validate(request))
+    assert seen_at_completion == ["ab" * 32]
+
+    other = create(uploads, "up-2", filename="other.safetensors", sha256="cd" * 32)
+    request = {"operation": "complete_upload", "job_id": other["job_id"], "parts": send(world, other, other["parts"]),
+               "sha256": "ab" * 32}  # fmt: skip
+    with pytest.raises(ValidationFailed, match="is not the cdcd"):
+        uploads.complete(CompleteUpload.model_validate(request))
+
+
 def test_an_aborted_upload_is_cancelled_and_cannot_be_resumed(uploads, world):
     plan = create(uploads, "up-abort")
     assert uploads.abort(AbortUpload(operation="abort_upload", job_id=plan["job_id"]))["status"] == "CANCELLED"
