@@ -184,9 +184,9 @@ class Uploader:
         sent = 0
         running: dict[Future[str], int] = {}
 
-        def collect(block: bool) -> None:
+        def collect() -> None:  # at least one part's answer
             nonlocal sent
-            finished, _ = wait(running, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 number = running.pop(future)
                 etags[number] = future.result()
@@ -199,14 +199,14 @@ class Uploader:
         wanted = range(1, int(plan["part_count"]) + 1) if digest is not None else sorted(missing)
         try:
             with (
-                path.open("rb", buffering=0) as source,
+                path.open("rb") as source,
                 ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="part") as pool,
             ):
                 try:
                     for number in wanted:
                         start = (number - 1) * part_size
                         source.seek(start)
-                        body = source.read(min(part_size, size - start))
+                        body = source.read(min(part_size, size - start))  # buffered: all of it, or EOF
                         if digest is not None:
                             digest.update(body)  # hashlib lets the senders run meanwhile
                         if number not in missing:
@@ -218,11 +218,11 @@ class Uploader:
                                 )
                             continue
                         while len(running) >= self.concurrency:
-                            collect(block=True)
+                            collect()
                         running[pool.submit(self._send_part, body, number, urls, urls_lock, plan["job_id"])] = number
                         del body
                     while running:
-                        collect(block=True)
+                        collect()
                 except BaseException:
                     for future in running:
                         future.cancel()
