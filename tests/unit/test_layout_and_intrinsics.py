@@ -75,6 +75,8 @@ def test_resolver_handles_the_common_intrinsics():
         (None, "style_v2.safetensors", "style_v2.safetensors"),
         ("sdxl/style", "style_v2.safetensors", "sdxl/style.safetensors"),  # listed as sdxl/style
         ("v1.5-pruned", "v1-5-pruned.ckpt", "v1.5-pruned.ckpt"),  # ".5-pruned" is no model extension
+        ("epic.realism", "e.safetensors", "epic.realism.safetensors"),  # too long for an extension
+        ("style.v2", "s.safetensors", "style.v2.safetensors"),
         ("mine.SafeTensors", "x.safetensors", "mine.SafeTensors"),
         ("mine.safetensors", "12345", "mine.safetensors"),  # a download URL without a name
     ],
@@ -95,6 +97,8 @@ def test_a_name_without_an_extension_takes_the_sources(name, source, stored):
         ),
         ("mine", "12345", "'mine' has no model extension and the source ('12345') gives none"),
         ("mine", None, "the source ('unnamed') gives none"),
+        ("x.exe", "style.safetensors", "'x.exe' has extension '.exe', which is not a model's"),
+        ("notes.JSON", None, "has extension '.json', which is not a model's"),
     ],
 )
 def test_a_name_that_contradicts_its_source_is_refused_naming_both(name, source, words):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import overload
@@ -72,6 +73,11 @@ def parse_model_key(key: str) -> ModelKey | None:
     )
 
 
+# A name's last dotted part read as a file extension (``x.exe``, ``notes.json``) rather than part
+# of the name (``v1.5-pruned``, ``style.v2``, ``epic.realism``): one the user most likely mistyped.
+_LOOKS_LIKE_AN_EXTENSION = re.compile(r"\.[a-z]{1,4}")
+
+
 @overload
 def named_like_source(name: str, source: str | None, *, strict: bool = True) -> str: ...
 @overload
@@ -89,6 +95,10 @@ def named_like_source(name: str | None, source: str | None, *, strict: bool = Tr
     asked = PurePosixPath(name).suffix.lower()
     has = PurePosixPath(source or "").suffix.lower()
     has = has if has in MODEL_EXTENSIONS else ""
+    if asked not in MODEL_EXTENSIONS and _LOOKS_LIKE_AN_EXTENSION.fullmatch(asked):
+        allowed = ", ".join(sorted(MODEL_EXTENSIONS))
+        raise ValueError(f"{name!r} has extension {asked!r}, which is not a model's; "
+                         f"name it without an extension or with one of {allowed}")  # fmt: skip
     if asked in MODEL_EXTENSIONS:
         if strict and has and asked != has:
             raise ValueError(f"{name!r} ends in {asked} but the source {source!r} is a {has} file; "
