@@ -7,7 +7,10 @@ lease and publishing it twice). Every write of moto's DynamoDB backend runs unde
 which is stricter than AWS needs (it serialises all items, not each) and as strict as it promises.
 moto's UpdateItem handler also deep-copies the live item (for ReturnValues) before it calls the
 backend, so a concurrent write could change the item mid-copy ("dictionary changed size during
-iteration", a 500 AWS never gives): the handler runs under the same lock.
+iteration", a 500 AWS never gives): the handler runs under the same lock. The read handlers
+(GetItem, Query, Scan, BatchGetItem, TransactGetItems) serialise the live items into their
+answer the same way, so a write landing mid-read broke them alike (seen in CI: a GetItem 500
+during a fetch): they run under the lock too, which gives each read one consistent item.
 """
 
 from __future__ import annotations
@@ -17,15 +20,18 @@ import threading
 from typing import Any
 
 _WRITES = ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item")
+_HANDLERS = ("update_item", "get_item", "query", "scan", "batch_get_item", "transact_get_items")
 _LOCK = threading.RLock()
 
 
 def make_dynamodb_writes_atomic() -> None:
-    """Patch moto's DynamoDB backend and UpdateItem handler (once; safe to call again)."""
+    """Patch moto's DynamoDB backend writes and its handlers that read live items (once; safe to
+    call again)."""
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.responses import DynamoHandler
 
-    for owner, name in [*((DynamoDBBackend, name) for name in _WRITES), (DynamoHandler, "update_item")]:
+    patched = [*((DynamoDBBackend, name) for name in _WRITES), *((DynamoHandler, name) for name in _HANDLERS)]
+    for owner, name in patched:
         original = getattr(owner, name)
         if getattr(original, "_sdpipe_atomic", False):
             continue

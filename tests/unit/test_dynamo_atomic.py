@@ -64,3 +64,39 @@ def test_concurrent_updates_of_one_item_never_fail_mid_copy(moto_clients):
         thread.join()
     assert errors == []
     assert len(table.get_item(Key={"job_id": "j-1"})["Item"]) == 1 + 40 + 4 * 15
+
+
+def test_reads_racing_updates_of_one_item_always_answer(moto_clients):
+    """GetItem and Query serialise the live item into their answer; an update adding attributes
+    meanwhile made them fail the same way (a GetItem 500 in CI while a fetch ran)."""
+    create_table_from_template(moto_clients.get("dynamodb"), "JobsTable", "jobs")
+    table = moto_clients.get_resource("dynamodb").Table("jobs")
+    table.put_item(Item={"job_id": "j-1", **{f"field_{i}": {"nested": list(range(20))} for i in range(40)}})
+    errors: list[Exception] = []
+    done = threading.Event()
+
+    def write() -> None:
+        for round_ in range(60):
+            if done.is_set():
+                return
+            table.update_item(Key={"job_id": "j-1"}, UpdateExpression="SET #f = :v",
+                              ExpressionAttributeNames={"#f": f"added_{round_}"},
+                              ExpressionAttributeValues={":v": {"n": list(range(20))}})  # fmt: skip
+        done.set()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                table.get_item(Key={"job_id": "j-1"})
+                table.scan()
+            except Exception as exc:  # any failure is the bug
+                errors.append(exc)
+                done.set()
+
+    threads = [threading.Thread(target=write), *(threading.Thread(target=read) for _ in range(3))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(table.get_item(Key={"job_id": "j-1"})["Item"]) == 1 + 40 + 60
