@@ -8,7 +8,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from sdpipe.contracts.endpoints import EndpointRecord, EndpointStatus
-from sdpipe.contracts.workflows import StepFailure
+from sdpipe.contracts.workflows import DescribedEndpoint, StepFailure
 from sdpipe.errors import AccessDenied, Throttled
 from sdpipe.logic.endpoint_drift import EndpointDrift
 from sdpipe.logic.endpoint_records import EndpointRecords
@@ -82,3 +82,34 @@ def test_state_changes_out_of_order_or_after_deletion_change_nothing():
     lifecycle.endpoints.set_status.assert_called_once_with(
         "e", "FAILED", {"changed_at": 3000, "failure_reason": "instance retired"}, announcement=ANY
     )
+
+
+def test_a_finished_deployment_records_when_sagemaker_last_changed_it_so_its_own_late_events_change_nothing():
+    """The CREATING event of the deployment, redelivered after the workflow recorded IN_SERVICE
+    (its consumer was killed), put the record back to CREATING: jobs then failed with
+    NO_ENDPOINT_IN_SERVICE on a serving endpoint (the chaos test in CI)."""
+    from datetime import UTC, datetime
+
+    endpoints = MagicMock()
+    records = EndpointRecords(MagicMock(), endpoints, MagicMock(), 60)
+    ledger = MagicMock()
+    ledger.get.return_value = None  # the job is not what this test is about
+    steps = EndpointSteps(ledger, records, MagicMock(), MagicMock(), MagicMock())
+    in_service_at = datetime(2026, 12, 3, 12, 7, 30, tzinfo=UTC)
+    described = {"EndpointStatus": "InService", "EndpointConfigName": "c", "LastModifiedTime": in_service_at}
+    state = {"sagemaker_name": "sdpipe-e", "name": "e", "job_id": "j-1", "action": "deploy_endpoint",
+             "poll_seconds": 5, "config_name": "c", "model_name": "m",
+             "described": DescribedEndpoint.model_validate(described).model_dump()}  # fmt: skip
+    endpoints.get.return_value = None
+    endpoints.finish_workflow.return_value = False  # what it records is the point, not the announcement
+    steps.step({"step": "finish", "state": state})
+    fields = endpoints.finish_workflow.call_args.args[3]
+    assert fields["changed_at"] == int(in_service_at.timestamp() * 1000)
+
+    record = EndpointRecord(name="e", sagemaker_name="sdpipe-e", status=EndpointStatus.IN_SERVICE,
+                            changed_at=fields["changed_at"])  # fmt: skip
+    endpoints.get.return_value = record
+    creating = {"EndpointName": "sdpipe-e", "EndpointStatus": "CREATING",
+                "LastModifiedTime": fields["changed_at"] - 90_000}  # fmt: skip
+    assert EndpointDrift(records, MagicMock(), "sdpipe").track(creating) is None
+    endpoints.set_status.assert_not_called()

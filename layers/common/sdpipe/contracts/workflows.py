@@ -10,9 +10,10 @@ from a step's result, or passes to a step, is a field of these models.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field, field_validator
 
 from sdpipe.contracts.jobs import Action, JobStatus
 
@@ -226,6 +227,18 @@ class DescribedEndpoint(BaseModel):
     status: str = Field(validation_alias="EndpointStatus")
     config_name: str = Field(default="", validation_alias="EndpointConfigName")
     failure_reason: str = Field(default="", validation_alias="FailureReason")
+    # Milliseconds since the epoch, as the state-change events carry it: what the workflow saw
+    # last, so a late event older than it changes nothing (``logic.endpoint_drift``).
+    last_modified_ms: int = Field(default=0, validation_alias=AliasChoices("LastModifiedTime", "last_modified_ms"))
+
+    @field_validator("last_modified_ms", mode="before")
+    @classmethod
+    def _milliseconds(cls, value: Any) -> Any:
+        if isinstance(value, datetime):
+            return int(value.timestamp() * 1000)
+        if isinstance(value, float):  # DescribeEndpoint over plain JSON: seconds
+            return int(value * 1000)
+        return value
 
 
 class EndpointState(EndpointPlan):

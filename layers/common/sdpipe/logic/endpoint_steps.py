@@ -144,6 +144,11 @@ class EndpointSteps:
                 "model_name": state.model_name,
                 "scaling_resources": state.scaling,
             }
+            if state.described is not None and state.described.last_modified_ms:
+                # The state-change events of this workflow's own transitions (CREATING, UPDATING)
+                # may arrive after it (EventBridge keeps no order, a killed delivery comes back
+                # late): older than what it saw, they must not undo IN_SERVICE.
+                fields["changed_at"] = state.described.last_modified_ms
             recorded = self.records.endpoints.finish_workflow(
                 name, job_id, EndpointStatus.IN_SERVICE.value, fields, announcement=announcement
             )
