@@ -76,6 +76,7 @@ def parse_model_key(key: str) -> ModelKey | None:
 # A name's last dotted part read as a file extension (``x.exe``, ``notes.json``) rather than part
 # of the name (``v1.5-pruned``, ``style.v2``, ``epic.realism``): one the user most likely mistyped.
 _LOOKS_LIKE_AN_EXTENSION = re.compile(r"\.[a-z]{1,4}")
+_ALLOWED_EXTENSIONS = ", ".join(sorted(MODEL_EXTENSIONS))  # as the errors list them
 
 
 @overload
@@ -96,18 +97,16 @@ def named_like_source(name: str | None, source: str | None, *, strict: bool = Tr
     has = PurePosixPath(source or "").suffix.lower()
     has = has if has in MODEL_EXTENSIONS else ""
     if asked not in MODEL_EXTENSIONS and _LOOKS_LIKE_AN_EXTENSION.fullmatch(asked):
-        allowed = ", ".join(sorted(MODEL_EXTENSIONS))
         raise ValueError(f"{name!r} has extension {asked!r}, which is not a model's; "
-                         f"name it without an extension or with one of {allowed}")  # fmt: skip
+                         f"name it without an extension or with one of {_ALLOWED_EXTENSIONS}")  # fmt: skip
     if asked in MODEL_EXTENSIONS:
         if strict and has and asked != has:
             raise ValueError(f"{name!r} ends in {asked} but the source {source!r} is a {has} file; "
                              f"name it without an extension (or with {has})")  # fmt: skip
         return name
     if not has:
-        allowed = ", ".join(sorted(MODEL_EXTENSIONS))
         raise ValueError(f"{name!r} has no model extension and the source ({source or 'unnamed'!r}) gives none; "
-                         f"add one of {allowed}")  # fmt: skip
+                         f"add one of {_ALLOWED_EXTENSIONS}")  # fmt: skip
     return name + has
 
 
@@ -130,8 +129,7 @@ def model_key_for(model_type: ModelType, relative_name: str) -> ModelKey:
         raise ValueError(f"{relative_name!r} must be a relative path without empty, '.' or '..' segments")
     extension = PurePosixPath(name).suffix.lower()
     if extension not in MODEL_EXTENSIONS:
-        allowed = ", ".join(sorted(MODEL_EXTENSIONS))
-        raise ValueError(f"{relative_name!r} has extension {extension or '(none)'!r}; allowed: {allowed}")
+        raise ValueError(f"{relative_name!r} has extension {extension or '(none)'!r}; allowed: {_ALLOWED_EXTENSIONS}")
     key = f"{MODELS_PREFIX}{FOLDER_OF_TYPE[model_type]}/{name}"
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
         raise ValueError(f"{relative_name!r} is too long for an S3 key")
