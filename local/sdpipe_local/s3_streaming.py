@@ -16,6 +16,7 @@ import hashlib
 import io
 import re
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote
@@ -137,7 +138,7 @@ def _read(key: Any, start: int, end: int) -> Iterator[bytes]:
 
 _BAD_DIGEST = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>BadDigest</Code>'
-    b"<Message>The Content-MD5 you specified did not match what we received.</Message></Error>"
+    b"<Message>The %s you specified did not match what we received.</Message></Error>"
 )
 _SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
@@ -146,9 +147,9 @@ _SLOW_DOWN = (
 
 
 class S3UploadPartMiddleware:
-    """UploadPart as S3 answers it where moto does not: a Content-MD5 that does not match the
-    body is refused with BadDigest (moto stores the part anyway), and tests can make the next
-    ``n`` part uploads fail with 503 SlowDown (``fail_parts``)."""
+    """UploadPart as S3 answers it where moto does not: a Content-MD5 or an x-amz-checksum-crc32
+    that does not match the body is refused with BadDigest (moto stores the part anyway), and
+    tests can make the next ``n`` part uploads fail with 503 SlowDown (``fail_parts``)."""
 
     def __init__(self, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
         self._app = app
@@ -168,18 +169,23 @@ class S3UploadPartMiddleware:
             self._failures -= 1 if failing else 0
         if failing:
             return _error(start_response, "503 Service Unavailable", _SLOW_DOWN)
-        expected = environ.get("HTTP_CONTENT_MD5")
+        expected_md5, expected_crc32 = environ.get("HTTP_CONTENT_MD5"), environ.get("HTTP_X_AMZ_CHECKSUM_CRC32")
         chunked = "aws-chunked" in environ.get("HTTP_CONTENT_ENCODING", "") or environ.get(
             "HTTP_X_AMZ_CONTENT_SHA256", ""
         ).startswith("STREAMING-")
-        if expected and not chunked:
+        if (expected_md5 or expected_crc32) and not chunked:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length) if length else b""
-            actual = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
-            if actual != expected.strip():
-                return _error(start_response, "400 Bad Request", _BAD_DIGEST)
+            if expected_md5 and _b64(hashlib.md5(body, usedforsecurity=False).digest()) != expected_md5.strip():
+                return _error(start_response, "400 Bad Request", _BAD_DIGEST % b"Content-MD5")
+            if expected_crc32 and _b64(zlib.crc32(body).to_bytes(4, "big")) != expected_crc32.strip():
+                return _error(start_response, "400 Bad Request", _BAD_DIGEST % b"CRC32")
             environ["wsgi.input"] = io.BytesIO(body)
         return self._app(environ, start_response)
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
 
 
 def _error(start_response: StartResponse, status: str, body: bytes) -> Iterable[bytes]:

@@ -25,6 +25,7 @@ from sdpipe_local.chaos import Chaos, ThrottlingMiddleware
 from sdpipe_local.dynamo_atomic import make_dynamodb_writes_atomic
 from sdpipe_local.iam import IamEnforcer, Principals, RequestChecks, secret_arn_lookup
 from sdpipe_local.lambda_runtime import LambdaRuntime
+from sdpipe_local.s3_multipart import make_multipart_completion_streaming
 from sdpipe_local.s3_streaming import S3StreamingGetMiddleware, S3UploadPartMiddleware
 from sdpipe_local.sagemaker import LocalSageMaker, SageMakerError
 from sdpipe_local.sns_http import SnsCertificates, deliver_http_off_the_publish
@@ -144,6 +145,7 @@ class LocalAwsServer:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         make_dynamodb_writes_atomic()  # conditional writes as atomic as DynamoDB's
         deliver_http_off_the_publish()  # webhooks delivered as SNS delivers them
+        make_multipart_completion_streaming()  # multipart uploads joined part by part, announced once
         self._hosts: set[str] = set()
         moto_app = DomainDispatcherApplication(create_backend_app)
         self.s3_parts = S3UploadPartMiddleware(S3StreamingGetMiddleware(moto_app, self._hosts))

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import uuid
+import zlib
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import urllib3
+from botocore.exceptions import ClientError
 
-from sdpipe.adapters.multipart import content_md5
 from sdpipe.contracts.models import ModelType
 from sdpipe.errors import SdpipeError
 from sdpipe_client.client import JobFailed, Sdpipe
@@ -38,6 +41,10 @@ def lora_file(tmp_path: Path) -> Path:
 def create(client: Sdpipe, path: Path, **extra) -> dict:
     request = {"operation": "create_upload", "type": "lora", "filename": path.name, "size": path.stat().st_size}
     return client.invoke_api(UPLOADS_API, request | extra)
+
+
+def content_md5(body: bytes) -> str:
+    return base64.b64encode(hashlib.md5(body).digest()).decode()
 
 
 def put_part(part: dict, body: bytes) -> str:
@@ -229,6 +236,13 @@ def test_s3_refuses_a_part_whose_checksum_does_not_match(client, lora_file, stac
     corrupted = b"\x00" + body[1:]
     response = urllib3.request("PUT", part["url"], body=corrupted, headers={"Content-MD5": content_md5(body)})
     assert response.status == 400 and b"BadDigest" in response.data
+    # The fetch workflow's parts carry botocore's CRC32 instead, which S3 checks the same way.
+    upload_id = parse_qs(urlsplit(part["url"]).query)["uploadId"][0]
+    crc32 = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    with pytest.raises(ClientError) as refused:
+        stack.client("s3").upload_part(Bucket=stack.outputs["AssetsBucketName"], Key=plan["key"], UploadId=upload_id,
+                                       PartNumber=1, Body=corrupted, ChecksumCRC32=crc32)  # fmt: skip
+    assert refused.value.response["Error"]["Code"] == "BadDigest" and "CRC32" in str(refused.value)
     resumed = client.invoke_api(UPLOADS_API, {"operation": "resume_upload", "job_id": plan["job_id"]})
     assert resumed["parts_done"] == []  # nothing was stored
     client.invoke_api(UPLOADS_API, {"operation": "abort_upload", "job_id": plan["job_id"]})
