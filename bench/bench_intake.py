@@ -5,7 +5,8 @@ For each size (1 GiB and 4 GiB by default), on one fresh local stack per size:
 (a) fetch: ``fetch_model`` from the local HTTP file server (ranges supported) through the
     FetchModel workflow until the multipart upload is complete (the job's phase is
     ``registering``), against the baseline of boto3's TransferManager (``upload_file``) putting
-    the same bytes from the local file into the same local S3, in the same run. Also: the peak RSS
+    the same bytes from the local file into the same local S3: the median of three alternated
+    runs each (the first run on a fresh stack is slower for both). Also: the peak RSS
     of the FetchSteps workers (their REPORT lines), which should not grow with the file.
 (b) upload: ``sdpipe upload`` (hashing included) against ``aws s3 cp`` of the same file, as
     processes, until each has returned.
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MIB = 1024 * 1024
 _REPORT = re.compile(r"Max Memory Used: (\d+) MB")
-UPLOAD_ROUNDS = 3  # sdpipe upload against aws s3 cp: the median of three, alternated
+ROUNDS = 3  # each measure against its baseline: the median of three, alternated
 
 
 def make_file(path: Path, size: int) -> None:
@@ -74,24 +75,29 @@ def measure(size_gib: int, workdir: Path) -> dict[str, Any]:
         client = Sdpipe(StackOutputs(stack.outputs))
         s3, bucket = stack.client("s3"), stack.outputs["AssetsBucketName"]
 
-        started = time.perf_counter()
-        s3.upload_file(str(source), bucket, f"bench/transfer-manager-{size_gib}g.bin")
-        baseline_s = time.perf_counter() - started
-        s3.delete_object(Bucket=bucket, Key=f"bench/transfer-manager-{size_gib}g.bin")
-
-        started = time.perf_counter()
-        job_id = client.submit("fetch_model", {"url": server.url(f"/files/{source.name}"), "type": "checkpoint"})
-        job = wait_uploaded(client, job_id)
-        fetch_s = time.perf_counter() - started
-        assert job.get("phase") == "registering", job
-        # Random bytes are rejected by registration (and the file deleted), as they should be.
-        with contextlib.suppress(JobFailed):
-            client.wait(job_id, timeout_s=3600, poll_s=1)
+        tm_runs, fetch_runs = [], []
+        for run in range(ROUNDS):  # alternated, each on an idle stack (the last registration done)
+            stack.wait_idle(timeout_s=600)
+            started = time.perf_counter()
+            s3.upload_file(str(source), bucket, f"bench/transfer-manager-{size_gib}g.bin")
+            tm_runs.append(time.perf_counter() - started)
+            s3.delete_object(Bucket=bucket, Key=f"bench/transfer-manager-{size_gib}g.bin")
+            stack.wait_idle(timeout_s=600)
+            started = time.perf_counter()
+            url = server.url(f"/files/{source.name}")
+            job_id = client.submit("fetch_model", {"url": url, "type": "checkpoint", "name": f"fetched-{run}"})
+            job = wait_uploaded(client, job_id)
+            fetch_runs.append(time.perf_counter() - started)
+            assert job.get("phase") == "registering", job
+            # Random bytes are rejected by registration (and the file deleted), as they should be.
+            with contextlib.suppress(JobFailed):
+                client.wait(job_id, timeout_s=3600, poll_s=1)
+        baseline_s, fetch_s = statistics.median(tm_runs), statistics.median(fetch_runs)
         peaks = [int(m) for m in _REPORT.findall((state / "logs" / "FetchStepsFunction.log").read_text())]
 
         env = {**os.environ, **stack.environment(), "SDPIPE_STACK_NAME": stack.stack_name}
         cli_runs, upload_runs = [], []
-        for run in range(UPLOAD_ROUNDS):  # alternated, each on an idle stack (registration done)
+        for run in range(ROUNDS):
             stack.wait_idle(timeout_s=600)
             started = time.perf_counter()
             subprocess.run(
@@ -121,6 +127,8 @@ def measure(size_gib: int, workdir: Path) -> dict[str, Any]:
         "aws_s3_cp_mib_s": round(size / MIB / cli_s),
         "sdpipe_upload_mib_s": round(size / MIB / upload_s),
         "upload_ratio": round(cli_s / upload_s, 2),
+        "transfer_manager_runs_s": [round(x, 2) for x in tm_runs],
+        "fetch_runs_s": [round(x, 2) for x in fetch_runs],
         "upload_runs_s": [round(x, 2) for x in upload_runs],
         "aws_s3_cp_runs_s": [round(x, 2) for x in cli_runs],
     }
