@@ -26,6 +26,7 @@ import urllib3
 
 from sdpipe.contracts.jobs import REGISTERING, JobStatus
 from sdpipe.contracts.models import ModelType
+from sdpipe.contracts.uploads import PART_URL_BATCH
 from sdpipe.errors import SdpipeError, ValidationFailed
 from sdpipe.layout import MODEL_EXTENSIONS, MODEL_FOLDERS, named_like_source
 from sdpipe_client.client import Sdpipe
@@ -179,8 +180,9 @@ class Uploader:
         with ``digest``, every part goes through it (the held ones are read, checked against S3's
         ETag, and not sent). Memory: the parts in flight and the one being read."""
         missing = {p["part_number"]: p for p in plan["parts"]}
-        urls = {number: p["url"] for number, p in missing.items()}
-        urls_lock = threading.Lock()
+        urls = PartUrls(
+            self.client, plan["job_id"], sorted(missing), {n: p["url"] for n, p in missing.items() if "url" in p}
+        )
         sent = 0
         running: dict[Future[str], int] = {}
 
@@ -200,6 +202,7 @@ class Uploader:
         try:
             with (
                 path.open("rb") as source,
+                urls,
                 ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="part") as pool,
             ):
                 try:
@@ -219,7 +222,8 @@ class Uploader:
                             continue
                         while len(running) >= self.concurrency:
                             collect()
-                        running[pool.submit(self._send_part, body, number, urls, urls_lock, plan["job_id"])] = number
+                        url = urls.get(number)
+                        running[pool.submit(self._send_part, body, number, url, urls)] = number
                         del body
                     while running:
                         collect()
@@ -233,7 +237,7 @@ class Uploader:
             ) from None
         return sent
 
-    def _send_part(self, body: bytes, number: int, urls: dict[int, str], lock: threading.Lock, job_id: str) -> str:
+    def _send_part(self, body: bytes, number: int, url: str, urls: PartUrls) -> str:
         # No Content-MD5: the parts travel over TLS and registration checks the whole file's sha256
         # (hashing every part again here cost a tenth of the upload's time).
         headers = {"Content-Length": str(len(body))}
@@ -241,8 +245,6 @@ class Uploader:
         for attempt in range(self.attempts):
             if attempt:
                 time.sleep(random.uniform(0, self.backoff_s * 2**attempt))  # noqa: S311 - jitter, not a secret
-            with lock:
-                url = urls[number]
             try:
                 response = self._http.request(
                     "PUT", url, body=body, headers=headers, timeout=urllib3.Timeout(connect=10, read=300)
@@ -254,13 +256,74 @@ class Uploader:
                 return str(response.headers.get("ETag", "")).strip('"')
             last = f"HTTP {response.status}: {response.data[:300]!r}"
             if response.status == 403:  # the URL expired: ask for fresh ones
-                fresh = self.client.invoke_api(UPLOADS_API, {"operation": "resume_upload", "job_id": job_id})
-                with lock:
-                    urls.update({p["part_number"]: p["url"] for p in fresh["parts"]})
+                url = urls.refresh(number)
                 continue
             if response.status not in _RETRYABLE_STATUS and response.status != 400:
                 break
         raise SdpipeError(f"part {number} failed after {self.attempts} attempts: {last}", code="UPLOAD_PART_FAILED")
+
+
+class PartUrls:
+    """Presigned URLs of the parts to send. The upload's plan holds the first ones; the rest are
+    asked for a batch at a time, in the background, while the parts before them go out."""
+
+    def __init__(self, client: Sdpipe, job_id: str, numbers: list[int], known: dict[int, str]) -> None:
+        self._client, self._job_id = client, job_id
+        self._order = {number: index for index, number in enumerate(numbers)}
+        self._numbers = numbers
+        self._urls = dict(known)
+        self._lock = threading.Lock()
+        self._asking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="part-urls")
+        self._pending: Future[None] | None = None
+
+    def __enter__(self) -> PartUrls:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._asking.shutdown(wait=False, cancel_futures=True)
+
+    def get(self, number: int) -> str:
+        """The URL of ``number`` (asked for now if the batch holding it is not here), and the next
+        batch asked for when fewer than half a batch of URLs are left ahead of it."""
+        with self._lock:
+            url, pending = self._urls.get(number), self._pending
+        if url is None and pending is not None:
+            pending.result()
+            with self._lock:
+                url = self._urls.get(number)
+        if url is None:
+            self._ask(self._batch_from(number))
+            url = self._urls[number]
+        self._ask_ahead(number)
+        return url
+
+    def refresh(self, number: int) -> str:
+        """Fresh URLs from ``number`` on (its URL expired, and so have the ones after it)."""
+        self._ask(self._batch_from(number))
+        with self._lock:
+            return self._urls[number]
+
+    def _ask_ahead(self, number: int) -> None:
+        position = self._order[number]
+        with self._lock:
+            if self._pending is not None and not self._pending.done():
+                return
+            ahead = self._numbers[position + 1 : position + 1 + PART_URL_BATCH]
+            unknown = [n for n in ahead if n not in self._urls]
+            if not unknown or len(ahead) - len(unknown) >= PART_URL_BATCH // 2:
+                return
+            self._pending = self._asking.submit(self._ask, self._batch_from(unknown[0]))
+
+    def _batch_from(self, number: int) -> list[int]:
+        position = self._order[number]
+        return self._numbers[position : position + PART_URL_BATCH]
+
+    def _ask(self, numbers: list[int]) -> None:
+        answer = self._client.invoke_api(
+            UPLOADS_API, {"operation": "part_urls", "job_id": self._job_id, "part_numbers": numbers}
+        )
+        with self._lock:
+            self._urls.update({u["part_number"]: u["url"] for u in answer["urls"]})
 
 
 @dataclass(frozen=True)

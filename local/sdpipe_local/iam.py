@@ -23,6 +23,7 @@ attributed to the access key it names) and credential expiry.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import io
 import json
@@ -507,6 +508,8 @@ class IamEnforcer:
             )
         if request.access_key is None:
             raise Denied("MissingAuthenticationToken", "Request is missing Authentication Token")
+        if _presigned_url_expired(request.query):  # as S3 refuses it (the URLs of an upload's parts)
+            raise Denied("AccessDenied", "Request has expired")
         caller = self._principals.caller(request.access_key, request.session_token)
         try:
             checks = self._checks.checks(request)
@@ -522,6 +525,17 @@ class IamEnforcer:
                     raise Denied("AccessDenied", f"{exc} ({check.action} for {caller.arn})") from None
                 if decision is not Decision.ALLOWED:
                     raise Denied("AccessDenied", _denial_message(caller.arn, check.action, resource, decision))
+
+
+def _presigned_url_expired(query: dict[str, list[str]]) -> bool:
+    signed_at, expires = _first(query, "X-Amz-Date"), _first(query, "X-Amz-Expires")
+    if not signed_at or not expires:
+        return False
+    try:
+        start = calendar.timegm(time.strptime(signed_at, "%Y%m%dT%H%M%SZ"))
+        return time.time() > start + int(expires)
+    except ValueError:
+        return True  # unreadable: S3 refuses it too
 
 
 def _denial_message(caller: str, action: str, resource: str, decision: Decision) -> str:

@@ -82,7 +82,7 @@ def test_every_inference_sample_event_is_handled(stack):
         stack, "UploadsFunction", json.loads((SAMPLES / "uploads" / "create_upload.json").read_text())
     )
     assert created["part_count"] == 3 and len(created["parts"]) == 3
-    for name in ("resume_upload.json", "complete_upload_unknown.json"):
+    for name in ("resume_upload.json", "part_urls.json", "complete_upload_unknown.json"):
         answer = invoke_function(stack, "UploadsFunction", json.loads((SAMPLES / "uploads" / name).read_text()))
         assert answer["error"]["code"] == "JOB_NOT_FOUND", name
     describe = json.loads((SAMPLES / "endpoint_steps" / "describe.json").read_text())

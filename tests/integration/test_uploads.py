@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import uuid
 import zlib
 from pathlib import Path
@@ -251,6 +252,24 @@ def test_s3_refuses_a_part_whose_checksum_does_not_match(client, lora_file, stac
 def test_parts_that_s3_answers_with_503_are_retried(client, lora_file, stack):
     stack.server.s3_parts.fail_parts(2)
     result = Uploader(client, backoff_s=0.05).upload(lora_file, ModelType.LORA)
+    assert client.wait(result.job_id, timeout_s=60)["status"] == "SUCCEEDED"
+
+
+def test_part_urls_that_s3_refuses_are_asked_for_again(client, lora_file, monkeypatch):
+    """An expired URL gets a fresh one from part_urls."""
+    original, asked = client.invoke_api, []
+
+    def invoke_api(name: str, request: dict) -> dict:
+        asked.append(request["operation"])
+        answer = original(name, request)
+        if request["operation"] == "create_upload":
+            for part in answer["parts"]:
+                part["url"] = re.sub(r"X-Amz-Date=\d{8}", "X-Amz-Date=20200101", part["url"])
+        return answer
+
+    monkeypatch.setattr(client, "invoke_api", invoke_api)
+    result = Uploader(client, concurrency=1, backoff_s=0.05).upload(lora_file, ModelType.LORA)
+    assert asked == ["create_upload", "part_urls", "complete_upload"]  # one batch refreshed all three
     assert client.wait(result.job_id, timeout_s=60)["status"] == "SUCCEEDED"
 
 

@@ -4,6 +4,7 @@ is authorised for (sdpipe_local.iam_policy, sdpipe_local.iam)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -221,3 +222,13 @@ def test_log_group_actions_use_the_groups_arn_with_its_suffix():
     put = request("logs", target="Logs_20140328.PutLogEvents", body={"logGroupName": "/g", "logStreamName": "s"})
     assert checks_of(describe)[0][1] == ("arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/TrainingJobs:*",)
     assert checks_of(put)[0][1] == ("arn:aws:logs:us-east-1:123456789012:log-group:/g:log-stream:s",)
+
+
+def test_a_presigned_url_is_refused_once_expired_as_s3_refuses_it():
+    from sdpipe_local.iam import _presigned_url_expired
+
+    now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    assert not _presigned_url_expired({"X-Amz-Date": [now], "X-Amz-Expires": ["60"]})
+    assert _presigned_url_expired({"X-Amz-Date": ["20200101T000000Z"], "X-Amz-Expires": ["604800"]})
+    assert _presigned_url_expired({"X-Amz-Date": ["yesterday"], "X-Amz-Expires": ["60"]})
+    assert not _presigned_url_expired({})  # signed in the Authorization header: no expiry here

@@ -10,7 +10,7 @@ import pytest
 from sdpipe.adapters.multipart import MultipartUploads
 from sdpipe.adapters.sagemaker import SageMakerTraining
 from sdpipe.contracts.jobs import JobStatus, job_id_for
-from sdpipe.contracts.uploads import AbortUpload, CompleteUpload, CreateUpload, ResumeUpload
+from sdpipe.contracts.uploads import PART_URL_BATCH, AbortUpload, CompleteUpload, CreateUpload, PartUrls, ResumeUpload
 from sdpipe.errors import (
     JobAlreadyFinished,
     JobNotCancellable,
@@ -75,6 +75,43 @@ def test_an_upload_is_planned_resumed_and_completed_once(uploads, world):
     assert world.aws.get("s3").head_object(Bucket="assets", Key=answer["key"])["ContentLength"] == SIZE
     with pytest.raises(UploadFinished):
         uploads.abort(AbortUpload(operation="abort_upload", job_id=plan["job_id"]))
+
+
+def test_a_large_upload_gets_its_part_urls_a_batch_at_a_time(uploads, world):
+    """Presigning every part at once took seconds for a large file, and 10,000 URLs do not fit in
+    a Lambda's 6 MB answer: the plan lists every part, the first batch with URLs."""
+    size = 150 * 8 * MIB
+    plan = create(uploads, size=size, filename="big.safetensors")
+    assert plan["part_count"] == len(plan["parts"]) == 150
+    assert [p["part_number"] for p in plan["parts"] if "url" in p] == list(range(1, PART_URL_BATCH + 1))
+    asked = uploads.part_urls(PartUrls(operation="part_urls", job_id=plan["job_id"], part_numbers=[150, 65, 65]))
+    assert [u["part_number"] for u in asked["urls"]] == [65, 150]
+    assert all(f"partNumber={u['part_number']}&" in u["url"] + "&" for u in asked["urls"])
+    with pytest.raises(ValidationFailed, match=r"151.*outside this upload's 1\.\.150"):
+        uploads.part_urls(PartUrls(operation="part_urls", job_id=plan["job_id"], part_numbers=[1, 151]))
+    with pytest.raises(JobNotFound):
+        uploads.part_urls(PartUrls(operation="part_urls", job_id="j-nope", part_numbers=[1]))
+
+
+def test_the_client_asks_for_part_urls_ahead_of_the_parts_and_again_when_they_expire(uploads):
+    from sdpipe_client.transfer import PartUrls as ClientPartUrls
+
+    plan = create(uploads, size=150 * 8 * MIB, filename="big.safetensors")
+    asked: list[list[int]] = []
+
+    class Functions:  # the Uploads function, called in-process
+        def invoke_api(self, _name: str, request: dict) -> dict:
+            asked.append(request["part_numbers"])
+            return uploads.part_urls(PartUrls.model_validate(request))
+
+    known = {p["part_number"]: p["url"] for p in plan["parts"] if "url" in p}
+    with ClientPartUrls(Functions(), plan["job_id"], list(range(1, 151)), known) as urls:  # type: ignore[arg-type]
+        got = [urls.get(n) for n in range(1, 151)]
+        assert all(f"partNumber={n}&" in url for n, url in enumerate(got, start=1))
+        assert asked[:1] == [list(range(PART_URL_BATCH + 1, 2 * PART_URL_BATCH + 1))]  # asked ahead, not at 65
+        assert sorted(n for batch in asked for n in batch) == list(range(PART_URL_BATCH + 1, 151))
+        asked.clear()
+        assert "partNumber=140&" in urls.refresh(140) and asked == [list(range(140, 151))]
 
 
 def test_a_sha256_named_at_completion_is_on_the_job_before_s3_completes(uploads, world):

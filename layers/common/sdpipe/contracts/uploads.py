@@ -51,6 +51,21 @@ class ResumeUpload(BaseModel):
     expires_seconds: int | None = Field(default=None, ge=60, le=7 * 24 * 3600)
 
 
+# Presigned part URLs per answer: create and resume give the first ones, ``part_urls`` the rest as
+# the client gets to them (presigning costs milliseconds each, and a Lambda answer is at most
+# 6 MB: 10,000 URLs would not fit).
+PART_URL_BATCH = 64
+
+
+class PartUrls(BaseModel):
+    model_config = ConfigDict(defer_build=True, extra="forbid")
+
+    operation: Literal["part_urls"]
+    job_id: str = Field(min_length=1, max_length=64)
+    part_numbers: list[int] = Field(min_length=1, max_length=PART_URL_BATCH)
+    expires_seconds: int | None = Field(default=None, ge=60, le=7 * 24 * 3600)
+
+
 class UploadedPart(BaseModel):
     model_config = ConfigDict(defer_build=True, extra="forbid")
 
@@ -82,4 +97,6 @@ class AbortUpload(BaseModel):
     job_id: str = Field(min_length=1, max_length=64)
 
 
-UploadRequest = Annotated[CreateUpload | ResumeUpload | CompleteUpload | AbortUpload, Field(discriminator="operation")]
+UploadRequest = Annotated[
+    CreateUpload | ResumeUpload | PartUrls | CompleteUpload | AbortUpload, Field(discriminator="operation")
+]

@@ -24,9 +24,11 @@ from sdpipe.contracts.uploads import (
     META_JOB_ID,
     META_SHA256,
     META_SOURCE,
+    PART_URL_BATCH,
     AbortUpload,
     CompleteUpload,
     CreateUpload,
+    PartUrls,
     ResumeUpload,
 )
 from sdpipe.contracts.workflows import JobRecord, UploadState
@@ -117,6 +119,25 @@ class ModelUploads:
         held = self.uploads.list_parts(upload.key, upload.upload_id)
         return self._describe(job.job_id, upload, held, request.expires_seconds)
 
+    def part_urls(self, request: PartUrls) -> dict[str, Any]:
+        """Presigned URLs for the parts named (the ones after the first batch, or expired ones)."""
+        job, upload = self._open_upload(request.job_id)
+        if job.phase == REGISTERING:
+            raise UploadFinished(f"upload {job.job_id} is complete; its parts can no longer be sent")
+        plan = plan_of(upload)
+        outside = sorted({n for n in request.part_numbers if not 1 <= n <= plan.part_count})
+        if outside:
+            raise ValidationFailed(f"part_numbers: {_numbers(outside)} outside this upload's 1..{plan.part_count}")
+        expiry = request.expires_seconds or self.settings.part_url_expiry_seconds
+        return {
+            "job_id": job.job_id,
+            "urls": [
+                {"part_number": n, "url": self.uploads.presign_part(upload.key, upload.upload_id, n, expiry)}
+                for n in sorted(set(request.part_numbers))
+            ],
+            "urls_expire_at": int(utc_now().timestamp()) + expiry,
+        }
+
     def complete(self, request: CompleteUpload) -> dict[str, Any]:
         """Check the parts against the plan and what S3 holds, then complete (once)."""
         job, upload = self._open_upload(request.job_id)
@@ -196,17 +217,20 @@ class ModelUploads:
     def _describe(
         self, job_id: str, upload: UploadState, held: dict[int, HeldPart], expires: int | None
     ) -> dict[str, Any]:
-        """The plan, the parts S3 holds (right size) and presigned URLs for all the others."""
+        """The plan, the parts S3 holds (right size) and the others, the first ``PART_URL_BATCH``
+        of them with presigned URLs (``part_urls`` gives the rest)."""
         plan = plan_of(upload)
         expiry = expires or self.settings.part_url_expiry_seconds
-        done, missing = [], []
+        done: list[dict[str, Any]] = []
+        missing: list[dict[str, Any]] = []
         for part in plan.parts():
             found = held.get(part.part)
             if found is not None and found.size == plan.part_length(part.part):
                 done.append({"part_number": part.part, "etag": found.etag})
                 continue
-            url = self.uploads.presign_part(upload.key, upload.upload_id, part.part, expiry)
-            missing.append({"part_number": part.part, "start": part.start, "end": part.end, "url": url})
+            missing.append({"part_number": part.part, "start": part.start, "end": part.end})
+        for part_info in missing[:PART_URL_BATCH]:
+            part_info["url"] = self.uploads.presign_part(upload.key, upload.upload_id, part_info["part_number"], expiry)
         return {
             "job_id": job_id,
             "status": JobStatus.RUNNING.value,
