@@ -173,14 +173,17 @@ class S3UploadPartMiddleware:
         chunked = "aws-chunked" in environ.get("HTTP_CONTENT_ENCODING", "") or environ.get(
             "HTTP_X_AMZ_CONTENT_SHA256", ""
         ).startswith("STREAMING-")
-        if (expected_md5 or expected_crc32) and not chunked:
+        if not chunked:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length) if length else b""
             if expected_md5 and _b64(hashlib.md5(body, usedforsecurity=False).digest()) != expected_md5.strip():
                 return _error(start_response, "400 Bad Request", _BAD_DIGEST % b"Content-MD5")
             if expected_crc32 and _b64(zlib.crc32(body).to_bytes(4, "big")) != expected_crc32.strip():
                 return _error(start_response, "400 Bad Request", _BAD_DIGEST % b"CRC32")
+            # Read here in one call, the body is handed to moto whole: werkzeug would otherwise
+            # read it again 64 KiB at a time in Python, a fifth of the local S3's time per part.
             environ["wsgi.input"] = io.BytesIO(body)
+            environ["wsgi.input_terminated"] = True
         return self._app(environ, start_response)
 
 
