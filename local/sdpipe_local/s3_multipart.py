@@ -36,6 +36,7 @@ def make_multipart_completion_streaming() -> None:
 
 
 def complete_streaming(backend: Any, bucket_name: str, multipart_id: str, body: Iterator[tuple[int, str]]) -> Any:
+    """moto's ``S3Backend.complete_multipart_upload``, part by part (see the module's docstring)."""
     from moto.s3 import notifications
     from moto.s3.models import FakeKey, MultipartChecksumBuilder
     from moto.utilities.utils import md5_hash
