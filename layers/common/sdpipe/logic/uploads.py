@@ -128,15 +128,9 @@ class ModelUploads:
         outside = sorted({n for n in request.part_numbers if not 1 <= n <= plan.part_count})
         if outside:
             raise ValidationFailed(f"part_numbers: {_numbers(outside)} outside this upload's 1..{plan.part_count}")
-        expiry = request.expires_seconds or self.settings.part_url_expiry_seconds
-        return {
-            "job_id": job.job_id,
-            "urls": [
-                {"part_number": n, "url": self.uploads.presign_part(upload.key, upload.upload_id, n, expiry)}
-                for n in sorted(set(request.part_numbers))
-            ],
-            "urls_expire_at": int(utc_now().timestamp()) + expiry,
-        }
+        urls, expire_at = self._presign(upload, sorted(set(request.part_numbers)), request.expires_seconds)
+        return {"job_id": job.job_id, "urls": [{"part_number": n, "url": url} for n, url in urls.items()],
+                "urls_expire_at": expire_at}  # fmt: skip
 
     def complete(self, request: CompleteUpload) -> dict[str, Any]:
         """Check the parts against the plan and what S3 holds, then complete (once)."""
@@ -220,7 +214,6 @@ class ModelUploads:
         """The plan, the parts S3 holds (right size) and the others, the first ``PART_URL_BATCH``
         of them with presigned URLs (``part_urls`` gives the rest)."""
         plan = plan_of(upload)
-        expiry = expires or self.settings.part_url_expiry_seconds
         done: list[dict[str, Any]] = []
         missing: list[dict[str, Any]] = []
         for part in plan.parts():
@@ -229,8 +222,9 @@ class ModelUploads:
                 done.append({"part_number": part.part, "etag": found.etag})
                 continue
             missing.append({"part_number": part.part, "start": part.start, "end": part.end})
+        urls, expire_at = self._presign(upload, [p["part_number"] for p in missing[:PART_URL_BATCH]], expires)
         for part_info in missing[:PART_URL_BATCH]:
-            part_info["url"] = self.uploads.presign_part(upload.key, upload.upload_id, part_info["part_number"], expiry)
+            part_info["url"] = urls[part_info["part_number"]]
         return {
             "job_id": job_id,
             "status": JobStatus.RUNNING.value,
@@ -240,8 +234,14 @@ class ModelUploads:
             "part_count": plan.part_count,
             "parts_done": done,
             "parts": missing,
-            "urls_expire_at": int(utc_now().timestamp()) + expiry,
+            "urls_expire_at": expire_at,
         }
+
+    def _presign(self, upload: UploadState, numbers: list[int], expires: int | None) -> tuple[dict[int, str], int]:
+        """Presigned URLs of the parts ``numbers``, and when they expire (epoch seconds)."""
+        expiry = expires or self.settings.part_url_expiry_seconds
+        urls = {n: self.uploads.presign_part(upload.key, upload.upload_id, n, expiry) for n in numbers}
+        return urls, int(utc_now().timestamp()) + expiry
 
     @staticmethod
     def _registering(job: JobRecord, upload: UploadState) -> dict[str, Any]:
