@@ -67,11 +67,9 @@ def pipeline_overhead(workdir: Path, requests: int, endpoint_threads: int | None
             started = time.perf_counter()
             job_id = client.submit("txt2img", PARAMS | {"model": "bench-sd1"}, request_id=f"bench-{uuid.uuid4().hex}")
             event = None
-            while event is None:
-                events = listener.drain()
+            while event is None:  # a long poll: it answers as soon as the event is on the queue
+                events = listener.drain(wait_s=1)
                 event = next((e for e in events if e.get("job_id") == job_id), None)
-                if event is None:
-                    time.sleep(0.002)
             totals.append((time.perf_counter() - started) * 1000)
             if event["type"] != "job.succeeded":
                 raise RuntimeError(f"benchmark job failed: {event['error']}")

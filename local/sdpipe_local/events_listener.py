@@ -27,19 +27,29 @@ class EventsListener:
         stack.client("sns").subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn, Attributes=attributes)
         self.events: list[dict[str, Any]] = []
 
-    def drain(self) -> list[dict[str, Any]]:
+    def drain(self, wait_s: int = 0) -> list[dict[str, Any]]:
+        """Every event received so far. With ``wait_s``, first wait up to that many seconds for
+        one (a long poll, which returns as soon as a message is there: polling with no wait in a
+        loop would keep the local stack busy answering empty receives)."""
+        wait = wait_s
         while True:
             messages = self._sqs.receive_message(
-                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait
             ).get("Messages", [])
             if not messages:
                 return self.events
-            for message in messages:
-                self.events.append(json.loads(message["Body"]))
-                self._sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+            wait = 0
+            self.events.extend(json.loads(message["Body"]) for message in messages)
+            self._sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+            )
 
     def wait_for(self, done: Callable[[list[dict[str, Any]]], bool], timeout_s: float = 30) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
-        while not done(self.drain()) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        while not done(self.drain()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.drain(wait_s=max(1, min(5, int(remaining))))
         return self.events

@@ -100,3 +100,85 @@ def test_reads_racing_updates_of_one_item_always_answer(moto_clients):
         thread.join()
     assert errors == []
     assert len(table.get_item(Key={"job_id": "j-1"})["Item"]) == 1 + 40 + 60
+
+
+def _pairs_table(dynamodb: Any) -> Any:
+    """A table with a sort key (the jobs table has none): both kinds of key are rolled back."""
+    dynamodb.create_table(
+        TableName="pairs",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk")],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
+def test_a_cancelled_transaction_leaves_every_item_it_named_as_it_was(moto_clients):
+    dynamodb = moto_clients.get("dynamodb")
+    create_table_from_template(dynamodb, "JobsTable", "jobs")
+    _pairs_table(dynamodb)
+    jobs = moto_clients.get_resource("dynamodb").Table("jobs")
+    pairs = moto_clients.get_resource("dynamodb").Table("pairs")
+    jobs.put_item(Item={"job_id": "updated", "status": "QUEUED", "tags": ["a"]})
+    jobs.put_item(Item={"job_id": "deleted", "status": "QUEUED"})
+    pairs.put_item(Item={"pk": "p", "sk": "1", "n": 1})
+    s = lambda v: {"S": v}  # noqa: E731
+    writes = [
+        {"Update": {"TableName": "jobs", "Key": {"job_id": s("updated")},
+                    "UpdateExpression": "SET #s = :r, tags = list_append(tags, :more)",
+                    "ExpressionAttributeNames": {"#s": "status"},
+                    "ExpressionAttributeValues": {":r": s("RUNNING"), ":more": {"L": [s("b")]}}}},
+        {"Put": {"TableName": "jobs", "Item": {"job_id": s("created"), "status": s("QUEUED")}}},
+        {"Delete": {"TableName": "jobs", "Key": {"job_id": s("deleted")}}},
+        {"Update": {"TableName": "pairs", "Key": {"pk": s("p"), "sk": s("1")}, "UpdateExpression": "SET n = :two",
+                    "ExpressionAttributeValues": {":two": {"N": "2"}}}},
+        {"Put": {"TableName": "pairs", "Item": {"pk": s("p"), "sk": s("2")}}},
+        {"ConditionCheck": {"TableName": "jobs", "Key": {"job_id": s("missing")},
+                            "ConditionExpression": "attribute_exists(job_id)"}},
+    ]  # fmt: skip
+    try:
+        dynamodb.transact_write_items(TransactItems=writes)
+    except ClientError as error:
+        assert error.response["Error"]["Code"] == "TransactionCanceledException"
+    else:
+        raise AssertionError("the transaction should have been cancelled")
+    assert jobs.get_item(Key={"job_id": "updated"})["Item"] == {"job_id": "updated", "status": "QUEUED", "tags": ["a"]}
+    assert "Item" not in jobs.get_item(Key={"job_id": "created"})
+    assert jobs.get_item(Key={"job_id": "deleted"})["Item"]["status"] == "QUEUED"
+    assert pairs.get_item(Key={"pk": "p", "sk": "1"})["Item"]["n"] == 1
+    assert "Item" not in pairs.get_item(Key={"pk": "p", "sk": "2"})
+    assert {item["job_id"] for item in jobs.scan()["Items"]} == {"updated", "deleted"}
+    # Without the failing check the same writes all land.
+    dynamodb.transact_write_items(TransactItems=writes[:-1])
+    assert jobs.get_item(Key={"job_id": "updated"})["Item"]["tags"] == ["a", "b"]
+    assert {item["job_id"] for item in jobs.scan()["Items"]} == {"updated", "created"}
+    assert pairs.get_item(Key={"pk": "p", "sk": "1"})["Item"]["n"] == 2
+
+
+def test_a_transaction_copies_only_its_own_items_not_the_table(moto_clients, monkeypatch):
+    """moto backed up every table a transaction touched, whole: on a long-running local stack
+    each job's transaction grew with the jobs table, holding every DynamoDB call behind it."""
+    from moto.dynamodb.models.table import Table
+
+    dynamodb = moto_clients.get("dynamodb")
+    create_table_from_template(dynamodb, "JobsTable", "jobs")
+    jobs = moto_clients.get_resource("dynamodb").Table("jobs")
+    with jobs.batch_writer() as batch:
+        for n in range(300):
+            batch.put_item(Item={"job_id": f"j-{n}", "status": "SUCCEEDED"})
+
+    def whole_table_copied(self: Any, protocol: int) -> Any:
+        raise AssertionError("a whole table was copied")
+
+    monkeypatch.setattr(Table, "__reduce_ex__", whole_table_copied)
+    condition = {"ConditionExpression": "#s = :queued", "ExpressionAttributeNames": {"#s": "status"}}
+    put = {"TableName": "jobs", "Item": {"job_id": {"S": "new"}, "status": {"S": "QUEUED"}}}
+    dynamodb.transact_write_items(TransactItems=[{"Put": put}])
+    check = {"TableName": "jobs", "Key": {"job_id": {"S": "j-1"}}, **condition,
+             "ExpressionAttributeValues": {":queued": {"S": "QUEUED"}}}  # fmt: skip
+    try:
+        delete = {"TableName": "jobs", "Key": {"job_id": {"S": "new"}}}
+        dynamodb.transact_write_items(TransactItems=[{"ConditionCheck": check}, {"Delete": delete}])
+    except ClientError as error:
+        assert error.response["Error"]["Code"] == "TransactionCanceledException"
+    assert jobs.get_item(Key={"job_id": "new"})["Item"]["status"] == "QUEUED"
+    assert jobs.scan(Select="COUNT")["Count"] == 301
