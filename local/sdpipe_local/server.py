@@ -36,6 +36,23 @@ _INVOKE_PATH = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations/?
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
+class _RoutingCachedDispatcher(DomainDispatcherApplication):
+    """moto's dispatcher, remembering which backend serves which host.
+
+    moto works it out again for every request, under one lock: a listing of its own package
+    folder (a stat of each of ~150 entries) and then its URL patterns, one regular expression
+    after another. The answer for a host never changes, so each is worked out once."""
+
+    def __init__(self, create_app: Callable[..., Any]) -> None:
+        super().__init__(create_app)
+        self._backend_of: dict[str | None, Any] = {}
+
+    def get_backend_for_host(self, host: str | None) -> Any:
+        if host not in self._backend_of:  # called under the dispatcher's lock
+            self._backend_of[host] = super().get_backend_for_host(host)
+        return self._backend_of[host]
+
+
 class LambdaInvokeMiddleware:
     def __init__(self, app: Any, runtime: LambdaRuntime) -> None:
         self._app = app
@@ -147,7 +164,7 @@ class LocalAwsServer:
         deliver_http_off_the_publish()  # webhooks delivered as SNS delivers them
         make_multipart_completion_streaming()  # multipart uploads joined part by part, announced once
         self._hosts: set[str] = set()
-        moto_app = DomainDispatcherApplication(create_backend_app)
+        moto_app = _RoutingCachedDispatcher(create_backend_app)
         self.s3_parts = S3UploadPartMiddleware(S3StreamingGetMiddleware(moto_app, self._hosts))
         served: Any = LambdaInvokeMiddleware(SageMakerMiddleware(self.s3_parts, sagemaker), runtime)
         if chaos is not None:  # throttling is decided after IAM, as AWS authorises first
