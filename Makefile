@@ -81,7 +81,7 @@ fuzz: $(STAMP)
 	done
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest tests/unit --cov=sdpipe.logic --cov-report=term
+	$(BIN)/python -m pytest -n $(UNIT_WORKERS) --dist loadfile tests/unit --cov=sdpipe.logic --cov-report=term
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
