@@ -11,7 +11,7 @@ import pytest
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.contracts.models import ModelType
 from sdpipe.errors import ModelNotFound, ValidationFailed
-from sdpipe.logic.comfy_graph import check_workflow, parse_catalogue, resolve_models
+from sdpipe.logic.comfy_graph import apply_inputs, check_workflow, parse_catalogue, resolve_models
 from tests.helpers import create_table_from_template
 from tests.unit.test_model_refs import SD15, item
 
@@ -139,3 +139,30 @@ def test_a_lora_named_in_a_checkpoint_loader_is_not_taken_for_a_checkpoint(regis
     workflow = edited(**{"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "mystyle"}}})
     with pytest.raises(ModelNotFound, match="node 4"):
         resolve_models(check_workflow(workflow, CATALOGUE), registry)
+
+
+def test_inputs_set_widget_values_by_node_id_or_title():
+    workflow = edited(**{"3": DEFAULT["3"] | {"_meta": {"title": "Sampler"}}})
+    changed = apply_inputs(workflow, {"Sampler.seed": 42, "6.text": "a red fox in snow", "5.width": 768})
+    assert changed["3"]["inputs"]["seed"] == 42 and changed["3"]["inputs"]["model"] == ["10", 0]
+    assert changed["6"]["inputs"]["text"] == "a red fox in snow"
+    assert changed["5"]["inputs"] == {"width": 768, "height": 512, "batch_size": 1}
+    assert workflow["3"]["inputs"]["seed"] == 156680208700286  # the request's own workflow is left as it was
+    assert check_workflow(changed, CATALOGUE).output_nodes == ["9"]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"seed": 1}, "'seed' is not NODE.INPUT"),
+        ({"42.seed": 1}, "the workflow has no node '42' (by id or title)"),
+        ({"3.sed": 1}, "node 3 (KSampler) has no input 'sed' (inputs: cfg, denoise, latent_image, model,"),
+        ({"3.model": "x"}, "input 'model' of node 3 (KSampler) is a link to another node"),
+        ({"Prompt.text": "x"}, "nodes 6, 7 are all titled 'Prompt'"),
+    ],
+)
+def test_an_input_that_names_nothing_settable_is_refused(inputs, message):
+    workflow = edited(**{node: DEFAULT[node] | {"_meta": {"title": "Prompt"}} for node in ("6", "7")})
+    with pytest.raises(ValidationFailed) as refused:
+        apply_inputs(workflow, inputs)
+    assert message in str(refused.value)

@@ -60,6 +60,13 @@ class ComfyNode(BaseModel):
     class_type: str = Field(min_length=1)
     inputs: dict[str, Any] = {}
 
+    @property
+    def title(self) -> str | None:
+        """The node's title in the editor, which exports keep under ``_meta``."""
+        meta = (self.model_extra or {}).get("_meta")
+        title = meta.get("title") if isinstance(meta, dict) else None
+        return title if isinstance(title, str) else None
+
 
 class NodeType(BaseModel):
     """One entry of ``/object_info``: what the checks read of it."""
@@ -139,6 +146,45 @@ def model_uses(nodes: Mapping[str, ComfyNode]) -> list[ModelUse]:
                     name = _WEIGHT_SUFFIX.sub("", word)
                     uses.append(ModelUse(node_id, node.class_type, input_name, ModelType.EMBEDDING, name))
     return uses
+
+
+def apply_inputs(workflow: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The workflow with widget values replaced: ``{"NODE.INPUT": value}``, NODE being a node id
+    or a node's title (``_meta.title``, when one node has it), as ``--set NODE.INPUT=VALUE``
+    writes them. Only inputs the node has, and not its links (that would change the graph)."""
+    nodes = _nodes(workflow)
+    changed = {node_id: dict(node) for node_id, node in workflow.items()}  # nodes checked: all objects
+    for target, value in inputs.items():
+        node_ref, dot, input_name = target.rpartition(".")
+        if not dot or not node_ref or not input_name:
+            raise ValidationFailed(f"params.inputs: {target!r} is not NODE.INPUT (a node id or title, a dot, an input)")
+        node_id = _node_named(node_ref, nodes, target)
+        node = nodes[node_id]
+        if input_name not in node.inputs:
+            known = ", ".join(sorted(node.inputs)) or "none"
+            raise ValidationFailed(
+                f"params.inputs {target!r}: node {node_id} ({node.class_type}) has no input {input_name!r} "
+                f"(inputs: {known})"
+            )
+        if _link(node.inputs[input_name]) is not None:
+            raise ValidationFailed(
+                f"params.inputs {target!r}: input {input_name!r} of node {node_id} ({node.class_type}) is a link "
+                "to another node; only widget values can be set"
+            )
+        key = next(k for k in workflow if str(k) == node_id)
+        changed[key] = changed[key] | {"inputs": {**changed[key].get("inputs", {}), input_name: value}}
+    return changed
+
+
+def _node_named(reference: str, nodes: Mapping[str, ComfyNode], target: str) -> str:
+    if reference in nodes:
+        return reference
+    titled = [node_id for node_id, node in nodes.items() if node.title == reference]
+    if len(titled) == 1:
+        return titled[0]
+    if titled:
+        raise ValidationFailed(f"params.inputs {target!r}: nodes {', '.join(titled)} are all titled {reference!r}")
+    raise ValidationFailed(f"params.inputs {target!r}: the workflow has no node {reference!r} (by id or title)")
 
 
 def resolve_models(graph: ComfyGraph, catalog: ModelCatalog) -> list[tuple[ModelUse, ModelRecord]]:
