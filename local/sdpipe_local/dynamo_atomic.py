@@ -16,7 +16,8 @@ moto's TransactWriteItems also deep-copies every table it touches before it star
 on a failure: each transaction cost time in proportion to the whole table (the jobs table of a
 long-running local stack: tens of milliseconds and growing, with every other DynamoDB call
 waiting on the lock). Here it copies only the items the transaction names (at most 100), and a
-failed transaction puts those back: the same all-or-nothing, in time bounded by its own size.
+failed transaction puts those back: the same all-or-nothing, in time bounded by its own size. A
+cancelled transaction's stream records are not withdrawn (the stack's tables have no streams).
 """
 
 from __future__ import annotations
