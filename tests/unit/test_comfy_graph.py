@@ -10,7 +10,7 @@ import pytest
 
 from sdpipe.adapters.models_table import ModelsTable
 from sdpipe.contracts.models import ModelType
-from sdpipe.errors import ModelNotFound, ValidationFailed
+from sdpipe.errors import ModelNotFound, ModelNotUsable, ValidationFailed
 from sdpipe.logic.comfy_graph import apply_inputs, check_workflow, parse_catalogue, resolve_models
 from tests.helpers import create_table_from_template
 from tests.unit.test_model_refs import SD15, item
@@ -166,3 +166,12 @@ def test_an_input_that_names_nothing_settable_is_refused(inputs, message):
     with pytest.raises(ValidationFailed) as refused:
         apply_inputs(workflow, inputs)
     assert message in str(refused.value)
+
+
+def test_an_add_on_for_another_family_than_the_checkpoint_is_refused_naming_the_node(registry, moto_clients):
+    table = moto_clients.get_resource("dynamodb").Table("models")
+    table.put_item(Item=item("x", "xl-style", "ab" * 32, kind="lora", family="sdxl"))
+    workflow = edited(**{"10": DEFAULT["10"] | {"inputs": DEFAULT["10"]["inputs"] | {"lora_name": "xl-style"}}})
+    with pytest.raises(ModelNotUsable) as refused:
+        resolve_models(check_workflow(workflow, CATALOGUE), registry)
+    assert "node 10 (LoraLoader) input 'lora_name' 'xl-style' is a sdxl lora, but this needs sd1" in str(refused.value)

@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sdpipe.contracts.models import ModelRecord, ModelType
+from sdpipe.contracts.models import ModelFamily, ModelRecord, ModelType
 from sdpipe.errors import ValidationFailed
 from sdpipe.logic.model_refs import ModelCatalog, resolve_model
 
@@ -189,8 +189,19 @@ def _node_named(reference: str, nodes: Mapping[str, ComfyNode], target: str) -> 
 
 def resolve_models(graph: ComfyGraph, catalog: ModelCatalog) -> list[tuple[ModelUse, ModelRecord]]:
     """Each model use with the one registered model it names (``MODEL_NOT_FOUND`` and the close
-    names, ``MODEL_AMBIGUOUS`` or ``MODEL_NOT_USABLE`` naming the node otherwise)."""
-    return [(use, resolve_model(use.reference, use.model_type, catalog, field=use.field)) for use in graph.models]
+    names, ``MODEL_AMBIGUOUS`` or ``MODEL_NOT_USABLE`` naming the node otherwise). When the
+    checkpoints of the workflow are all of one known family, its LoRAs, VAEs, ControlNets and
+    embeddings must be for that family too (several families: each add-on is taken as it is)."""
+    checkpoints = [use for use in graph.models if use.model_type is ModelType.CHECKPOINT]
+    resolved = {id(use): resolve_model(use.reference, use.model_type, catalog, field=use.field) for use in checkpoints}
+    families = {model.family for model in resolved.values()}
+    family = next(iter(families)) if len(families) == 1 else None
+    if family is ModelFamily.UNKNOWN:  # registration could not tell: nothing to hold the add-ons to
+        family = None
+    for use in graph.models:
+        if id(use) not in resolved:
+            resolved[id(use)] = resolve_model(use.reference, use.model_type, catalog, family, field=use.field)
+    return [(use, resolved[id(use)]) for use in graph.models]
 
 
 def _nodes(workflow: Any) -> dict[str, ComfyNode]:
