@@ -170,7 +170,8 @@ def main() -> None:  # pragma: no cover - a convenience for trying fetch by hand
     root = Path(os.environ.get("SDPIPE_FILE_SERVER_ROOT", "."))
     with FileServer(root, port=int(os.environ.get("SDPIPE_FILE_SERVER_PORT", "8765"))) as server:
         print(f"serving {root} at {server.url('/files/')}", flush=True)
-        threading.Event().wait()
+        while True:  # wakes twice a second, so a Ctrl-C delivered to another thread is still seen
+            time.sleep(0.5)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,11 @@ def run_foreground(
             print(f"# CHAOS (seed {chaos_seed}): workers and containers are killed and calls throttled at random;")
             print("# the tally of faults injected is printed when the stack stops")
         print("ready - press Ctrl-C to stop", flush=True)
-        stop.wait()
+        # A signal delivered to another of the process's threads does not wake a main thread
+        # blocked on a lock, and Python runs its handlers only on the main thread: waiting with
+        # no timeout could miss a Ctrl-C for good (seen under load in CI). Look again twice a second.
+        while not stop.wait(0.5):
+            pass
     finally:
         print("stopping ...", flush=True)
         if stack.chaos is not None:
