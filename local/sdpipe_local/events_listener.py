@@ -47,9 +47,7 @@ class EventsListener:
 
     def wait_for(self, done: Callable[[list[dict[str, Any]]], bool], timeout_s: float = 30) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
-        while not done(self.drain()):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self.drain(wait_s=max(1, min(5, int(remaining))))
-        return self.events
+        events = self.drain()
+        while not done(events) and (remaining := deadline - time.monotonic()) > 0:
+            events = self.drain(wait_s=max(1, min(5, int(remaining))))
+        return events

@@ -98,7 +98,12 @@ class ModelUse:
 
     @property
     def field(self) -> str:
-        return f"{FIELD} node {self.node_id} ({self.class_type}) input {self.input_name!r}"
+        return _input_field(self.node_id, self.class_type, self.input_name)
+
+
+def _input_field(node_id: str, class_type: str, input_name: str) -> str:
+    """How an error names one input of one node."""
+    return f"{FIELD} node {node_id} ({class_type}) input {input_name!r}"
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,7 @@ def check_workflow(workflow: Any, catalogue: NodeCatalogue | None = None) -> Com
         for input_name, value in node.inputs.items():
             link = _link(value)
             if link is not None:
-                _check_link(f"{FIELD} node {node_id} ({node.class_type}) input {input_name!r}", link, nodes, catalogue)
+                _check_link(_input_field(node_id, node.class_type, input_name), link, nodes, catalogue)
     _check_acyclic(nodes)
     outputs: list[str] = []
     if catalogue is not None:
@@ -153,7 +158,7 @@ def apply_inputs(workflow: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
     or a node's title (``_meta.title``, when one node has it), as ``--set NODE.INPUT=VALUE``
     writes them. Only inputs the node has, and not its links (that would change the graph)."""
     nodes = _nodes(workflow)
-    changed = {node_id: dict(node) for node_id, node in workflow.items()}  # nodes checked: all objects
+    changed = {str(node_id): dict(node) for node_id, node in workflow.items()}  # as _nodes keys them
     for target, value in inputs.items():
         node_ref, dot, input_name = target.rpartition(".")
         if not dot or not node_ref or not input_name:
@@ -171,8 +176,7 @@ def apply_inputs(workflow: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
                 f"params.inputs {target!r}: input {input_name!r} of node {node_id} ({node.class_type}) is a link "
                 "to another node; only widget values can be set"
             )
-        key = next(k for k in workflow if str(k) == node_id)
-        changed[key] = changed[key] | {"inputs": {**changed[key].get("inputs", {}), input_name: value}}
+        changed[node_id] = changed[node_id] | {"inputs": {**changed[node_id].get("inputs", {}), input_name: value}}
     return changed
 
 
